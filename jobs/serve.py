@@ -1,0 +1,44 @@
+"""Start the retriever and generator Serve apps and keep them up (Ctrl-C stops them).
+
+    python -m jobs.serve [--config jobs/configs/demo.yaml] [--no-generator] [key=value ...]
+
+The retriever answers `POST http://<serve.host>:<serve.port>/retrieve` (Search-R1/s3 schema) and the
+generator `POST .../generator/answer`. Build the index first (`python -m jobs.build_index`).
+For a cluster, `serve deploy deployments/serve_config.yaml` does the same declaratively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from jobs import runtime
+from s3_ray.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=runtime.DEFAULT_CONFIG, help="YAML config file")
+    parser.add_argument("--no-generator", action="store_true", help="start only the retriever")
+    parser.add_argument("--once", action="store_true", help="deploy and return instead of blocking")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. serve.port=8001")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    runtime.init_ray()
+    runtime.deploy_services(cfg, with_generator=not args.no_generator)
+    runtime.log(f"serving on http://{cfg.serve.host}:{cfg.serve.port} (retrieve: POST /retrieve)")
+    if args.once:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Typed configuration for every s3-ray job.
+
+One tree (`S3Config`), loaded from YAML and then patched with dotted overrides::
+
+    cfg = load_config("jobs/configs/demo.yaml", ["rollout.max_turns=3", "train.lr=1e-5"])
+
+Every model forbids unknown keys, so a typo fails loudly with the key's full path.
+Each component receives its own sub-config, never the root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the corpus and the QA splits come from. `None` means the embedded default."""
+
+    corpus_path: str | None = Field(None, description="Corpus JSONL ({id, contents} or {id, title, text}).")
+    train_path: str | None = Field(None, description="Training QA JSONL ({id, question, golden_answers}).")
+    dev_path: str | None = None
+    test_path: str | None = None
+    train_limit: int | None = Field(None, ge=1, description="Use at most this many training questions.")
+    test_limit: int | None = Field(None, ge=1, description="Use at most this many test questions.")
+
+
+class RetrievalConfig(_Strict):
+    backend: Literal["bm25"] = "bm25"
+    index_dir: str = Field("runs/index", description="Where build_index writes and the retriever reads.")
+    k1: float = Field(0.9, gt=0)
+    b: float = Field(0.4, ge=0, le=1)
+    max_batch: int = Field(256, ge=1, description="Largest batch of queries one request may carry.")
+
+
+class GeneratorConfig(_Strict):
+    """The frozen answer model."""
+
+    backend: Literal["transformers"] = "transformers"
+    model: str = Field("smollm2-135m-instruct", description="A registered name, a local HF folder or a hub id.")
+    max_new_tokens: int = Field(24, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_context_tokens: int = Field(768, ge=32, description="Passages are cut to fit this many tokens.")
+    num_threads: int = Field(1, ge=1, description="torch threads inside one generator replica.")
+    cache_path: str | None = Field("runs/cache/generator.sqlite", description="Response cache; null disables it.")
+
+
+class SearcherConfig(_Strict):
+    """The policy LLM that writes queries and selects documents."""
+
+    model: str = Field("smollm2-135m-instruct", description="A registered name, a local HF folder or a hub id.")
+    max_new_tokens: int = Field(64, ge=4, description="Token budget of one searcher turn.")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_prompt_tokens: int = Field(1536, ge=64, description="Longer rolling contexts are left-truncated.")
+    num_threads: int = Field(2, ge=1)
+
+
+class RolloutConfig(_Strict):
+    """Search budgets. "8-3-3" in the paper is top_k=8, keep_per_turn=3, max_turns=3."""
+
+    init_k: int = Field(3, ge=0, description="Naive-RAG documents shown before the first turn.")
+    top_k: int = Field(3, ge=1, description="Documents retrieved per query.")
+    keep_per_turn: int = Field(2, ge=0, description="At most this many selected documents kept per turn.")
+    max_turns: int = Field(2, ge=0, description="Retrieval calls per episode (generations <= max_turns + 1).")
+    keep_unselected: bool = Field(
+        True, description="A block the searcher did not annotate keeps its top keep_per_turn documents."
+    )
+
+
+class RewardConfig(_Strict):
+    baseline: str = Field("naive_rag", description="Context method whose accuracy is subtracted (Gain Beyond <baseline>).")
+    add_accuracy: bool = Field(False, description="s3's extra term: reward = GBR + GenAcc.")
+    use_judge: bool = Field(False, description="Ask the generator to judge answers the span check rejects.")
+
+
+class TrainConfig(_Strict):
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    steps: int = Field(6, ge=0)
+    questions_per_step: int = Field(4, ge=1)
+    group_size: int = Field(2, ge=1, description="Trajectories per question (GRPO groups).")
+    lr: float = Field(1e-5, gt=0)
+    kl_coef: float = Field(0.01, ge=0)
+    clip_ratio: float = Field(0.2, gt=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(2, ge=1)
+    warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
+    warmup_batch: int = Field(4, ge=1)
+    warmup_lr: float = Field(5e-5, gt=0)
+
+
+class EvalConfig(_Strict):
+    split: Literal["train", "dev", "test"] = "test"
+    methods: list[str] = Field(default_factory=lambda: ["naive_rag", "s3"])
+    checkpoints: dict[str, str] = Field(default_factory=dict, description="Method label -> searcher checkpoint.")
+
+
+class SweepConfig(_Strict):
+    param_space: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"rollout.top_k": [2, 3], "rollout.max_turns": [1, 2]},
+        description="Dotted config key -> grid values.",
+    )
+    max_concurrent: int = Field(1, ge=1)
+    metric: str = "genacc"
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    retriever_replicas: int = Field(1, ge=1)
+    retriever_cpus: float = Field(0.25, gt=0)
+    generator_replicas: int = Field(1, ge=1)
+    generator_cpus: float = Field(0.5, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+
+
+class WandbConfig(_Strict):
+    enabled: bool = True
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "s3-ray"
+
+
+class S3Config(_Strict):
+    run_dir: str = Field("runs/demo", description="Every artifact of a run lands below this folder.")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    searcher: SearcherConfig = SearcherConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    sweep: SweepConfig = SweepConfig()
+    serve: ServeConfig = ServeConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> "S3Config":
+        if self.rollout.keep_per_turn > self.rollout.top_k:
+            raise ValueError("rollout.keep_per_turn must not exceed rollout.top_k")
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "S3Config":
+        """A copy with dotted keys replaced (`{"rollout.top_k": 5}` or `["rollout.top_k=5"]`)."""
+        data = self.model_dump()
+        pairs = _parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        for key, value in pairs.items():
+            _set_dotted(data, key, value)
+        return _validate(data, source="overrides")
+
+    def path(self, *parts: str) -> Path:
+        """A path below run_dir."""
+        return Path(self.run_dir).joinpath(*parts)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} (in override {key!r})")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"unknown config key {key!r}")
+    node[parts[-1]] = value
+
+
+def _validate(data: dict[str, Any], source: str) -> S3Config:
+    try:
+        return S3Config.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+            msg = "unknown config key" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(f"{loc}: {msg}")
+        raise ConfigError(f"invalid config ({source}):\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> S3Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded or {}
+    cfg = _validate(data, source=str(path) if path else "defaults")
+    return cfg.with_overrides(overrides) if overrides else cfg

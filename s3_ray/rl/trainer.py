@@ -1,0 +1,152 @@
+"""One searcher-training process, read top to bottom: rollout -> reward -> policy update.
+
+No Ray here: `s3_ray.rl.worker` wraps this in a Ray Train worker, and tests drive it directly
+with in-process retriever and generator clients.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from s3_ray.config import S3Config
+from s3_ray.types import QAItem, Trajectory
+
+
+@dataclass
+class QuestionStream:
+    """Questions in a seeded order, reshuffled every epoch; its cursor is checkpointed."""
+
+    items: list[QAItem]
+    seed: int
+    epoch: int = 0
+    cursor: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.items:
+            raise ValueError("no training questions: the data split (after filtering) is empty")
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        self._order = list(range(len(self.items)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(self._order)
+
+    def take(self, n: int) -> list[QAItem]:
+        out = []
+        for _ in range(n):
+            if self.cursor >= len(self._order):
+                self.epoch += 1
+                self.cursor = 0
+                self._shuffle()
+            out.append(self.items[self._order[self.cursor]])
+            self.cursor += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._shuffle()
+
+
+def unwrap(model: Any) -> Any:
+    """The bare HF model inside a DDP/FSDP wrapper (generation and saving need it)."""
+    return getattr(model, "module", model)
+
+
+class SearcherTrainer:
+    """Owns the policy, its updater and the question stream of one training process."""
+
+    def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
+                 scorer: Any, items: list[QAItem]) -> None:
+        from s3_ray.rl.update import PolicyUpdater
+
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.scorer = scorer
+        self.stream = QuestionStream(items, seed=cfg.seed)
+        self.updater = PolicyUpdater(model, ref_model, cfg.train, pad_id=tokenizer.pad_token_id,
+                                     temperature=max(cfg.searcher.temperature, 1e-3))
+
+    def rollout(self, items: list[QAItem]) -> list[Trajectory]:
+        from s3_ray.agent.policy import HFPolicy
+        from s3_ray.agent.rollout import run_rollout
+
+        bare = unwrap(self.model)
+        was_training = bare.training
+        bare.eval()
+        try:
+            policy = HFPolicy(bare, self.tokenizer, self.cfg.searcher)
+            return run_rollout(items, policy, self.tokenizer, self.retriever, self.cfg.rollout, self.cfg.searcher)
+        finally:
+            bare.train(was_training)
+
+    def train_step(self) -> dict[str, float]:
+        """One RL step over `questions_per_step` questions x `group_size` trajectories each."""
+        from s3_ray.agent.rollout import rollout_stats
+
+        t0 = time.perf_counter()
+        questions = self.stream.take(self.cfg.train.questions_per_step)
+        batch = [q for q in questions for _ in range(self.cfg.train.group_size)]
+        trajs = self.rollout(batch)
+        t1 = time.perf_counter()
+        rewards = self.scorer.score(trajs)
+        t2 = time.perf_counter()
+        metrics = dict(self.updater.step(trajs))
+        t3 = time.perf_counter()
+        metrics.update(rollout_stats(trajs))
+        metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
+        metrics["reward"] = sum(rewards) / len(rewards)
+        metrics["time/rollout_s"] = t1 - t0
+        metrics["time/reward_s"] = t2 - t1
+        metrics["time/update_s"] = t3 - t2
+        return metrics
+
+    def warmup(self, log=None) -> list[float]:
+        """Supervised format warm-up (cfg.train.warmup_steps); teaches the tags, never answers."""
+        import torch
+
+        from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
+        from s3_ray.rl.warmup import format_demonstrations, sft_step
+
+        steps = self.cfg.train.warmup_steps
+        if steps == 0:
+            return []
+        rng = random.Random(self.cfg.seed + 17)
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                      lr=self.cfg.train.warmup_lr)
+        stream = QuestionStream(self.stream.items, seed=self.cfg.seed + 1)
+        losses = []
+        for i in range(steps):
+            items = stream.take(self.cfg.train.warmup_batch)
+            hits = self.retriever.search([q.question for q in items], self.cfg.rollout.init_k)
+            init = [[h.passage for h in row] for row in hits]
+            targets = format_demonstrations(items, init, self.cfg.rollout, rng)
+            prompts = [encode_prompt(self.tokenizer, build_searcher_messages(q.question, docs, self.cfg.rollout))
+                       for q, docs in zip(items, init)]
+            loss = sft_step(self.model, self.tokenizer, prompts, targets, optimizer)
+            losses.append(loss)
+            if log is not None:
+                log({"warmup/loss": loss}, i)
+        return losses
+
+    def state(self) -> dict[str, Any]:
+        return {"stream": self.stream.state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.stream.load_state(state["stream"])
+
+
+def _mean_metrics(trajs: list[Trajectory], keys: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for key in keys:
+        vals = [t.metrics[key] for t in trajs if key in t.metrics]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out

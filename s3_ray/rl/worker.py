@@ -1,0 +1,96 @@
+"""The Ray Train per-worker loop (`TorchTrainer(train_loop_per_worker, ...)`).
+
+Everything Ray-specific about training lives here and in `jobs/train.py`; the step itself is
+`SearcherTrainer`. Each worker:
+
+1. loads the searcher (+ a frozen reference copy for the KL term) and wraps it for DDP (gloo on
+   CPU) or FSDP (NCCL on GPU) with `ray.train.torch.prepare_model`;
+2. resumes from the checkpoint Ray Train hands back after a failure, if any (weights, optimizer,
+   step, question cursor);
+3. runs rollouts against the retriever and scores them with the frozen generator through the
+   clients it was given (Serve handles in production, in-process objects in tests);
+4. reports metrics every step and a checkpoint every `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from s3_ray.config import S3Config
+from s3_ray.types import QAItem
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from s3_ray.models import load_causal_lm
+    from s3_ray.rl.checkpoint import load_checkpoint, save_checkpoint
+    from s3_ray.rl.trainer import SearcherTrainer, unwrap
+    from s3_ray.tracking import MetricsLogger
+
+    cfg = S3Config.model_validate(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+
+    model, tok = load_causal_lm(cfg.searcher.model, num_threads=cfg.searcher.num_threads, for_training=True)
+    ref = None
+    if cfg.train.kl_coef > 0:
+        ref, _ = load_causal_lm(cfg.searcher.model, num_threads=cfg.searcher.num_threads)
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+
+    items = [QAItem(id=d["id"], question=d["question"], golden_answers=tuple(d["golden_answers"]),
+                    meta=d.get("meta", {})) for d in loop_config["items"]]
+    shard = items[rank::world]
+    trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], shard)
+
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(Path(d), unwrap(model), trainer.updater.optimizer)
+        start = int(state["step"])
+        trainer.load_state(state["extra"])
+        print(f"[s3-ray] rank {rank}: resumed from step {start}")
+
+    logger = None
+    if rank == 0:
+        logger = MetricsLogger(Path(cfg.run_dir) / "train" / "metrics.jsonl", cfg.wandb,
+                               run_name=loop_config.get("run_name"), config=loop_config["cfg"])
+    if start == 0 and cfg.train.warmup_steps > 0:
+        trainer.warmup(log=logger.log if logger else None)
+
+    for step in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        metrics = trainer.train_step()
+        metrics["time/step_s"] = time.perf_counter() - t0
+        metrics["step"] = step + 1
+        if logger:
+            logger.log(metrics, step + 1)
+        if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    save_checkpoint(Path(tmp) / "ckpt", unwrap(model), trainer.updater.optimizer, step + 1,
+                                    extra=trainer.state(), tokenizer=tok)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt")))
+                else:
+                    ray.train.report(metrics)
+        else:
+            ray.train.report(metrics)
+        _maybe_inject_failure(loop_config.get("fail_at_step"), step + 1, Path(cfg.run_dir))
+    if logger:
+        logger.close()
+
+
+def _maybe_inject_failure(fail_at_step: int | None, step: int, run_dir: Path) -> None:
+    """Fault injection for resume tests: crash once, after the checkpoint of `fail_at_step`."""
+    marker = run_dir / "train" / ".injected_failure"
+    if fail_at_step == step and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(step))
+        raise RuntimeError(f"injected failure after step {step}")
