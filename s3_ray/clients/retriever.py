@@ -1,0 +1,151 @@
+"""One synchronous retrieval client over three transports: in-process, Serve handle, HTTP.
+
+The rollout code calls `client.search(queries, k)` and does not care where the index lives.
+Ray Train workers receive the client by pickling, so handles and HTTP sessions are created
+lazily on first use and dropped when pickled. Transient failures (connection errors, 5xx,
+replica death, timeouts) are retried with exponential backoff; anything else fails at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from s3_ray.retrieval.base import Retriever
+from s3_ray.types import SearchHit
+
+
+class RetrieverError(RuntimeError):
+    """Retrieval failed for good (a rejected request, or retries exhausted)."""
+
+
+class _Transient(Exception):
+    """Internal marker: this attempt may succeed if repeated."""
+
+
+class _InProcess:
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+
+    def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
+        return self.retriever.search(queries, k)
+
+    def describe(self) -> str:
+        return f"in-process {type(self.retriever).__name__}"
+
+
+class _Handle:
+    """A Serve DeploymentHandle, given directly or looked up by app name on first use."""
+
+    def __init__(self, handle: Any = None, app_name: str | None = None) -> None:
+        self.handle = handle
+        self.app_name = app_name
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A looked-up handle is rebuilt in the receiving process; a given one travels as is.
+        return {"handle": self.handle if self.app_name is None else None, "app_name": self.app_name}
+
+    def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
+        import ray.exceptions as rex
+        from ray import serve
+        from ray.serve import exceptions as sex
+
+        transient = (rex.RayActorError, rex.ActorUnavailableError, rex.GetTimeoutError, TimeoutError,
+                     sex.BackPressureError, sex.DeploymentUnavailableError, sex.ReplicaUnavailableError)
+        try:
+            if self.handle is None:
+                self.handle = serve.get_app_handle(self.app_name)
+            return self.handle.search.remote(queries, k).result(timeout_s=timeout_s)
+        except transient as err:
+            if self.app_name is not None:
+                self.handle = None
+            raise _Transient(f"{type(err).__name__}: {err}") from err
+
+    def describe(self) -> str:
+        return f"Serve app {self.app_name!r}" if self.app_name else "Serve handle"
+
+
+class _Http:
+    """A Search-R1/s3 style `POST /retrieve` endpoint."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "_client": None}
+
+    def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
+        import httpx
+
+        from s3_ray.retrieval.schema import json_to_hits
+
+        if self._client is None:
+            self._client = httpx.Client()
+        try:
+            resp = self._client.post(self.url, json={"queries": queries, "topk": k, "return_scores": True},
+                                     timeout=timeout_s)
+        except httpx.TransportError as err:
+            raise _Transient(f"{type(err).__name__}: {err}") from err
+        if resp.status_code >= 500:
+            raise _Transient(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise RetrieverError(f"{self.url} rejected the request: HTTP {resp.status_code}: {resp.text[:500]}")
+        try:
+            return json_to_hits(resp.json(), n_queries=len(queries))
+        except ValueError as err:
+            raise RetrieverError(f"{self.url} sent a malformed response: {err}") from None
+
+    def describe(self) -> str:
+        return self.url
+
+
+class RetrieverClient:
+    """`search(queries, k) -> list[list[SearchHit]]` with retries, over any transport."""
+
+    def __init__(self, backend: _InProcess | _Handle | _Http, *, timeout_s: float = 30.0, retries: int = 3,
+                 backoff_s: float = 0.5) -> None:
+        if retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise ValueError("retries must be >= 0, timeout_s > 0 and backoff_s >= 0")
+        self._backend = backend
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    @classmethod
+    def in_process(cls, retriever: Retriever, **kw: Any) -> RetrieverClient:
+        return cls(_InProcess(retriever), **kw)
+
+    @classmethod
+    def from_handle(cls, handle: Any, **kw: Any) -> RetrieverClient:
+        return cls(_Handle(handle=handle), **kw)
+
+    @classmethod
+    def from_app(cls, app_name: str = "retriever", **kw: Any) -> RetrieverClient:
+        return cls(_Handle(app_name=app_name), **kw)
+
+    @classmethod
+    def from_url(cls, url: str = "http://127.0.0.1:8000/retrieve", **kw: Any) -> RetrieverClient:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"retriever url must start with http:// or https://, got {url!r}")
+        return cls(_Http(url), **kw)
+
+    def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        """Retrieve up to k hits per query, retrying transient failures."""
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise TypeError("queries must be a list of strings")
+        if not queries:
+            return []
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._backend.call(list(queries), int(k), self.timeout_s)
+            except _Transient as err:
+                last = str(err)
+                if attempt < self.retries:
+                    time.sleep(self.backoff_s * 2**attempt)
+        raise RetrieverError(f"retrieval from {self._backend.describe()} failed after {self.retries + 1} "
+                             f"attempts: {last}")
+
+    def __repr__(self) -> str:
+        return f"RetrieverClient({self._backend.describe()})"
