@@ -1,0 +1,200 @@
+"""Searcher policies: token ids in, one turn of new token ids out, for a whole batch at once.
+
+`HFPolicy` wraps a transformers causal LM. Each row stops right after its first ``</query>`` or
+after a ``<search_complete>`` tag with a true value, so one generation is one protocol turn; only
+the newly generated tokens are checked, never the prompt (which holds earlier turns' tags).
+`ScriptedPolicy` replays a function of the decoded sequence, for tests and examples.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from s3_ray.config import SearcherConfig
+
+STOP_RE = re.compile(
+    r"</query>|<search_complete>\s*(?:true|yes|1|y)\s*</search_complete>", re.IGNORECASE
+)
+"""A turn is over once its generated text contains one of these."""
+
+TAIL_TOKENS = 48
+"""Tokens decoded from the end of a row to look for a stop tag (longer than any tag)."""
+
+
+class Policy(Protocol):
+    """Anything that writes one searcher turn per sequence."""
+
+    def generate(self, seqs: list[list[int]]) -> list[list[int]]:
+        ...
+
+
+@dataclass
+class PolicyStats:
+    """Running totals; `as_dict` gives throughput for logging."""
+
+    calls: int = 0
+    sequences: int = 0
+    tokens_generated: int = 0
+    seconds: float = 0.0
+
+    def add(self, n_seqs: int, n_tokens: int, seconds: float) -> None:
+        self.calls += 1
+        self.sequences += n_seqs
+        self.tokens_generated += n_tokens
+        self.seconds += seconds
+
+    def as_dict(self) -> dict[str, float]:
+        """
+        >>> PolicyStats(calls=2, sequences=4, tokens_generated=10, seconds=5.0).as_dict()["tokens_per_s"]
+        2.0
+        """
+        rate = self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
+        return {
+            "calls": float(self.calls),
+            "sequences": float(self.sequences),
+            "tokens_generated": float(self.tokens_generated),
+            "seconds": self.seconds,
+            "tokens_per_s": rate,
+        }
+
+
+def has_stop(text: str) -> bool:
+    """Whether generated text contains a turn-ending tag.
+
+    >>> has_stop('<query>{"query": "x"}</query>'), has_stop("<search_complete>False</search_complete>")
+    (True, False)
+    >>> has_stop("<search_complete> yes </search_complete>")
+    True
+    """
+    return STOP_RE.search(text) is not None
+
+
+def stop_length(tokenizer: Any, ids: Sequence[int]) -> int | None:
+    """Length of the shortest prefix of `ids` whose text ends a turn, or None.
+
+    Checks the decoded tail after each token, exactly as the stopping criterion does during
+    generation, so both agree on where a row ends.
+    """
+    for n in range(1, len(ids) + 1):
+        if has_stop(tokenizer.decode(list(ids[max(0, n - TAIL_TOKENS) : n]), skip_special_tokens=True)):
+            return n
+    return None
+
+
+def strip_trailing(ids: list[int], drop: set[int]) -> list[int]:
+    """Remove trailing ids in `drop` (pad / eos).
+
+    >>> strip_trailing([5, 6, 0, 0], {0})
+    [5, 6]
+    """
+    end = len(ids)
+    while end > 0 and ids[end - 1] in drop:
+        end -= 1
+    return ids[:end]
+
+
+def _stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
+    """A per-row StoppingCriteria over the tokens generated after `prompt_len`."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _TagStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            start = max(prompt_len, input_ids.shape[1] - TAIL_TOKENS)
+            tails = tokenizer.batch_decode(input_ids[:, start:].tolist(), skip_special_tokens=True)
+            return torch.tensor([has_stop(t) for t in tails], dtype=torch.bool, device=input_ids.device)
+
+    return _TagStop()
+
+
+class HFPolicy:
+    """Batched sampling from a transformers causal LM with left padding and tag stops."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before building HFPolicy")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.stats = PolicyStats()
+        eos = tokenizer.eos_token_id
+        self._drop = {tokenizer.pad_token_id} | ({eos} if eos is not None else set())
+
+    def _batch(self, seqs: list[list[int]]) -> tuple[Any, Any]:
+        """Left-truncate to max_prompt_tokens, then left-pad into (B, T) ids and attention mask."""
+        import torch
+
+        limit = self.cfg.max_prompt_tokens
+        rows = [list(s[-limit:]) for s in seqs]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        device = getattr(self.model, "device", torch.device("cpu"))
+        return ids.to(device), mask.to(device)
+
+    def generate(self, seqs: list[list[int]]) -> list[list[int]]:
+        """One turn for every sequence (token ids, without trailing pad / eos)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        if not seqs:
+            return []
+        for i, s in enumerate(seqs):
+            if len(s) == 0:
+                raise ValueError(f"seqs[{i}] is empty; every sequence needs at least its prompt")
+        t0 = time.perf_counter()
+        ids, mask = self._batch(seqs)
+        prompt_len = ids.shape[1]
+        sample = self.cfg.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.cfg.max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len)]),
+        }
+        if sample:
+            kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        finally:
+            self.model.train(was_training)
+        results: list[list[int]] = []
+        for row in out[:, prompt_len:].tolist():
+            cut = stop_length(self.tokenizer, row)
+            row = row[:cut] if cut is not None else row
+            results.append(strip_trailing(row, self._drop))
+        self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
+        return results
+
+
+class ScriptedPolicy:
+    """Writes `script(decoded sequence so far)` as the next turn; deterministic, no model."""
+
+    def __init__(self, tokenizer: Any, script: Callable[[str], str]) -> None:
+        self.tokenizer = tokenizer
+        self.script = script
+        self.stats = PolicyStats()
+
+    def generate(self, seqs: list[list[int]]) -> list[list[int]]:
+        t0 = time.perf_counter()
+        out: list[list[int]] = []
+        for seq in seqs:
+            turn = self.script(self.tokenizer.decode(list(seq), skip_special_tokens=False))
+            if not isinstance(turn, str):
+                raise TypeError(f"script returned {type(turn).__name__}, expected the turn text as str")
+            out.append(list(self.tokenizer.encode(turn, add_special_tokens=False)))
+        self.stats.add(len(seqs), sum(len(o) for o in out), time.perf_counter() - t0)
+        return out

@@ -1,0 +1,48 @@
+"""In-memory stand-ins for tests: a keyword-overlap retriever that records its calls."""
+
+from __future__ import annotations
+
+import re
+
+from s3_ray.types import Passage, SearchHit
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+FAKE_PASSAGES: tuple[Passage, ...] = (
+    Passage("p1", '"Alder Town"\nAlder Town lies on the river Wend and was founded in 1820.'),
+    Passage("p2", '"Wend River"\nThe river Wend flows through Alder Town and Birch Falls.'),
+    Passage("p3", '"Birch Falls"\nBirch Falls is a town whose mayor is Clara Holt.'),
+    Passage("p4", '"Clara Holt"\nClara Holt was born in Alder Town and became mayor in 2001.'),
+    Passage("p5", '"Holt Company"\nThe Holt company was founded by Clara Holt in Birch Falls.'),
+    Passage("p6", '"Cedar Works"\nCedar Works makes river boats; its headquarters is in Birch Falls.'),
+    Passage("p7", '"Dune Port"\nDune Port is a harbour town with no river.'),
+    Passage("p8", '"Elm Mill"\nElm Mill was the first company founded on the river Wend.'),
+)
+
+
+class FakeRetriever:
+    """Ranks passages by the number of query words they share (ties: corpus order).
+
+    Every call is appended to `calls` as (queries, k), so tests can count batched requests.
+    Passages with no shared word are still returned (after the others) so that `k` is honoured
+    whenever the corpus is large enough, like a real dense retriever.
+    """
+
+    def __init__(self, passages: tuple[Passage, ...] = FAKE_PASSAGES) -> None:
+        self.passages = list(passages)
+        self.calls: list[tuple[list[str], int]] = []
+
+    def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        self.calls.append((list(queries), k))
+        out: list[list[SearchHit]] = []
+        for q in queries:
+            qw = _words(q)
+            scored = [(len(qw & _words(p.contents)), -i, p) for i, p in enumerate(self.passages)]
+            scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
+            out.append([SearchHit(p, float(s)) for s, _, p in scored[:k]])
+        return out
