@@ -1,0 +1,44 @@
+"""Answer metrics, the naive-RAG baseline cache, and the Gain-Beyond-RAG reward."""
+
+from s3_ray.reward.baseline import (
+    BaselineCache,
+    BaselineError,
+    BaselineMissing,
+    BaselineRecord,
+    BaselineSettings,
+    baseline_path,
+    baseline_settings,
+    batch_genacc,
+    filter_unanswered,
+    is_yes_no,
+    open_baseline,
+    precompute_baseline,
+    precompute_split,
+    retriever_fingerprint,
+)
+from s3_ray.reward.gain import RewardScorer, gain_beyond_baseline
+from s3_ray.reward.metrics import exact_match, f1, genacc, normalize_answer, span_match
+
+__all__ = [
+    "BaselineCache",
+    "BaselineError",
+    "BaselineMissing",
+    "BaselineRecord",
+    "BaselineSettings",
+    "RewardScorer",
+    "baseline_path",
+    "baseline_settings",
+    "batch_genacc",
+    "exact_match",
+    "f1",
+    "filter_unanswered",
+    "gain_beyond_baseline",
+    "genacc",
+    "is_yes_no",
+    "open_baseline",
+    "normalize_answer",
+    "precompute_baseline",
+    "precompute_split",
+    "retriever_fingerprint",
+    "span_match",
+]

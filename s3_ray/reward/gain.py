@@ -1,0 +1,77 @@
+"""Gain Beyond RAG: how much better the searcher's context makes the frozen generator.
+
+reward = GenAcc(G(q, D_s3)) - GenAcc(G(q, D_RAG)), with the second term read from the
+precomputed baseline. s3 also adds GenAcc itself (`add_accuracy`), which on its filtered
+training set (baseline always wrong) only rescales the reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from s3_ray.config import RewardConfig
+from s3_ray.reward.baseline import BaselineCache, BaselineError, batch_genacc
+from s3_ray.reward.metrics import exact_match, f1
+from s3_ray.types import Passage, Trajectory
+
+
+def gain_beyond_baseline(acc: float, baseline_acc: float, add_accuracy: bool = False) -> float:
+    """GBR = acc - baseline_acc, plus acc again when `add_accuracy` (s3's training reward).
+
+    >>> gain_beyond_baseline(1.0, 0.0), gain_beyond_baseline(0.0, 1.0), gain_beyond_baseline(1.0, 1.0)
+    (1.0, -1.0, 0.0)
+    >>> [gain_beyond_baseline(a, b, add_accuracy=True) for a, b in [(1, 0), (1, 1), (0, 0), (0, 1)]]
+    [2.0, 1.0, 0.0, -1.0]
+    """
+    gbr = float(acc) - float(baseline_acc)
+    return gbr + float(acc) if add_accuracy else gbr
+
+
+class _GeneratorClient(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]]) -> list[str]: ...
+
+    def generate(self, prompts: list[list[dict[str, str]]]) -> list[str]: ...
+
+
+class RewardScorer:
+    """Scores finished trajectories: one batched answer call, GenAcc, minus the cached baseline."""
+
+    def __init__(self, generator_client: _GeneratorClient, baseline: BaselineCache, cfg: RewardConfig) -> None:
+        s = baseline.settings
+        if cfg.baseline != s.method:
+            raise BaselineError(f"reward.baseline={cfg.baseline!r} but {baseline.path} holds method {s.method!r}")
+        if cfg.use_judge != s.judge:
+            raise BaselineError(f"reward.use_judge={cfg.use_judge} but {baseline.path} was scored with judge={s.judge}")
+        if generator_client.model_id != s.generator:
+            raise BaselineError(
+                f"generator {generator_client.model_id!r} but {baseline.path} was made with {s.generator!r}"
+            )
+        self.client = generator_client
+        self.baseline = baseline
+        self.cfg = cfg
+
+    def score(self, trajectories: list[Trajectory]) -> list[float]:
+        """Set `traj.reward` and `traj.metrics` for every trajectory; return the rewards in order.
+
+        Baselines are looked up first, so a missing one fails before any generation is spent.
+        """
+        if not trajectories:
+            return []
+        base = [self.baseline.get(t.item.id).genacc for t in trajectories]
+        answers = self.client.answer([t.item.question for t in trajectories], [t.context for t in trajectories])
+        golds = [t.item.golden_answers for t in trajectories]
+        accs = batch_genacc(answers, golds, judge_with=self.client if self.cfg.use_judge else None)
+        rewards: list[float] = []
+        for t, ans, acc, b in zip(trajectories, answers, accs, base):
+            gbr = gain_beyond_baseline(acc, b)
+            t.reward = gain_beyond_baseline(acc, b, add_accuracy=self.cfg.add_accuracy)
+            t.metrics.update({
+                "genacc": acc, "em": exact_match(ans, t.item.golden_answers), "f1": f1(ans, t.item.golden_answers),
+                "baseline_genacc": b, "gbr": gbr, "context_docs": float(len({p.id for p in t.context})),
+            })
+            rewards.append(t.reward)
+        return rewards
