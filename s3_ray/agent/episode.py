@@ -25,8 +25,9 @@ Exact semantics, with budget = `RolloutConfig`:
   (`step` returns it). A turn with neither is invalid: `step` returns None and the caller appends
   `nudge()`. After `max_turns` searches the last block is shown and the next turn is final: the
   episode ends after it, and its query, if any, is not run (`TurnRecord.query` stays None).
-* **Generation cap.** At most `max_generations` = 2 * (max_turns + 1) turns: the turn that
-  reaches the cap is final in the same way, so invalid turns cannot loop forever.
+* **Generation cap.** At most `max_generations` = max_turns + 2 turns (s3's count: a loop of
+  max_turns + 1 generations plus a final one); the turn that reaches the cap is final in the
+  same way, so invalid turns cannot loop forever.
 * **Context.** `context()` = init documents + kept documents, de-duplicated by id, in order of
   appearance. This is what the generator reads.
 """
@@ -67,8 +68,8 @@ class Episode:
 
     @property
     def max_generations(self) -> int:
-        """Hard cap on searcher turns: max_turns + 1 valid ones plus as many invalid ones."""
-        return 2 * (self.budget.max_turns + 1)
+        """Hard cap on searcher turns, valid or not: max_turns + 2 (as in s3)."""
+        return self.budget.max_turns + 2
 
     @property
     def done(self) -> bool:

@@ -77,7 +77,7 @@ def run_rollout(
     def env_ids(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
-    max_generations = 2 * (budget.max_turns + 1)
+    max_generations = budget.max_turns + 2  # == Episode.max_generations
     for _ in range(max_generations):
         active = [i for i, ep in enumerate(episodes) if not ep.done]
         if not active:

@@ -120,7 +120,7 @@ def test_generation_cap_ends_an_episode_of_invalid_turns():
         assert ep.step("no tags at all") is None and not ep.done
     ep.step("still nothing")
     assert ep.done and ep.end_reason == "max_generations"
-    assert len(ep.turns) == 2 * (b.max_turns + 1) == ep.max_generations
+    assert len(ep.turns) == b.max_turns + 2 == ep.max_generations
 
 
 def test_call_order_is_enforced():
