@@ -1,8 +1,10 @@
 """Retriever Serve app: `POST /retrieve` (Search-R1/s3 schema), `GET /health`, and a batched
 `search(queries, k)` method for handle calls.
 
-Concurrent calls are merged by `@serve.batch` into one bm25s call. Run with
-`serve run deployments.retriever:build_app index_dir=runs/index`.
+Concurrent calls are merged by `@serve.batch` into one retriever call (one bm25s call, or one
+encoder batch + one faiss search). `GET /openapi.json` and `/docs` describe the API. Run with
+`serve run deployments.retriever:build_app index_dir=runs/index backend=bm25`, or from
+`deployments/serve_config.yaml` (see docs/retrieval.md).
 
 No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation
 on the ingress methods to inject the request.
@@ -14,46 +16,66 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 from ray.serve import Application
 
 from s3_ray.config import RetrievalConfig
-from s3_ray.retrieval.index import load_retriever
-from s3_ray.retrieval.schema import RetrieveRequest, hits_to_json
+from s3_ray.retrieval.index import load_retriever, read_manifest
+from s3_ray.retrieval.schema import RetrieveRequest, RetrieveResponse, hits_to_json
 from s3_ray.types import SearchHit
 
-app = FastAPI(title="s3-ray retriever")
+app = FastAPI(title="s3-ray retriever", version="1",
+              description="Search-R1/s3 compatible retrieval: BM25, dense (faiss) or hybrid (RRF).")
+
+_SERVE_FIELDS = {"retriever_replicas", "retriever_cpus", "max_ongoing_requests", "max_batch_size",
+                 "batch_wait_timeout_s", "health_check_period_s", "health_check_timeout_s",
+                 "graceful_shutdown_timeout_s", "retrieval"}
 
 
 class RetrieverAppArgs(BaseModel):
-    """Everything `build_app` needs; field names follow RetrievalConfig / ServeConfig."""
+    """Everything `build_app` needs. Any RetrievalConfig field may be given at the top level
+    (`index_dir=...`, `backend=dense`, `index_type=hnsw`), as `serve run` passes flat key=value
+    args; they are gathered into `retrieval`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    index_dir: str = "runs/index"
-    backend: str = "bm25"
-    k1: float = Field(0.9, gt=0)
-    b: float = Field(0.4, ge=0, le=1)
-    max_batch: int = Field(256, ge=1, description="Most queries one request may carry.")
+    retrieval: RetrievalConfig = RetrievalConfig()
     retriever_replicas: int = Field(1, ge=1)
     retriever_cpus: float = Field(0.25, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1, description="Most concurrent calls merged into one search.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="In-flight requests get this long to finish.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_retrieval_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        flat = {k: v for k, v in data.items() if k not in _SERVE_FIELDS}
+        if not flat:
+            return data
+        nested = data.get("retrieval", {})
+        nested = nested.model_dump() if isinstance(nested, RetrievalConfig) else dict(nested)
+        return {k: v for k, v in data.items() if k in _SERVE_FIELDS} | {"retrieval": nested | flat}
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RetrieverAppArgs":
         """From an S3Config (its `retrieval` and `serve` sections)."""
-        r, s = cfg.retrieval, cfg.serve
-        return cls(index_dir=r.index_dir, backend=r.backend, k1=r.k1, b=r.b, max_batch=r.max_batch,
-                   retriever_replicas=s.retriever_replicas, retriever_cpus=s.retriever_cpus,
-                   max_ongoing_requests=s.max_ongoing_requests, max_batch_size=s.max_batch_size,
-                   batch_wait_timeout_s=s.batch_wait_timeout_s)
+        s = cfg.serve
+        return cls(retrieval=cfg.retrieval, retriever_replicas=s.retriever_replicas,
+                   retriever_cpus=s.retriever_cpus, max_ongoing_requests=s.max_ongoing_requests,
+                   max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s)
 
     def retrieval_config(self) -> RetrievalConfig:
-        return RetrievalConfig(backend=self.backend, index_dir=self.index_dir, k1=self.k1, b=self.b,
-                               max_batch=self.max_batch)
+        return self.retrieval
+
+
+_REQUEST_BODY = {"required": True,
+                 "content": {"application/json": {"schema": RetrieveRequest.model_json_schema()}}}
 
 
 @serve.deployment
@@ -61,7 +83,10 @@ class RetrieverAppArgs(BaseModel):
 class RetrieverDeployment:
     def __init__(self, args: RetrieverAppArgs) -> None:
         self.args = args
-        self.retriever = load_retriever(args.retrieval_config())
+        self.max_batch = args.retrieval.max_batch
+        self.manifest = read_manifest(args.retrieval.index_dir)
+        self.retriever = load_retriever(args.retrieval)
+        self._closing = False
         self._batched_search.set_max_batch_size(args.max_batch_size)
         self._batched_search.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
@@ -71,8 +96,10 @@ class RetrieverDeployment:
             raise TypeError("queries must be a list of strings")
         if not 1 <= int(k) <= 100:
             raise ValueError(f"k must be in 1..100, got {k}")
-        if len(queries) > self.args.max_batch:
-            raise ValueError(f"batch of {len(queries)} queries exceeds max_batch={self.args.max_batch}")
+        if len(queries) > self.max_batch:
+            raise ValueError(f"batch of {len(queries)} queries exceeds max_batch={self.max_batch}")
+        if self._closing:
+            raise RuntimeError("retriever replica is shutting down")
         return await self._batched_search(list(queries), int(k))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -88,14 +115,15 @@ class RetrieverDeployment:
             pos += len(qs)
         return out
 
-    @app.post("/retrieve")
+    @app.post("/retrieve", response_model=RetrieveResponse, openapi_extra={"requestBody": _REQUEST_BODY},
+              responses={400: {"description": "body is not JSON"}, 422: {"description": "invalid request"}})
     async def retrieve(self, request: Request) -> JSONResponse:
         try:
             body = await request.json()
         except ValueError:
             return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
         try:
-            req = RetrieveRequest.model_validate(body, context={"max_batch": self.args.max_batch})
+            req = RetrieveRequest.model_validate(body, context={"max_batch": self.max_batch})
         except ValidationError as err:
             return JSONResponse({"detail": json.loads(err.json(include_url=False))}, status_code=422)
         hits = await self.search(req.queries, req.topk)
@@ -103,7 +131,21 @@ class RetrieverDeployment:
 
     @app.get("/health")
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "passages": len(self.retriever), "index_dir": self.args.index_dir}
+        m = self.manifest
+        return {"status": "shutting down" if self._closing else "ok", "backend": m.backend,
+                "passages": len(self.retriever), "index_dir": self.args.retrieval.index_dir, "dim": m.dim,
+                "corpus_sha256": m.corpus_sha256}
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose index cannot answer a query gets replaced."""
+        hits = await asyncio.to_thread(self.retriever.search, ["health check"], 1)
+        if len(hits) != 1:
+            raise RuntimeError(f"retriever returned {len(hits)} result lists for 1 query")
+
+    def __del__(self) -> None:
+        """Serve calls this on replica shutdown (after in-flight requests drained or timed out)."""
+        self._closing = True
+        self.retriever = None  # release faiss/GPU memory and encoder weights now, not at process exit
 
 
 def build_app(args: RetrieverAppArgs | dict[str, Any]) -> Application:
@@ -113,4 +155,8 @@ def build_app(args: RetrieverAppArgs | dict[str, Any]) -> Application:
         num_replicas=a.retriever_replicas,
         ray_actor_options={"num_cpus": a.retriever_cpus},
         max_ongoing_requests=a.max_ongoing_requests,
+        health_check_period_s=a.health_check_period_s,
+        health_check_timeout_s=a.health_check_timeout_s,
+        graceful_shutdown_wait_loop_s=1.0,
+        graceful_shutdown_timeout_s=a.graceful_shutdown_timeout_s,
     ).bind(a)

@@ -38,11 +38,35 @@ class DataConfig(_Strict):
 
 
 class RetrievalConfig(_Strict):
-    backend: Literal["bm25"] = "bm25"
+    """Index build and search settings. Build-time fields go into the index manifest; search-time
+    fields (`hnsw_ef_search`, `ivf_nprobe`, `rrf_k`, `fusion_depth`, `faiss_gpu`) do not."""
+
+    backend: Literal["bm25", "dense", "hybrid"] = "bm25"
     index_dir: str = Field("runs/index", description="Where build_index writes and the retriever reads.")
     k1: float = Field(0.9, gt=0)
     b: float = Field(0.4, ge=0, le=1)
+    bm25_impl: Literal["bm25s", "pyserini"] = Field("bm25s", description="pyserini needs the `sparse` extra + Java 21.")
     max_batch: int = Field(256, ge=1, description="Largest batch of queries one request may carry.")
+    # dense
+    encoder: str = Field("minilm-l6", description="Registered encoder name, sentence-transformers folder, or HF encoder.")
+    pooling: Literal["auto", "mean", "cls"] = Field("auto", description="auto: from the encoder family.")
+    query_prefix: str | None = Field(None, description="None: from the encoder family (e5 'query: ').")
+    passage_prefix: str | None = Field(None, description="None: from the encoder family (e5 'passage: ').")
+    max_length: int = Field(256, ge=8, description="Encoder token limit per text.")
+    encode_batch_size: int = Field(64, ge=1)
+    index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    num_shards: int = Field(1, ge=1, description="faiss indexes over row ranges, merged at query time.")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(64, ge=1)
+    ivf_nlist: int = Field(1024, ge=1, description="IVF cells; each shard needs at least this many passages.")
+    ivf_nprobe: int = Field(16, ge=1)
+    pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the embedding dim.")
+    pq_nbits: int = Field(8, ge=1, le=16)
+    faiss_gpu: bool = Field(True, description="Move Flat/IVF shards to GPUs when faiss has GPU support.")
+    # hybrid
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
+    fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
 
 
 class GeneratorConfig(_Strict):

@@ -1,0 +1,238 @@
+"""Retrieval benchmark: one run, numbers reported as ratios where a comparison is meant.
+
+    python benchmarks/retrieval_bench.py [--quick] [--out benchmarks/results/retrieval.json]
+
+Measures, on whatever machine runs it:
+1. BM25 (bm25s, the embedded corpus) in-process vs through a Ray Serve handle vs HTTP, at
+   batch 1 and batch 64 (queries/s), and p50/p99 latency with 32 concurrent HTTP clients;
+2. bm25s vs rank-bm25 (`pip install rank-bm25`; benchmark only) queries/s on the same corpus;
+3. BM25 index build time and memory per 100k passages (the embedded corpus repeated);
+4. faiss Flat vs HNSW vs IVF-PQ on 100k synthetic 384-dim unit vectors with cluster structure
+   (random, not encoded text: encoding 100k passages with MiniLM on a small CPU takes ~1 h):
+   build time, index bytes, queries/s and recall@10 relative to Flat.
+Prints a table and writes everything to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import psutil
+
+from s3_ray.config import RetrievalConfig
+from s3_ray.data.corpus import read_corpus, write_corpus
+from s3_ray.data.embedded import embedded_dir
+from s3_ray.data.qa import read_qa
+from s3_ray.retrieval import BM25Retriever, build_index
+from s3_ray.types import Passage
+
+
+def rate(fn: Callable[[], Any], n_queries: int, min_s: float = 2.0) -> float:
+    """Queries/s of `fn` (which answers n_queries), repeated for at least `min_s` seconds."""
+    fn()  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_s or count == 0:
+        fn()
+        count += 1
+    return count * n_queries / elapsed
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def bench_bm25_impls(passages: list[Passage], queries: list[str], min_s: float) -> dict[str, Any]:
+    from rank_bm25 import BM25Okapi
+
+    ours = BM25Retriever.build(passages)
+    rb = BM25Okapi([p.contents.lower().split() for p in passages], k1=0.9, b=0.4)
+    few = queries[:20]
+    ours_qps = rate(lambda: ours.search(queries[:64], 10), 64, min_s)
+    rb_qps = rate(lambda: [rb.get_top_n(q.lower().split(), passages, n=10) for q in few], len(few), min_s)
+    return {"passages": len(passages), "bm25s_qps_batch64": ours_qps, "rank_bm25_qps": rb_qps,
+            "bm25s_over_rank_bm25": ours_qps / rb_qps}
+
+
+def bench_bm25_build(passages: list[Passage], target: int) -> dict[str, Any]:
+    reps = -(-target // len(passages))
+    big = [Passage(f"{p.id}-{r}", p.contents) for r in range(reps) for p in passages][:target]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        write_corpus(corpus, big)
+        m = build_index(corpus, RetrievalConfig(index_dir=f"{tmp}/index"), progress=False)
+        tracemalloc.start()  # a second, traced build of a 20k slice: peak Python+numpy memory
+        BM25Retriever.build(big[:20_000])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    scale = 100_000 / len(big)
+    return {"passages": len(big), "build_s_per_100k": m.build_seconds * scale,
+            "index_mb_per_100k": m.index_bytes / 2**20 * scale, "peak_build_mb_per_100k": peak / 2**20 * 5}
+
+
+def clustered_unit_vectors(n: int, dim: int, centers: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # queries: corpus points moved by noise of norm ~0.5 (the vectors have norm 1)
+    q = x[rng.integers(0, n, 1000)] + (0.5 / np.sqrt(dim)) * rng.standard_normal((1000, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return x, q
+
+
+def bench_faiss(n: int, min_s: float) -> dict[str, Any]:
+    import faiss
+
+    from s3_ray.retrieval.dense import FaissParams, build_faiss_index, set_search_params
+
+    x, q = clustered_unit_vectors(n, 384, 1000, np.random.default_rng(0))
+    out: dict[str, Any] = {"vectors": n, "dim": 384, "queries": len(q), "threads": faiss.omp_get_max_threads()}
+    truth = None
+    for name, params in [("flat", FaissParams("flat")), ("hnsw", FaissParams("hnsw", hnsw_m=32, hnsw_ef_construction=80)),
+                         ("ivfpq", FaissParams("ivfpq", ivf_nlist=1024, pq_m=48, pq_nbits=8))]:
+        before, start = rss_mb(), time.perf_counter()
+        index = build_faiss_index(x, params)
+        build_s = time.perf_counter() - start
+        set_search_params(index, ef_search=64, nprobe=16)
+        _, ids = index.search(q, 10)
+        if truth is None:
+            truth = ids
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
+        qps = rate(lambda: index.search(q[:64], 10), 64, min_s)
+        out[name] = {"build_s": build_s, "index_mb": faiss.serialize_index(index).nbytes / 2**20,
+                     "rss_growth_mb": rss_mb() - before, "qps_batch64": qps,
+                     "qps_batch1": rate(lambda: index.search(q[:1], 10), 1, min_s / 2), "recall_at_10_vs_flat": recall}
+        del index
+    out["hnsw_over_flat_qps"] = out["hnsw"]["qps_batch64"] / out["flat"]["qps_batch64"]
+    out["ivfpq_over_flat_qps"] = out["ivfpq"]["qps_batch64"] / out["flat"]["qps_batch64"]
+    return out
+
+
+async def _http_concurrent(url: str, queries: list[str], clients: int, per_client: int) -> dict[str, Any]:
+    import httpx
+
+    lat: list[float] = []
+
+    async def worker(c: int, http: httpx.AsyncClient) -> None:
+        for i in range(per_client):
+            t = time.perf_counter()
+            r = await http.post(url, json={"queries": [queries[(c * per_client + i) % len(queries)]], "topk": 3})
+            r.raise_for_status()
+            lat.append(time.perf_counter() - t)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await http.post(url, json={"queries": ["warm up"], "topk": 3})
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(c, http) for c in range(clients)])
+        wall = time.perf_counter() - start
+    lat.sort()
+    return {"clients": clients, "requests": len(lat), "qps": len(lat) / wall, "p50_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+
+
+def bench_serve(corpus: Path, queries: list[str], min_s: float, per_client: int) -> dict[str, Any]:
+    import httpx
+    import ray
+    from ray import serve
+
+    from deployments.retriever import RetrieverAppArgs, build_app
+
+    tmp = tempfile.mkdtemp(prefix="retrieval-bench-")
+    cfg = RetrievalConfig(index_dir=f"{tmp}/index")
+    build_index(corpus, cfg, progress=False)
+    local = BM25Retriever.load(cfg.index_dir)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token side effect for later CLI use
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        handle = serve.run(build_app(RetrieverAppArgs(retrieval=cfg, retriever_cpus=0.5)), name="retriever",
+                           route_prefix="/")
+        url = "http://127.0.0.1:8765/retrieve"
+        http = httpx.Client(timeout=60)
+        res: dict[str, Any] = {}
+        for b in (1, 64):
+            qs = queries[:b]
+            res[f"inprocess_qps_b{b}"] = rate(lambda: local.search(qs, 3), b, min_s)
+            res[f"handle_qps_b{b}"] = rate(lambda: handle.search.remote(qs, 3).result(), b, min_s)
+            res[f"http_qps_b{b}"] = rate(lambda: http.post(url, json={"queries": qs, "topk": 3}).raise_for_status(),
+                                         b, min_s)
+            res[f"handle_over_inprocess_b{b}"] = res[f"handle_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
+            res[f"http_over_inprocess_b{b}"] = res[f"http_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
+        http.close()
+        res["http_32_clients"] = asyncio.run(_http_concurrent(url, queries, 32, per_client))
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/results/retrieval.json")
+    ap.add_argument("--quick", action="store_true", help="10k vectors, short timings (a smoke run)")
+    args = ap.parse_args(argv)
+    min_s = 0.5 if args.quick else 2.0
+    corpus_path = embedded_dir() / "corpus.jsonl"
+    passages = read_corpus(corpus_path)
+    queries = [item.question for item in read_qa(embedded_dir() / "test.jsonl")]
+    queries = (queries * (64 // len(queries) + 1))[:max(64, len(queries))]
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "processor": platform.processor() or platform.machine()}}
+    t0 = time.perf_counter()
+    results["bm25_impls"] = bench_bm25_impls(passages, queries, min_s)
+    results["bm25_build"] = bench_bm25_build(passages, 10_000 if args.quick else 100_000)
+    results["faiss"] = bench_faiss(10_000 if args.quick else 100_000, min_s)
+    results["serve"] = bench_serve(corpus_path, queries, min_s, 5 if args.quick else 20)
+    results["total_s"] = time.perf_counter() - t0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(f"\nwritten to {out}")
+    return 0
+
+
+def render(r: dict[str, Any]) -> str:
+    s, f, bi, bb = r["serve"], r["faiss"], r["bm25_impls"], r["bm25_build"]
+    c = s["http_32_clients"]
+    rows = [
+        ("BM25 in-process q/s, batch 1 / 64", f"{s['inprocess_qps_b1']:.0f} / {s['inprocess_qps_b64']:.0f}"),
+        ("Serve handle q/s, batch 1 / 64", f"{s['handle_qps_b1']:.0f} / {s['handle_qps_b64']:.0f}"),
+        ("  ratio handle / in-process, batch 1 / 64",
+         f"{s['handle_over_inprocess_b1']:.3f} / {s['handle_over_inprocess_b64']:.3f}"),
+        ("HTTP q/s, batch 1 / 64", f"{s['http_qps_b1']:.0f} / {s['http_qps_b64']:.0f}"),
+        ("  ratio HTTP / in-process, batch 1 / 64", f"{s['http_over_inprocess_b1']:.3f} / {s['http_over_inprocess_b64']:.3f}"),
+        (f"HTTP, {c['clients']} concurrent clients: q/s, p50, p99",
+         f"{c['qps']:.0f} q/s, {c['p50_ms']:.1f} ms, {c['p99_ms']:.1f} ms"),
+        (f"bm25s / rank-bm25 q/s ({bi['passages']} passages)",
+         f"{bi['bm25s_qps_batch64']:.0f} / {bi['rank_bm25_qps']:.1f} = {bi['bm25s_over_rank_bm25']:.0f}x"),
+        ("BM25 build per 100k passages: time, index size, peak memory",
+         f"{bb['build_s_per_100k']:.1f} s, {bb['index_mb_per_100k']:.0f} MiB, {bb['peak_build_mb_per_100k']:.0f} MiB"),
+    ]
+    for name in ("flat", "hnsw", "ivfpq"):
+        x = f[name]
+        rows.append((f"faiss {name} ({f['vectors'] // 1000}k x {f['dim']}): build, size, RSS, q/s b64 / b1, recall@10",
+                     f"{x['build_s']:.1f} s, {x['index_mb']:.0f} MiB, {x['rss_growth_mb']:.0f} MiB, "
+                     f"{x['qps_batch64']:.0f} / {x['qps_batch1']:.0f}, "
+                     f"{x['recall_at_10_vs_flat']:.3f}"))
+    rows.append(("  ratio HNSW / Flat, IVF-PQ / Flat q/s (batch 64)",
+                 f"{f['hnsw_over_flat_qps']:.1f}x, {f['ivfpq_over_flat_qps']:.1f}x"))
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"| {a:<{width}} | {b} |" for a, b in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Dense retrieval over faiss: Flat (exact), HNSW (graph) or IVF-PQ (compressed) indexes.
+
+The corpus embeddings are kept as `embeddings.npy` (plain numpy, never pickle) so another index
+type can be built later without re-encoding. The rows can be split into `num_shards` contiguous
+ranges, one faiss index each; a query searches every shard and the per-shard top-k lists are
+merged, so an index larger than one device's memory can be spread over several (one shard per
+GPU when faiss has GPUs, else all in host memory). faiss is imported only when an index is built
+or opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s3_ray.data.corpus import read_corpus, write_corpus
+from s3_ray.retrieval.encoders import Encoder
+from s3_ray.types import Passage, SearchHit
+
+PASSAGES_FILE = "passages.jsonl"
+EMBEDDINGS_FILE = "embeddings.npy"
+META_FILE = "dense.json"
+
+
+@dataclass(frozen=True)
+class FaissParams:
+    """Build-time parameters of one index type (what the manifest records)."""
+
+    index_type: str = "flat"
+    num_shards: int = 1
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    ivf_nlist: int = 1024
+    pq_m: int = 48
+    pq_nbits: int = 8
+
+    def as_dict(self) -> dict[str, Any]:
+        """Only the fields that matter for this index type.
+
+        >>> FaissParams("hnsw", hnsw_m=16).as_dict()
+        {'index_type': 'hnsw', 'num_shards': 1, 'hnsw_m': 16, 'hnsw_ef_construction': 80}
+        """
+        keep = {"flat": (), "hnsw": ("hnsw_m", "hnsw_ef_construction"),
+                "ivfpq": ("ivf_nlist", "pq_m", "pq_nbits")}[self.index_type]
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k in ("index_type", "num_shards") or k in keep}
+
+
+def shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges of near-equal size.
+
+    >>> shard_bounds(10, 3)
+    [(0, 3), (3, 7), (7, 10)]
+    """
+    if num_shards < 1 or num_shards > n:
+        raise ValueError(f"num_shards must be in 1..{n} (the number of passages), got {num_shards}")
+    edges = np.linspace(0, n, num_shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], offsets: Sequence[int],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (n_queries, k_i) results into global top-k; faiss' -1 (no hit) is dropped
+    (its score becomes -inf and its id -1). Ties keep the lower global row first.
+
+    >>> s, i = merge_topk([np.array([[0.9, 0.1]]), np.array([[0.5, 0.4]])],
+    ...                   [np.array([[1, 0]]), np.array([[0, -1]])], [0, 10], 3)
+    >>> s.round(2).tolist(), i.tolist()
+    ([[0.9, 0.5, 0.1]], [[1, 10, 0]])
+    """
+    all_ids = np.concatenate([np.where(i >= 0, i + off, -1) for i, off in zip(ids, offsets)], axis=1)
+    all_scores = np.concatenate([np.where(i >= 0, s, -np.inf) for s, i in zip(scores, ids)], axis=1)
+    order = np.lexsort((np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids), -all_scores), axis=1)[:, :k]
+    return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
+
+
+def _check_buildable(p: FaissParams, n_rows: int, dim: int) -> None:
+    if p.index_type == "ivfpq":
+        if dim % p.pq_m:
+            raise ValueError(f"retrieval.pq_m={p.pq_m} must divide the embedding dim {dim}")
+        need = max(p.ivf_nlist, 2 ** p.pq_nbits)
+        if n_rows < need:
+            raise ValueError(f"ivfpq needs at least max(retrieval.ivf_nlist, 2**retrieval.pq_nbits) = {need} "
+                             f"passages per shard to train, a shard has {n_rows}; lower ivf_nlist/pq_nbits "
+                             "or num_shards, or use index_type flat/hnsw")
+
+
+def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
+    """One inner-product faiss index over unit vectors (trained first where the type needs it)."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = x.shape
+    _check_buildable(p, n, dim)
+    if p.index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif p.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p.hnsw_ef_construction
+    elif p.index_type == "ivfpq":
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, p.ivf_nlist, p.pq_m, p.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+    else:
+        raise ValueError(f"unknown retrieval.index_type {p.index_type!r}; expected flat, hnsw or ivfpq")
+    index.add(x)
+    return index
+
+
+def set_search_params(index: Any, ef_search: int, nprobe: int) -> None:
+    """Apply search-time knobs (HNSW efSearch, IVF nprobe) to a CPU index."""
+    import faiss
+
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = ef_search
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+
+
+def build_shards(embeddings: np.ndarray, params: FaissParams) -> tuple[list[Any], list[int]]:
+    """One faiss index per row range; returns (shards, first global row of each)."""
+    if len(embeddings) == 0:
+        raise ValueError("cannot build a dense index over an empty corpus")
+    bounds = shard_bounds(len(embeddings), params.num_shards)
+    for a, b in bounds:  # fail before spending time on the first shard
+        _check_buildable(params, b - a, embeddings.shape[1])
+    return [build_faiss_index(embeddings[a:b], params) for a, b in bounds], [a for a, _ in bounds]
+
+
+def save_dense(directory: str | os.PathLike[str], passages: Sequence[Passage], shards: Sequence[Any],
+               offsets: Sequence[int], embeddings: np.ndarray | None = None) -> None:
+    """Write a dense index folder: passages, shard files (faiss' own format), embeddings.npy, dense.json."""
+    import faiss
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    write_corpus(d / PASSAGES_FILE, passages)
+    if embeddings is not None:
+        np.save(d / EMBEDDINGS_FILE, np.asarray(embeddings, dtype=np.float32), allow_pickle=False)
+    for i, shard in enumerate(shards):
+        faiss.write_index(shard, str(d / f"shard_{i:03d}.faiss"))
+    meta = {"dim": int(shards[0].d), "offsets": list(offsets), "sizes": [int(s.ntotal) for s in shards]}
+    (d / META_FILE).write_text(json.dumps(meta))
+
+
+def load_embeddings(directory: str | os.PathLike[str]) -> np.ndarray | None:
+    """The saved corpus embeddings (memory-mapped), or None when the folder has none."""
+    path = Path(directory) / EMBEDDINGS_FILE
+    return np.load(path, mmap_mode="r", allow_pickle=False) if path.is_file() else None
+
+
+class DenseRetriever:
+    """Encoder + one or more faiss shards; scores are cosine similarities (higher is better)."""
+
+    def __init__(self, passages: Sequence[Passage], shards: Sequence[Any], offsets: Sequence[int],
+                 encoder: Encoder) -> None:
+        total = sum(int(s.ntotal) for s in shards)
+        if total != len(passages):
+            raise ValueError(f"faiss shards hold {total} vectors but {len(passages)} passages were given")
+        if any(int(s.d) != encoder.dim for s in shards):
+            raise ValueError(f"index dim {shards[0].d} != encoder dim {encoder.dim}: built with another encoder")
+        self._passages = list(passages)
+        self._shards = list(shards)
+        self._offsets = list(offsets)
+        self.encoder = encoder
+        self._gpu: Any = None
+
+    @classmethod
+    def build(cls, passages: Sequence[Passage], embeddings: np.ndarray, encoder: Encoder,
+              params: FaissParams) -> DenseRetriever:
+        """Index precomputed passage embeddings (row i = passages[i])."""
+        if embeddings.shape != (len(passages), encoder.dim):
+            raise ValueError(f"embeddings have shape {embeddings.shape}, expected ({len(passages)}, {encoder.dim})")
+        shards, offsets = build_shards(embeddings, params)
+        return cls(passages, shards, offsets, encoder)
+
+    def save(self, directory: str | os.PathLike[str], embeddings: np.ndarray | None = None) -> None:
+        """Write shards (faiss' own format), the passages, and the embeddings when given."""
+        save_dense(directory, self._passages, self._shards, self._offsets, embeddings)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], encoder: Encoder, ef_search: int = 64, nprobe: int = 16,
+             use_gpu: bool = True) -> DenseRetriever:
+        """Open what `save` wrote; shards go to GPUs (round-robin) when faiss has them and `use_gpu`."""
+        import faiss
+
+        d = Path(directory)
+        if not (d / META_FILE).is_file():
+            raise FileNotFoundError(f"not a dense index folder (no {META_FILE}): {d}")
+        meta = json.loads((d / META_FILE).read_text())
+        shards = []
+        for i, size in enumerate(meta["sizes"]):
+            path = d / f"shard_{i:03d}.faiss"
+            if not path.is_file():
+                raise FileNotFoundError(f"{d}: shard file {path.name} is missing")
+            shard = faiss.read_index(str(path))
+            if int(shard.ntotal) != size:
+                raise ValueError(f"{path}: holds {shard.ntotal} vectors, {META_FILE} says {size}")
+            set_search_params(shard, ef_search, nprobe)
+            shards.append(shard)
+        retriever = cls(read_corpus(d / PASSAGES_FILE), shards, meta["offsets"], encoder)
+        if use_gpu:
+            retriever._to_gpus()
+        return retriever
+
+    def _to_gpus(self) -> None:
+        import faiss
+
+        n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if n_gpus == 0 or any(hasattr(s, "hnsw") for s in self._shards):
+            return  # CPU build of faiss, no GPU, or HNSW (which faiss cannot run on GPU)
+        self._gpu = [faiss.StandardGpuResources() for _ in range(n_gpus)]
+        self._shards = [faiss.index_cpu_to_gpu(self._gpu[i % n_gpus], i % n_gpus, s)
+                        for i, s in enumerate(self._shards)]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu is not None
+
+    def __len__(self) -> int:
+        return len(self._passages)
+
+    @property
+    def passages(self) -> list[Passage]:
+        return list(self._passages)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global row ids) for query vectors, merged over shards; -1 marks no hit."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        kk = min(k, len(self._passages))
+        results = [shard.search(q, min(kk, int(shard.ntotal))) for shard in self._shards]
+        if len(results) == 1:
+            return results[0]
+        return merge_topk([r[0] for r in results], [r[1] for r in results], self._offsets, kk)
+
+    def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        """Encode the batch once, search every shard, merge; empty queries get no hits."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise TypeError("queries must be a list of strings")
+        out: list[list[SearchHit]] = [[] for _ in queries]
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        if not live:
+            return out
+        scores, ids = self.search_vectors(self.encoder.encode_queries([queries[i] for i in live]), k)
+        for row, i in enumerate(live):
+            out[i] = [SearchHit(self._passages[int(j)], float(s)) for s, j in zip(scores[row], ids[row]) if j >= 0]
+        return out
