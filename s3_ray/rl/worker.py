@@ -53,7 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d), unwrap(model), trainer.updater.optimizer)
+            state = load_checkpoint(Path(d), unwrap(model), trainer.updater)
         start = int(state["step"])
         trainer.load_state(state["extra"])
         print(f"[s3-ray] rank {rank}: resumed from step {start}")
@@ -75,7 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
-                    save_checkpoint(Path(tmp) / "ckpt", unwrap(model), trainer.updater.optimizer, step + 1,
+                    save_checkpoint(Path(tmp) / "ckpt", unwrap(model), trainer.updater, step + 1,
                                     extra=trainer.state(), tokenizer=tok)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt")))
                 else:

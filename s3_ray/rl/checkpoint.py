@@ -1,0 +1,191 @@
+"""Training checkpoints: an HF model folder plus `trainer_state.pt` and `meta.json`.
+
+Layout of one checkpoint directory::
+
+    config.json, model.safetensors (or adapter_model.safetensors for a PEFT model)
+    tokenizer files                       when a tokenizer is given
+    trainer_state.pt                      {"optimizer", "step", "rng", "extra"}
+    meta.json                             {"format", "step", "created", "model_class"}
+
+A checkpoint is written to a temporary sibling folder and renamed into place, so a crash never
+leaves a half-written checkpoint that `latest_checkpoint` could pick. `trainer_state.pt` holds
+only tensors and plain Python containers, and is read with `torch.load(weights_only=True)`:
+loading a checkpoint never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+STATE_FILE = "trainer_state.pt"
+META_FILE = "meta.json"
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def _state_of(optimizer: Any) -> dict[str, Any]:
+    """Accepts an optimiser (or anything with `state_dict()`, e.g. a PolicyUpdater) or a state dict."""
+    if isinstance(optimizer, dict):
+        return optimizer
+    if hasattr(optimizer, "state_dict"):
+        return optimizer.state_dict()
+    raise TypeError(f"optimizer_state must be a dict or have state_dict(), got {type(optimizer).__name__}")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors / plain containers (weights_only-loadable)."""
+    import numpy as np
+
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: Any,
+    optimizer_state: Any,
+    step: int,
+    extra: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write a checkpoint to `directory` atomically (an existing one there is replaced).
+
+    `optimizer_state` is a state dict or an object with `state_dict()` (a torch optimiser or a
+    `PolicyUpdater`, which also carries the PPO value head). `extra` (e.g. the data cursor) must
+    hold only tensors, numbers, strings, None and lists/tuples/dicts of them.
+    Only one process (rank 0) should call this.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        bare = _unwrap(model)
+        bare.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        torch.save(
+            {"optimizer": _state_of(optimizer_state), "step": int(step), "rng": rng_state(), "extra": extra or {}},
+            tmp / STATE_FILE,
+        )
+        meta = {"format": FORMAT_VERSION, "step": int(step), "created": time.time(), "model_class": type(bare).__name__}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{time.time_ns()}")
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _read_safetensors(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob(f"{prefix}*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no {prefix}*.safetensors weights found")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    return weights
+
+
+def _load_weights(directory: Path, model: Any) -> None:
+    """Load saved weights into `model` in place; tied copies the HF writer omits are allowed missing."""
+    bare = _unwrap(model)
+    if hasattr(bare, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(bare, _read_safetensors(directory, "adapter_model"))
+        return
+    weights = _read_safetensors(directory, "model")
+    result = bare.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{directory}: weights not in the model: {result.unexpected_keys[:5]}")
+    loaded = {id(t) for name, t in bare.state_dict(keep_vars=True).items() if name in weights}
+    current = bare.state_dict(keep_vars=True)
+    untied = [k for k in result.missing_keys if id(current[k]) not in loaded]
+    if untied:
+        raise ValueError(f"{directory}: model weights missing from the checkpoint: {untied[:5]}")
+
+
+def load_checkpoint(
+    directory: str | Path, model: Any, optimizer: Any | None = None, restore_rng: bool = True
+) -> dict[str, Any]:
+    """Restore weights into `model` (and state into `optimizer` if given); return the trainer state.
+
+    `optimizer` is anything with `load_state_dict` (a torch optimiser or a PolicyUpdater), matching
+    what was passed to `save_checkpoint`. Returns {"step", "extra", "optimizer", "rng", "meta"}.
+    """
+    directory = Path(directory)
+    meta_path, state_path = directory / META_FILE, directory / STATE_FILE
+    if not meta_path.is_file() or not state_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint: {META_FILE} or {STATE_FILE} is missing")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    _load_weights(directory, model)
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    state["meta"] = meta
+    return state
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint directory directly under `root` with the highest step (None if there is none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for meta_path in root.glob(f"*/{META_FILE}"):
+        if meta_path.parent.name.startswith("."):
+            continue  # temporary or replaced folders
+        step = int(json.loads(meta_path.read_text())["step"])
+        if best is None or step > best[0]:
+            best = (step, meta_path.parent)
+    return None if best is None else best[1]

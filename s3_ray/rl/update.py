@@ -1,0 +1,295 @@
+"""The policy update: scored trajectories in, one optimiser step (per epoch) out.
+
+`PolicyUpdater.step` reads top to bottom:
+
+1. pad the trajectories (`collate`), count the searcher tokens (the token-mean denominator);
+2. compute old-policy log-probs (and, for PPO, old values) once, without gradients, and the
+   reference log-probs when a KL term is on;
+3. advantages: GRPO = group-relative rewards broadcast over each trajectory's searcher tokens;
+   PPO = GAE with the reward on the last searcher token, whitened over the batch;
+4. micro-batches with gradient accumulation: clipped PG + kl_coef * KL - entropy_coef * entropy
+   (+ vf_coef * value loss for PPO); DDP gradient sync only on the last micro-batch;
+5. gradient clipping and one AdamW step.
+
+The model may be wrapped in DistributedDataParallel (Ray Train's `prepare_model`): forwards go
+through the wrapper so gradients are all-reduced; config lookups go to `.module`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from s3_ray.config import TrainConfig
+from s3_ray.rl.advantages import gae, group_relative_advantages, masked_mean, masked_var, masked_whiten
+from s3_ray.rl.batch import TrainBatch, collate, first_trained_position, gather_logprobs, grid_logits, token_logprobs
+from s3_ray.rl.losses import clipped_policy_loss, kl_penalty, masked_sum_mean, token_entropy, value_loss
+from s3_ray.types import Trajectory
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def _is_ddp(model: Any) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+def _hidden_size(model: Any) -> int:
+    config = _unwrap(model).config
+    size = getattr(config, "hidden_size", None)
+    if size is None and hasattr(config, "get_text_config"):
+        size = getattr(config.get_text_config(), "hidden_size", None)
+    if size is None:
+        raise ValueError(f"cannot find hidden_size in the config of {type(_unwrap(model)).__name__}")
+    return int(size)
+
+
+class ValueHead(nn.Module):
+    """A linear critic on the policy's last hidden state: (B, T, H) -> (B, T).
+
+    It reads *detached* hidden states, so the value loss trains only this head and never moves
+    the policy (the paper uses a separate critic model; sharing a trunk would couple the two).
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.proj(hidden.detach().float()).squeeze(-1)
+
+
+def last_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """(B, T) zeros with each row's reward on its last masked-in token (rows without one get none).
+
+    >>> last_token_rewards(torch.tensor([2.0, 5.0]), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+    tensor([[0., 2., 0.],
+            [0., 0., 0.]])
+    """
+    b, t_len = mask.shape
+    out = torch.zeros((b, t_len), dtype=rewards.dtype)
+    positions = torch.arange(t_len).expand(b, t_len)
+    last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
+    rows = torch.nonzero(last >= 0).squeeze(-1)
+    out[rows, last[rows]] = rewards[rows]
+    return out
+
+
+class PolicyUpdater:
+    """Owns the AdamW optimiser (and, for PPO, the value head) of one training process."""
+
+    def __init__(
+        self,
+        model: Any,
+        ref_model: Any | None,
+        cfg: TrainConfig,
+        pad_id: int,
+        temperature: float = 1.0,
+        *,
+        micro_batch: int = 2,
+        max_len: int | None = None,
+        ppo_epochs: int = 1,
+        kl_kind: Literal["k1", "k3"] = "k3",
+        weight_decay: float = 0.0,
+        value_lr: float | None = None,
+        value_clip: float = 0.5,
+        vf_coef: float = 0.5,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if micro_batch < 1 or ppo_epochs < 1:
+            raise ValueError(f"micro_batch and ppo_epochs must be >= 1, got {micro_batch} and {ppo_epochs}")
+        self.model = model
+        self.ref_model = ref_model
+        self.cfg = cfg
+        self.pad_id = int(pad_id)
+        self.temperature = float(temperature)
+        self.micro_batch = micro_batch
+        self.max_len = max_len
+        self.ppo_epochs = ppo_epochs
+        self.kl_kind = kl_kind
+        self.value_clip = value_clip
+        self.vf_coef = vf_coef
+        self.use_kl = cfg.kl_coef > 0 and ref_model is not None
+        self.policy_params = [p for p in model.parameters() if p.requires_grad]
+        if not self.policy_params:
+            raise ValueError("the policy has no trainable parameters (was it loaded with for_training=True?)")
+        groups: list[dict[str, Any]] = [{"params": self.policy_params, "lr": cfg.lr, "weight_decay": weight_decay}]
+        self.value_head: ValueHead | None = None
+        if cfg.algorithm == "ppo":
+            device = next(model.parameters()).device
+            self.value_head = ValueHead(_hidden_size(model)).to(device)
+            groups.append({
+                "params": list(self.value_head.parameters()),
+                "lr": value_lr if value_lr is not None else 10 * cfg.lr,
+                "weight_decay": 0.0,
+            })
+        elif cfg.algorithm != "grpo":
+            raise ValueError(f"train.algorithm must be 'grpo' or 'ppo', got {cfg.algorithm!r}")
+        self.optimizer = torch.optim.AdamW(groups)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser state plus the value head (PPO): everything a resume needs beyond the policy."""
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
+        if self.value_head is not None:
+            state["value_head"] = self.value_head.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise KeyError("updater state has no 'optimizer' entry")
+        if self.value_head is not None:
+            if "value_head" not in state:
+                raise KeyError("PPO updater state has no 'value_head' entry (was it saved by a GRPO run?)")
+            self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    # ---------------------------------------------------------------- forward passes
+    def _forward(self, mb: TrainBatch, entropy_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(log-probs, entropies, values | None) on the (b, t-1) grid of one micro-batch.
+
+        Columns before the micro-batch's first trained token are 0 (never computed).
+        """
+        start = first_trained_position(mb.loss_mask)
+        logits, out = grid_logits(
+            self.model, mb.input_ids, mb.attention_mask, self.temperature, start,
+            output_hidden_states=self.value_head is not None,
+        )
+        logp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device))
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            entropy = token_entropy(logits)
+        values = None
+        if self.value_head is not None:
+            values = F.pad(self.value_head(out.hidden_states[-1][:, start:-1]).cpu(), (start, 0))
+        return F.pad(logp.cpu(), (start, 0)), F.pad(entropy.cpu(), (start, 0)), values
+
+    @torch.no_grad()
+    def _old_policy(self, batch: TrainBatch) -> tuple[Tensor, Tensor | None]:
+        """Old log-probs (B, T-1) and, for PPO, old values (B, T-1) from one gradient-free pass."""
+        logp_out = torch.zeros(batch.loss_mask.shape, dtype=torch.float32)
+        values_out = torch.zeros_like(logp_out) if self.value_head is not None else None
+        for start in range(0, len(batch), self.micro_batch):
+            stop = min(start + self.micro_batch, len(batch))
+            logp, _, values = self._forward(batch.rows(start, stop), entropy_grad=False)
+            logp_out[start:stop, : logp.shape[1]] = logp
+            if values_out is not None and values is not None:
+                values_out[start:stop, : values.shape[1]] = values
+        return logp_out, values_out
+
+    # ---------------------------------------------------------------- the step
+    def _advantages(self, batch: TrainBatch, mask: Tensor, old_values: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(advantages (B, T-1), returns (B, T-1) | None): GRPO without a critic, PPO with GAE."""
+        if old_values is None:
+            seq_adv = group_relative_advantages(batch.rewards, batch.group_ids)
+            return seq_adv.unsqueeze(-1) * mask, None
+        token_rewards = last_token_rewards(batch.rewards, mask)
+        adv, returns = gae(token_rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
+        return masked_whiten(adv, mask), returns
+
+    def step(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """One update on `trajectories`; returns scalar metrics for logging."""
+        batch = collate(trajectories, self.pad_id, self.max_len)
+        n_tok = batch.num_tokens
+        if n_tok == 0:
+            ids = sorted({t.item.id for t in trajectories})
+            raise ValueError(f"no searcher tokens (loss_mask all 0) in the batch of items {ids[:5]}")
+        mask = batch.loss_mask.float()
+        # One on-policy epoch without a critic: the old policy *is* the current one, so the ratio's
+        # denominator is the forward pass's own detached log-probs and a whole extra pass is saved.
+        on_policy = self.ppo_epochs == 1 and self.value_head is None
+        old_logp, old_values = (None, None) if on_policy else self._old_policy(batch)
+        ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
+        adv, returns = self._advantages(batch, mask, old_values)
+
+        totals: dict[str, float] = {}
+        for _ in range(self.ppo_epochs):
+            for key, value in self._epoch(batch, mask, n_tok, old_logp, ref_logp, adv, old_values, returns).items():
+                totals[key] = totals.get(key, 0.0) + value / self.ppo_epochs
+        totals.update({
+            "adv_mean": masked_mean(adv, mask).item(),
+            "adv_std": masked_var(adv, mask).sqrt().item(),
+            "response_tokens": float(n_tok),
+            "reward_mean": batch.rewards.mean().item(),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        })
+        if returns is not None and old_values is not None:
+            totals["value_mean"] = masked_mean(old_values, mask).item()
+            totals["return_mean"] = masked_mean(returns, mask).item()
+        return totals
+
+    def _epoch(
+        self,
+        batch: TrainBatch,
+        mask: Tensor,
+        n_tok: int,
+        old_logp: Tensor | None,
+        ref_logp: Tensor | None,
+        adv: Tensor,
+        old_values: Tensor | None,
+        returns: Tensor | None,
+    ) -> dict[str, float]:
+        """Gradient accumulation over micro-batches, then one clipped optimiser step."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+        if self.value_head is not None:
+            sums.update({"value_loss": 0.0, "vf_clip_frac": 0.0})
+        starts = list(range(0, len(batch), self.micro_batch))
+        for i, start in enumerate(starts):
+            stop = min(start + self.micro_batch, len(batch))
+            mb = batch.rows(start, stop)
+            width = mb.loss_mask.shape[1]
+            mmask = mask[start:stop, :width]
+            share = mmask.sum().item() / n_tok  # turns per-micro-batch means into batch means
+            sync = i == len(starts) - 1 or not _is_ddp(self.model)
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                logp, entropy, values = self._forward(mb, entropy_grad=cfg.entropy_coef > 0)
+                old = logp.detach() if old_logp is None else old_logp[start:stop, :width]
+                pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok)
+                ent = masked_sum_mean(entropy, mmask, n_tok)
+                loss = pg - cfg.entropy_coef * ent
+                if ref_logp is not None:
+                    kl = kl_penalty(logp, ref_logp[start:stop, :width], mmask, self.kl_kind, n_tok)
+                    loss = loss + cfg.kl_coef * kl
+                    sums["kl"] += kl.item()
+                if values is not None and old_values is not None and returns is not None:
+                    vl, v_stats = value_loss(
+                        values, old_values[start:stop, :width], returns[start:stop, :width], mmask,
+                        self.value_clip, n_tok,
+                    )
+                    loss = loss + self.vf_coef * vl
+                    sums["value_loss"] += vl.item()
+                    sums["vf_clip_frac"] += v_stats["vf_clip_frac"] * share
+                loss.backward()
+            sums["loss"] += loss.item()
+            sums["pg_loss"] += pg.item()
+            sums["entropy"] += ent.item()
+            sums["clip_frac"] += pg_stats["clip_frac"] * share
+            sums["approx_kl"] += pg_stats["approx_kl"] * share
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm))
+        if self.value_head is not None:
+            self._sync_value_head_grads()
+            torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def _sync_value_head_grads(self) -> None:
+        """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""
+        import torch.distributed as dist
+
+        if self.value_head is None or not (_is_ddp(self.model) and dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size()
+        for p in self.value_head.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world

@@ -1,0 +1,130 @@
+"""Supervised *format* warm-up for small searchers that do not follow the tag protocol zero-shot.
+
+The demonstrations teach the shape of a turn and nothing about the task: the query is the
+question itself (or its first clause), never an answer-bearing rewrite, and the selected ids are
+random. RL then has a policy whose turns parse, and learns *what* to search from the reward.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any, Sequence
+
+import torch
+
+from s3_ray.config import RolloutConfig
+from s3_ray.types import Passage, QAItem
+
+_CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
+
+
+def first_clause(question: str, min_words: int = 3) -> str:
+    """The question up to its first , ; or : when that part has at least `min_words` words.
+
+    >>> first_clause("Who directed the film, released in 1999, about a hacker?")
+    'Who directed the film'
+    >>> first_clause("Where, exactly, is it?")
+    'Where, exactly, is it?'
+    """
+    head = _CLAUSE_SPLIT.split(question.strip(), maxsplit=1)[0].strip()
+    return head if len(head.split()) >= min_words else question.strip()
+
+
+def search_turn(query: str) -> str:
+    """The first-turn demonstration: keep searching, with the query in the protocol's JSON.
+
+    >>> print(search_turn('who "wrote" it'))
+    <search_complete>False</search_complete>
+    <query>{"query": "who \\"wrote\\" it"}</query>
+    """
+    return f"<search_complete>False</search_complete>\n<query>{json.dumps({'query': query})}</query>"
+
+
+def final_turn(ids: Sequence[int]) -> str:
+    """The stopping demonstration: select documents of the last block, then stop.
+
+    >>> print(final_turn([2, 1]))
+    <important_info>[2, 1]</important_info>
+    <search_complete>True</search_complete>
+    """
+    return f"<important_info>[{', '.join(str(i) for i in ids)}]</important_info>\n<search_complete>True</search_complete>"
+
+
+def format_demonstrations(
+    items: Sequence[QAItem],
+    init_passages: Sequence[Sequence[Passage]],
+    budget: RolloutConfig,
+    rng: random.Random,
+    stop_fraction: float = 0.25,
+) -> list[str]:
+    """One target turn per item, to follow that item's first searcher prompt.
+
+    Mostly a search turn (the query is the question or its first clause); with probability
+    `stop_fraction` a stopping turn that keeps 1..`budget.keep_per_turn` random documents of the
+    init block (ids 1..len(init block)), so both endings of an episode are seen.
+    """
+    if len(items) != len(init_passages):
+        raise ValueError(f"{len(items)} items but {len(init_passages)} init-passage lists")
+    if not 0.0 <= stop_fraction <= 1.0:
+        raise ValueError(f"stop_fraction must be in [0, 1], got {stop_fraction}")
+    targets = []
+    for item, docs in zip(items, init_passages):
+        if not item.question.strip():
+            raise ValueError(f"item {item.id!r} has an empty question")
+        if rng.random() < stop_fraction:
+            k = min(budget.keep_per_turn, len(docs))
+            n = rng.randint(1, k) if k > 0 else 0
+            targets.append(final_turn(sorted(rng.sample(range(1, len(docs) + 1), n))))
+        else:
+            query = item.question.strip() if rng.random() < 0.5 else first_clause(item.question)
+            targets.append(search_turn(query))
+    return targets
+
+
+def sft_step(
+    model: Any,
+    tokenizer: Any,
+    prompts_ids: Sequence[Sequence[int]],
+    target_texts: Sequence[str],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float = 1.0,
+) -> float:
+    """One supervised step: mean cross-entropy over target tokens (+ EOS) only; returns the loss.
+
+    The EOS after each target teaches the turn to end where the protocol expects it.
+    """
+    if len(prompts_ids) != len(target_texts) or not prompts_ids:
+        raise ValueError(f"need equal, non-empty prompts and targets; got {len(prompts_ids)} and {len(target_texts)}")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if eos is None:
+        raise ValueError("tokenizer has no eos_token_id; the warm-up needs one to end each turn")
+    rows = []
+    for i, (prompt, text) in enumerate(zip(prompts_ids, target_texts)):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty")
+        target = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+        rows.append((list(prompt), target))
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for i, (prompt, target) in enumerate(rows):
+        ids = prompt + target
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, len(prompt) : len(ids)] = torch.tensor(target)
+    device = next(model.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+    logits = out.logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100
+    )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())

@@ -1,0 +1,244 @@
+"""PolicyUpdater on the tiny random model: learning, masking, micro-batching, DDP, PPO; warm-up."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from s3_ray.config import RolloutConfig, TrainConfig
+from s3_ray.models import load_causal_lm
+from s3_ray.rl.batch import collate, token_logprobs
+from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.warmup import first_clause, format_demonstrations, sft_step
+from s3_ray.types import Passage, QAItem, Trajectory
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_causal_lm("tiny-random", for_training=True)
+    return model, tok
+
+
+@pytest.fixture
+def model_tok(tiny):
+    model, tok = tiny
+    return copy.deepcopy(model), tok
+
+
+def _ids(tok, text):
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _traj(tok, qid, prompt, searcher_a, env, searcher_b, reward):
+    """prompt | searcher turn | environment text (mask 0) | searcher turn."""
+    a, e, b = _ids(tok, searcher_a), _ids(tok, env), _ids(tok, searcher_b)
+    return Trajectory(
+        item=QAItem(qid, prompt, ("x",)),
+        prompt_ids=_ids(tok, prompt),
+        response_ids=a + e + b,
+        loss_mask=[1] * len(a) + [0] * len(e) + [1] * len(b),
+        reward=reward,
+    )
+
+
+GOOD = '<query>{"query": "founder born town"}</query>'   # contains the rewarded "founder" token
+BAD = '<query>{"query": "the river year"}</query>'
+END = "<search_complete>True</search_complete>"
+ENV = '<information>Doc 1(Title: "Name") text</information>'
+
+
+def _group(tok, qid="q1", prompt="<question>who founded the company?</question>"):
+    return [
+        _traj(tok, qid, prompt, GOOD, ENV, END, 1.0),
+        _traj(tok, qid, prompt, GOOD, ENV, END, 1.0),
+        _traj(tok, qid, prompt, BAD, ENV, END, 0.0),
+        _traj(tok, qid, prompt, BAD, ENV, END, 0.0),
+    ]
+
+
+def _seq_logp(model, tok, trajs):
+    batch = collate(trajs, tok.pad_token_id)
+    lp = token_logprobs(model, batch)
+    return (lp * batch.loss_mask).sum(dim=1)
+
+
+def _cfg(**kw):
+    base = dict(lr=3e-3, kl_coef=0.0, clip_ratio=0.2, max_grad_norm=1.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_grpo_steps_raise_logprob_of_rewarded_response(model_tok):
+    model, tok = model_tok
+    trajs = _group(tok)
+    before = _seq_logp(model, tok, trajs)
+    up = PolicyUpdater(model, None, _cfg(), pad_id=tok.pad_token_id, temperature=1.0)
+    for _ in range(4):
+        metrics = up.step(trajs)
+    after = _seq_logp(model, tok, trajs)
+    gain = after - before
+    assert gain[0] > 0.5 and gain[1] > 0.5, gain
+    # shared tokens (tags, the final turn) rise for both; the rewarded query must rise much more
+    assert gain[0] > gain[2] + 1.0, gain
+    for key in ("loss", "pg_loss", "kl", "entropy", "clip_frac", "grad_norm", "adv_mean", "adv_std", "response_tokens"):
+        assert key in metrics
+    assert metrics["response_tokens"] == float(sum(sum(t.loss_mask) for t in trajs))
+    assert metrics["grad_norm"] > 0
+
+
+def test_equal_rewards_and_no_kl_leave_weights_unchanged(model_tok):
+    model, tok = model_tok
+    trajs = [*_group(tok, "q1"), *_group(tok, "q2")]
+    for t in trajs:
+        t.reward = 0.5 if t.item.id == "q1" else -1.0  # constant within each group: no signal
+    ref_state = {k: v.clone() for k, v in model.state_dict().items()}
+    PolicyUpdater(model, None, _cfg(), pad_id=tok.pad_token_id).step(trajs)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+
+
+def test_one_step_changes_weights(model_tok):
+    model, tok = model_tok
+    before = [p.detach().clone() for p in model.parameters()]
+    PolicyUpdater(model, None, _cfg(), pad_id=tok.pad_token_id).step(_group(tok))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_micro_batching_matches_one_big_batch(tiny):
+    model, tok = tiny
+    trajs = _group(tok)
+    trajs[1] = _traj(tok, "q1", "<question>a longer question about the founder?</question>", GOOD, "", END, 1.0)
+    results = []
+    for mb in (1, 4):
+        m = copy.deepcopy(model)
+        results.append(PolicyUpdater(m, None, _cfg(), pad_id=tok.pad_token_id, micro_batch=mb).step(trajs))
+    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-4, abs=1e-6), key
+
+
+class _Exploding(torch.nn.Module):
+    def forward(self, *args, **kwargs):  # pragma: no cover - must never be called
+        raise AssertionError("reference forward ran although the KL term is off")
+
+
+def test_kl_term_uses_reference_only_when_enabled(model_tok):
+    model, tok = model_tok
+    trajs = _group(tok)
+    PolicyUpdater(model, _Exploding(), _cfg(kl_coef=0.0), pad_id=tok.pad_token_id).step(trajs)
+    ref = copy.deepcopy(model).requires_grad_(False)
+    up = PolicyUpdater(model, ref, _cfg(kl_coef=0.1), pad_id=tok.pad_token_id)
+    first = up.step(trajs)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the step
+    second = up.step(trajs)
+    assert second["kl"] > 1e-6
+
+
+def test_env_tokens_get_no_gradient_signal(tiny):
+    """Tokens under mask 0 (here a trailing observation) have no say in the update."""
+    model, tok = tiny
+    tail = _ids(tok, ENV)
+    trajs = _group(tok)
+    for t in trajs:
+        t.response_ids += tail
+        t.loss_mask += [0] * len(tail)
+    changed = copy.deepcopy(trajs)
+    for t in changed:
+        t.response_ids[-len(tail):] = [(i * 7 + 3) % len(tok) for i in t.response_ids[-len(tail):]]
+    results, weights = [], []
+    for batch in (trajs, changed):
+        m = copy.deepcopy(model)
+        results.append(PolicyUpdater(m, None, _cfg(), pad_id=tok.pad_token_id).step(batch))
+        weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    for key in ("pg_loss", "entropy", "grad_norm"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-6), key
+    assert torch.allclose(weights[0], weights[1], atol=1e-7)
+
+
+def test_ppo_learns_and_trains_value_head(model_tok):
+    model, tok = model_tok
+    trajs = _group(tok)
+    up = PolicyUpdater(model, None, _cfg(algorithm="ppo"), pad_id=tok.pad_token_id, value_lr=0.05)
+    assert up.value_head is not None
+    before = _seq_logp(model, tok, trajs)
+    for _ in range(4):
+        metrics = up.step(trajs)
+    gain = _seq_logp(model, tok, trajs) - before
+    assert gain[0] > 0 and gain[0] > gain[2] + 0.5, gain
+    assert metrics["value_loss"] > 0
+    assert up.value_head.proj.bias.abs().item() > 0  # the head moved off its zero init
+    assert len(up.optimizer.param_groups) == 2 and up.optimizer.param_groups[1]["lr"] == 0.05
+
+
+def test_works_through_ddp_wrapper(model_tok, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, tok = model_tok
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)
+        for algo in ("grpo", "ppo"):
+            up = PolicyUpdater(ddp, None, _cfg(algorithm=algo), pad_id=tok.pad_token_id, micro_batch=2)
+            metrics = up.step(_group(tok))
+            assert metrics["grad_norm"] > 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_input_is_named():
+    tok_free = Trajectory(QAItem("bad-1", "q", ("a",)), [1, 2], [3, 4], [1])
+    with pytest.raises(ValueError, match="bad-1.*loss_mask has 1 entries"):
+        collate([tok_free], pad_id=0)
+    long = Trajectory(QAItem("long", "q", ("a",)), [1, 2], [3, 4, 5], [1, 1, 1])
+    with pytest.raises(ValueError, match="long.*does not fit max_len=3"):
+        collate([long], pad_id=0, max_len=3)
+
+
+# ---------------------------------------------------------------- format warm-up
+
+def test_format_demonstrations_teach_format_not_answers():
+    items = [QAItem(f"q{i}", f"Who founded the company, based in town {i}?", (f"Founder{i}",)) for i in range(40)]
+    docs = [[Passage(str(j), f'"T{j}"\ntext') for j in range(3)] for _ in items]
+    targets = format_demonstrations(items, docs, RolloutConfig(keep_per_turn=2), random.Random(0))
+    assert len(targets) == len(items)
+    searches = [t for t in targets if t.startswith("<search_complete>False</search_complete>\n<query>")]
+    stops = [t for t in targets if t.endswith("<search_complete>True</search_complete>")]
+    assert searches and stops and len(searches) + len(stops) == len(targets)
+    for t, item in zip(targets, items):
+        assert item.golden_answers[0] not in t
+    assert any('{"query": "Who founded the company"}' in t for t in searches)
+    for t in stops:
+        ids = [int(x) for x in t.split("[")[1].split("]")[0].split(",")]
+        assert 1 <= len(ids) <= 2 and all(1 <= i <= 3 for i in ids)
+    assert first_clause("Hi, there") == "Hi, there"
+
+
+def test_sft_step_lowers_target_loss_and_ignores_prompt(model_tok):
+    model, tok = model_tok
+    prompts = [_ids(tok, "<question>who founded the company?</question>"), _ids(tok, "<question>river</question>")]
+    targets = ['<search_complete>False</search_complete>\n<query>{"query": "who founded"}</query>', END]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = [sft_step(model, tok, prompts, targets, opt) for _ in range(8)]
+    assert losses[-1] < losses[0] * 0.8, losses
+    # the prompt is not a target: a wildly different prompt gives the same loss definition (finite)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        sft_step(model, tok, [[]], ["x"], opt)
+
+
+def test_token_logprobs_match_a_plain_full_forward(tiny):
+    """The prompt-skipping LM head and chunking give the same log-probs as one full forward."""
+    model, tok = tiny
+    trajs = _group(tok)
+    trajs[2] = _traj(tok, "q1", "<question>a much longer question about the town mayor?</question>", BAD, ENV, END, 0.0)
+    batch = collate(trajs, tok.pad_token_id)
+    got = token_logprobs(model, batch, temperature=0.7, chunk_size=3)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1] / 0.7
+        full = torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    m = batch.loss_mask.bool()
+    assert torch.allclose(got[m], full[m], atol=1e-5)
