@@ -70,7 +70,7 @@ def run_demo(cfg: S3Config) -> dict[str, Any]:
         summaries, _ = evaluate(cfg, retriever, generator, {"s3_trained": trained})
 
     report_dir = cfg.path("report")
-    metrics = read_metrics(cfg.path("train", "metrics.jsonl"))
+    metrics = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup"]
     report_dir.mkdir(parents=True, exist_ok=True)
     plot_training(metrics, report_dir / "training.png")
     total = round(time.perf_counter() - t_start, 1)

@@ -67,6 +67,15 @@ class BM25Retriever:
     def __len__(self) -> int:
         return len(self._passages)
 
+    # The Snowball stemmer is a C object that cannot be pickled; rebuild it on the other side so
+    # an in-process retriever can be shipped to Ray workers.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_stem"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stem = _stemmer()
+
     @property
     def passages(self) -> list[Passage]:
         return list(self._passages)

@@ -29,7 +29,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from s3_ray.models import load_causal_lm
-    from s3_ray.rl.checkpoint import load_checkpoint, save_checkpoint
+    from s3_ray.rl.checkpoint import load_checkpoint
     from s3_ray.rl.trainer import SearcherTrainer, unwrap
     from s3_ray.tracking import MetricsLogger
 
@@ -49,12 +49,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = items[rank::world]
     trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], shard)
 
-    start = 0
+    start, resumed = 0, False
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d), unwrap(model), trainer.updater)
-        start = int(state["step"])
+        start, resumed = int(state["step"]), True
         trainer.load_state(state["extra"])
         print(f"[s3-ray] rank {rank}: resumed from step {start}")
 
@@ -62,8 +62,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         logger = MetricsLogger(Path(cfg.run_dir) / "train" / "metrics.jsonl", cfg.wandb,
                                run_name=loop_config.get("run_name"), config=loop_config["cfg"])
-    if start == 0 and cfg.train.warmup_steps > 0:
-        trainer.warmup(log=logger.log if logger else None)
+    if not resumed and cfg.train.warmup_steps > 0:
+        warm_log = (lambda m, i: logger.log({**m, "phase": "warmup"}, i)) if logger else None
+        losses = trainer.warmup(log=warm_log)
+        # Checkpoint "step 0" = after the format warm-up, before any RL: evaluating it separates
+        # what the warm-up taught from what RL taught.
+        _report({"step": 0, "warmup/loss": losses[-1]}, rank, model, trainer, tok, step=0, checkpoint=True)
 
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
@@ -72,19 +76,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["step"] = step + 1
         if logger:
             logger.log(metrics, step + 1)
-        if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    save_checkpoint(Path(tmp) / "ckpt", unwrap(model), trainer.updater, step + 1,
-                                    extra=trainer.state(), tokenizer=tok)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt")))
-                else:
-                    ray.train.report(metrics)
-        else:
-            ray.train.report(metrics)
+        due = (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps
+        _report(metrics, rank, model, trainer, tok, step=step + 1, checkpoint=due)
         _maybe_inject_failure(loop_config.get("fail_at_step"), step + 1, Path(cfg.run_dir))
     if logger:
         logger.close()
+
+
+def _report(metrics: dict[str, Any], rank: int, model: Any, trainer: Any, tok: Any, step: int,
+            checkpoint: bool) -> None:
+    """ray.train.report on every rank; rank 0 attaches the checkpoint when one is due."""
+    import ray.train
+
+    from s3_ray.rl.checkpoint import save_checkpoint
+    from s3_ray.rl.trainer import unwrap
+
+    if not checkpoint or rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt"
+        save_checkpoint(path, unwrap(model), trainer.updater, step, extra=trainer.state(), tokenizer=tok)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
 
 
 def _maybe_inject_failure(fail_at_step: int | None, step: int, run_dir: Path) -> None:

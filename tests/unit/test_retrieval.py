@@ -176,3 +176,14 @@ def test_client_retries_transient_errors() -> None:
     assert flaky.calls == 3
     with pytest.raises(RetrieverError, match="failed after 2 attempts: replica restarting"):
         RetrieverClient.in_process(_Flaky(fails=5), retries=1, backoff_s=0.0).search(["q"], 1)
+
+
+def test_bm25_retriever_survives_pickling():
+    import pickle
+
+    from s3_ray.retrieval.bm25 import BM25Retriever
+    from s3_ray.types import Passage
+
+    r = BM25Retriever.build([Passage("a", '"Hamlet"\nA tragedy by Shakespeare.'), Passage("b", '"Oslo"\nA city.')])
+    r2 = pickle.loads(pickle.dumps(r))
+    assert [h.passage.id for h in r2.search(["shakespeare tragedy"], 1)[0]] == ["a"]
