@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from s3_ray.config import load_config
+from s3_ray.config import load_job_config
 from s3_ray.data.embedded import resolve_paths
 from s3_ray.retrieval.encoders import Encoder, encoder_factory
 from s3_ray.retrieval.index import build_index
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.workers < 0:
         ap.error("--workers must be >= 0")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
     corpus = args.corpus or resolve_paths(cfg.data).corpus
     encode = None
     if args.workers > 0 and cfg.retrieval.backend in ("dense", "hybrid"):

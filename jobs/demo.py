@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_config
+from s3_ray.config import S3Config, load_job_config
 
 
 class Stages:
@@ -65,21 +65,26 @@ def run_demo(cfg: S3Config) -> dict[str, Any]:
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         trained = result.checkpoint.path
+        searchers = {}
+        warm = warmup_checkpoint(result)
+        if warm is not None:
+            searchers["s3_warmup_only"] = warm
+        searchers["s3_trained"] = trained
         runtime.log(f"trained searcher: {trained}")
     with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
-        summaries, _ = evaluate(cfg, retriever, generator, {"s3_trained": trained})
+        summaries, _ = evaluate(cfg, retriever, generator, searchers)
 
     report_dir = cfg.path("report")
     metrics = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup"]
     report_dir.mkdir(parents=True, exist_ok=True)
     plot_training(metrics, report_dir / "training.png")
     total = round(time.perf_counter() - t_start, 1)
-    verdict = _verdict(summaries)
+    reading = verdict(summaries, metrics)
     md = write_report(
         report_dir, summaries, title="s3-ray demo (embedded default)",
         extra={"stage_seconds": st.seconds, "total_seconds": total, "trained_checkpoint": trained,
-               "train_questions": len(items), "train_dropped": dropped, "verdict": verdict},
-        notes=[verdict,
+               "train_questions": len(items), "train_dropped": dropped, "verdict": reading},
+        notes=[*reading,
                f"{len(load_split(cfg.data, cfg.eval.split))} {cfg.eval.split} questions; "
                f"budgets init_k={cfg.rollout.init_k} top_k={cfg.rollout.top_k} "
                f"keep_per_turn={cfg.rollout.keep_per_turn} max_turns={cfg.rollout.max_turns}",
@@ -93,17 +98,42 @@ def run_demo(cfg: S3Config) -> dict[str, Any]:
     return {"summaries": summaries, "report": str(md), "total_seconds": total}
 
 
-def _verdict(summaries: dict[str, dict[str, float]]) -> str:
-    rag = summaries.get("naive_rag", {}).get("genacc")
-    trained = summaries.get("s3_trained", {}).get("genacc")
-    untrained = summaries.get("s3_untrained", {}).get("genacc")
-    if rag is None or trained is None:
-        return "incomplete evaluation"
-    gap = 100 * (trained - rag)
-    if gap > 0:
-        return f"the trained searcher beats naive RAG by {gap:.1f} GenAcc points"
-    return (f"the trained searcher does NOT beat naive RAG yet ({gap:+.1f} GenAcc points; untrained "
-            f"{100 * (untrained or 0):.1f}): this short CPU run is a pipeline check, not the result")
+def warmup_checkpoint(result: Any) -> str | None:
+    """The step-0 checkpoint (after the format warm-up, before RL), if the run made one."""
+    for ckpt, metrics in result.best_checkpoints or []:
+        if metrics.get("step") == 0:
+            return ckpt.path
+    return None
+
+
+def verdict(summaries: dict[str, dict[str, float]], train_metrics: list[dict[str, Any]]) -> list[str]:
+    """Plain-language reading of the demo's numbers, including how much they can be trusted.
+
+    >>> s = {"naive_rag": {"n": 20, "genacc": 0.3}, "s3_trained": {"n": 20, "genacc": 0.35}}
+    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[0]
+    'trained searcher vs naive RAG: +5.0 GenAcc points (1 of 20 questions; one question = 5.0 points)'
+    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[1]
+    'RL had a reward signal in 0 of 1 steps (every trajectory of a group scored the same otherwise), so RL did not move the searcher; differences come from sampling and decoding, not learning'
+    """
+    rag, trained = summaries.get("naive_rag"), summaries.get("s3_trained")
+    if not rag or not trained:
+        return ["incomplete evaluation"]
+    n = int(rag["n"])
+    gap = trained["genacc"] - rag["genacc"]
+    lines = [f"trained searcher vs naive RAG: {100 * gap:+.1f} GenAcc points "
+             f"({round(abs(gap) * n)} of {n} questions; one question = {100 / n:.1f} points)"]
+    signal = sum(1 for r in train_metrics if r.get("adv_std", 0.0) > 0)
+    steps = len(train_metrics)
+    line = f"RL had a reward signal in {signal} of {steps} steps (every trajectory of a group scored the same otherwise)"
+    if signal == 0:
+        line += ", so RL did not move the searcher; differences come from sampling and decoding, not learning"
+    lines.append(line)
+    warm = summaries.get("s3_warmup_only")
+    if warm:
+        lines.append(f"trained vs warm-up-only searcher (RL's own share): {100 * (trained['genacc'] - warm['genacc']):+.1f} points")
+    if gap <= 0 or signal == 0:
+        lines.append("this short CPU run checks the pipeline end to end; it is not evidence that RL helps here")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="YAML config file (default: the embedded CPU demo)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=2")
     args = parser.parse_args(argv)
-    run_demo(load_config(args.config, args.overrides))
+    run_demo(load_job_config(args.config, args.overrides))
     return 0
 
 

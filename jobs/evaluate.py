@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_config
+from s3_ray.config import S3Config, load_job_config
 
 
 def build_methods(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> list[Any]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate a searcher checkpoint under this label (repeatable)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.split=dev")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
     searchers = {}
     for spec in args.searcher:
         if "=" not in spec:

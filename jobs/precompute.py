@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from jobs import runtime
-from s3_ray.config import load_config
+from s3_ray.config import load_job_config
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
 
     from s3_ray.clients.generator import GeneratorClient
     from s3_ray.clients.retriever import RetrieverClient

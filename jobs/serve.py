@@ -13,7 +13,7 @@ import argparse
 import time
 
 from jobs import runtime
-from s3_ray.config import load_config
+from s3_ray.config import load_job_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="deploy and return instead of blocking")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. serve.port=8001")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
     runtime.init_ray()
     runtime.deploy_services(cfg, with_generator=not args.no_generator)
     runtime.log(f"serving on http://{cfg.serve.host}:{cfg.serve.port} (retrieve: POST /retrieve)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_config
+from s3_ray.config import S3Config, load_job_config
 
 
 def inference_trial(trial: dict[str, Any], base: dict[str, Any], retriever: Any, generator: Any) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=runtime.DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sweep.max_concurrent=2")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
     runtime.init_ray()
     runtime.deploy_services(cfg)
     retriever, generator = runtime.clients(cfg)

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_config
+from s3_ray.config import S3Config, load_job_config
 from s3_ray.types import QAItem
 
 
 def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any,
                  name: str = "train", fail_at_step: int | None = None, max_failures: int = 2) -> Any:
     """Fit a TorchTrainer; returns the Ray Train Result (its checkpoint is the trained searcher)."""
+    cfg = cfg.absolute()  # workers run in other directories
     import torch
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -36,6 +37,8 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
         "scorer": scorer,
         "run_name": name,
         "fail_at_step": fail_at_step,
+        # the warmed-up policy, kept beside the run's checkpoints so a resumed run finds its KL reference
+        "reference_dir": str(Path(cfg.run_dir, "ray", name, "warmup_reference").resolve()),
     }
     use_gpu = torch.cuda.is_available()
     trainer = TorchTrainer(
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=runtime.DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=10")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_job_config(args.config, args.overrides)
 
     from s3_ray.reward.baseline import open_baseline
     from s3_ray.reward.gain import RewardScorer

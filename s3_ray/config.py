@@ -34,7 +34,7 @@ class DataConfig(_Strict):
     dev_path: str | None = None
     test_path: str | None = None
     train_limit: int | None = Field(None, ge=1, description="Use at most this many training questions.")
-    test_limit: int | None = Field(None, ge=1, description="Use at most this many test questions.")
+    test_limit: int | None = Field(None, ge=1, description="Use at most this many dev or test questions.")
 
 
 class RetrievalConfig(_Strict):
@@ -192,6 +192,27 @@ class S3Config(_Strict):
             _set_dotted(data, key, value)
         return _validate(data, source="overrides")
 
+    def absolute(self, base: str | os.PathLike[str] | None = None) -> "S3Config":
+        """A copy whose relative file paths are resolved against `base` (default: the cwd).
+
+        Ray workers and Serve replicas run in other working directories, so a job resolves its
+        paths once, in the driver, before handing the config on.
+        """
+        root = Path(base or os.getcwd())
+
+        def fix(p: str | None) -> str | None:
+            if p is None:
+                return None
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else root / q)
+
+        return self.with_overrides({
+            "run_dir": fix(self.run_dir),
+            "retrieval.index_dir": fix(self.retrieval.index_dir),
+            "generator.cache_path": fix(self.generator.cache_path),
+            **{f"data.{k}": fix(getattr(self.data, k)) for k in ("corpus_path", "train_path", "dev_path", "test_path")},
+        })
+
     def path(self, *parts: str) -> Path:
         """A path below run_dir."""
         return Path(self.run_dir).joinpath(*parts)
@@ -244,3 +265,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         data = loaded or {}
     cfg = _validate(data, source=str(path) if path else "defaults")
     return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def load_job_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> S3Config:
+    """`load_config` with every relative path resolved against the current directory (for jobs)."""
+    return load_config(path, overrides).absolute()

@@ -16,29 +16,13 @@ from s3_ray.types import Passage
 
 MARKER = "Now, start the loop with the following question and initial searched results:"
 
-INSTRUCTION = """You are a search assistant for a separate answer model. Your job is to collect \
-the documents that model needs to answer the question; you do not answer it yourself.
-
-First judge whether the initial documents below already contain what is needed. If they do, \
-write <search_complete>True</search_complete> and stop.
-
-Otherwise repeat these steps:
-1. Write one search query as JSON inside query tags: <query>{{"query": "your query"}}</query>
-2. The results arrive inside <information> and </information>, numbered from Doc 1.
-3. In your next turn, name the useful documents of that block inside \
-<important_info> and </important_info>, for example <important_info>[1, 3]</important_info>. \
-Select up to {keep_per_turn} documents from the latest block only; only selected documents reach \
-the answer model.
-4. Then write <search_complete>False</search_complete> and a new query to keep searching, or \
-<search_complete>True</search_complete> once the collected documents are enough.
-
-You may search at most {max_turns} times; each search returns up to {top_k} new documents. \
-You may think inside <think> and </think> at any point.
-
-Example turn:
-<important_info>[2]</important_info>
-<search_complete>False</search_complete>
-<query>{{"query": "birthplace of the founder of the company"}}</query>"""
+INSTRUCTION = """You collect documents for a separate answer model; do not answer the question \
+yourself. If the documents below are enough, write <search_complete>True</search_complete>. \
+Otherwise search: <query>{{"query": "your query"}}</query>. Results arrive in <information>, \
+numbered from Doc 1. Next turn, keep the useful ones of that block (at most {keep_per_turn}), e.g. \
+<important_info>[1, 2]</important_info>, then either search again or write \
+<search_complete>True</search_complete>. Only kept documents reach the answer model. At most \
+{max_turns} searches of {top_k} new documents each."""
 
 
 def build_searcher_messages(

@@ -54,7 +54,7 @@ def resolve_paths(cfg: DataConfig) -> DataPaths:
 
 
 def load_split(cfg: DataConfig, split: str) -> list[QAItem]:
-    """Read one split; train_limit / test_limit keep the first N (files are pre-shuffled)."""
+    """Read one split; train_limit (train) / test_limit (dev and test) keep the first N (files are pre-shuffled)."""
     items = read_qa(resolve_paths(cfg).split(split))
-    limit = cfg.train_limit if split == "train" else cfg.test_limit if split == "test" else None
+    limit = cfg.train_limit if split == "train" else cfg.test_limit
     return items[:limit] if limit is not None else items

@@ -36,10 +36,9 @@ def search_turn(query: str) -> str:
     """The first-turn demonstration: keep searching, with the query in the protocol's JSON.
 
     >>> print(search_turn('who "wrote" it'))
-    <search_complete>False</search_complete>
     <query>{"query": "who \\"wrote\\" it"}</query>
     """
-    return f"<search_complete>False</search_complete>\n<query>{json.dumps({'query': query})}</query>"
+    return f"<query>{json.dumps({'query': query})}</query>"
 
 
 def final_turn(ids: Sequence[int]) -> str:

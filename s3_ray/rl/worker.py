@@ -56,6 +56,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = load_checkpoint(Path(d), unwrap(model), trainer.updater)
         start, resumed = int(state["step"]), True
         trainer.load_state(state["extra"])
+        ref_dir = loop_config.get("reference_dir")
+        if ref is not None and cfg.train.warmup_steps > 0:
+            if not ref_dir or not (Path(ref_dir) / "config.json").is_file():
+                raise RuntimeError(f"resuming a warm-up run needs its KL reference at {ref_dir!r}, which is missing")
+            ref, _ = load_causal_lm(ref_dir, num_threads=cfg.searcher.num_threads)
+            trainer.updater.ref_model = ref
         print(f"[s3-ray] rank {rank}: resumed from step {start}")
 
     logger = None
@@ -65,6 +71,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if not resumed and cfg.train.warmup_steps > 0:
         warm_log = (lambda m, i: logger.log({**m, "phase": "warmup"}, i)) if logger else None
         losses = trainer.warmup(log=warm_log)
+        # RL starts from the warmed-up policy, so that is what the KL term must hold it near.
+        if ref is not None:
+            ref.load_state_dict(unwrap(model).state_dict())
+        if rank == 0 and loop_config.get("reference_dir"):
+            unwrap(model).save_pretrained(loop_config["reference_dir"])
         # Checkpoint "step 0" = after the format warm-up, before any RL: evaluating it separates
         # what the warm-up taught from what RL taught.
         _report({"step": 0, "warmup/loss": losses[-1]}, rank, model, trainer, tok, step=0, checkpoint=True)

@@ -45,3 +45,12 @@ def test_with_overrides_dict_round_trips_through_dump():
     cfg = S3Config().with_overrides({"sweep.max_concurrent": 2, "eval.checkpoints": {"a": "/x"}})
     assert S3Config.model_validate(cfg.model_dump()) == cfg
     assert cfg.eval.checkpoints == {"a": "/x"}
+
+
+def test_absolute_resolves_relative_paths_only(tmp_path):
+    cfg = load_config(None, ["run_dir=runs/x", "data.corpus_path=/data/c.jsonl", "generator.cache_path=null"])
+    a = cfg.absolute(tmp_path)
+    assert a.run_dir == str(tmp_path / "runs/x")
+    assert a.retrieval.index_dir == str(tmp_path / "runs/index")
+    assert a.data.corpus_path == "/data/c.jsonl"
+    assert a.generator.cache_path is None and a.data.train_path is None

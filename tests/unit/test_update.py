@@ -206,7 +206,7 @@ def test_format_demonstrations_teach_format_not_answers():
     docs = [[Passage(str(j), f'"T{j}"\ntext') for j in range(3)] for _ in items]
     targets = format_demonstrations(items, docs, RolloutConfig(keep_per_turn=2), random.Random(0))
     assert len(targets) == len(items)
-    searches = [t for t in targets if t.startswith("<search_complete>False</search_complete>\n<query>")]
+    searches = [t for t in targets if t.startswith("<query>")]
     stops = [t for t in targets if t.endswith("<search_complete>True</search_complete>")]
     assert searches and stops and len(searches) + len(stops) == len(targets)
     for t, item in zip(targets, items):
@@ -221,7 +221,7 @@ def test_format_demonstrations_teach_format_not_answers():
 def test_sft_step_lowers_target_loss_and_ignores_prompt(model_tok):
     model, tok = model_tok
     prompts = [_ids(tok, "<question>who founded the company?</question>"), _ids(tok, "<question>river</question>")]
-    targets = ['<search_complete>False</search_complete>\n<query>{"query": "who founded"}</query>', END]
+    targets = ['<query>{"query": "who founded"}</query>', END]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = [sft_step(model, tok, prompts, targets, opt) for _ in range(8)]
     assert losses[-1] < losses[0] * 0.8, losses
