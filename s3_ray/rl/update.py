@@ -118,6 +118,8 @@ class PolicyUpdater:
         self.value_clip = value_clip
         self.vf_coef = vf_coef
         self.use_kl = cfg.kl_coef > 0 and ref_model is not None
+        # Whether the policy may differ from the reference (then a KL-only step still has a gradient).
+        self.moved_from_ref = False
         self.policy_params = [p for p in model.parameters() if p.requires_grad]
         if not self.policy_params:
             raise ValueError("the policy has no trainable parameters (was it loaded with for_training=True?)")
@@ -138,7 +140,7 @@ class PolicyUpdater:
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state plus the value head (PPO): everything a resume needs beyond the policy."""
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "moved_from_ref": self.moved_from_ref}
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
         return state
@@ -151,6 +153,7 @@ class PolicyUpdater:
                 raise KeyError("PPO updater state has no 'value_head' entry (was it saved by a GRPO run?)")
             self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.moved_from_ref = bool(state.get("moved_from_ref", True))
 
     # ---------------------------------------------------------------- forward passes
     def _forward(self, mb: TrainBatch, entropy_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -206,14 +209,22 @@ class PolicyUpdater:
         # denominator is the forward pass's own detached log-probs and a whole extra pass is saved.
         on_policy = self.ppo_epochs == 1 and self.value_head is None
         old_logp, old_values = (None, None) if on_policy else self._old_policy(batch)
-        ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
         adv, returns = self._advantages(batch, mask, old_values)
+        if not self._has_gradient(adv):
+            # Every group scored alike and the policy still equals its reference: the loss is
+            # exactly flat, so the forward/backward passes (most of a CPU step) are skipped.
+            return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "update_skipped": 1.0, "adv_mean": 0.0,
+                    "adv_std": 0.0, "response_tokens": float(n_tok), "reward_mean": batch.rewards.mean().item(),
+                    "lr": float(self.optimizer.param_groups[0]["lr"])}
+        ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
 
         totals: dict[str, float] = {}
         for _ in range(self.ppo_epochs):
             for key, value in self._epoch(batch, mask, n_tok, old_logp, ref_logp, adv, old_values, returns).items():
                 totals[key] = totals.get(key, 0.0) + value / self.ppo_epochs
+        self.moved_from_ref = True
         totals.update({
+            "update_skipped": 0.0,
             "adv_mean": masked_mean(adv, mask).item(),
             "adv_std": masked_var(adv, mask).sqrt().item(),
             "response_tokens": float(n_tok),
@@ -281,6 +292,17 @@ class PolicyUpdater:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return sums
+
+    def _has_gradient(self, adv: Tensor) -> bool:
+        """False only when the step's loss is provably flat on every worker (then it is skipped)."""
+        if self.value_head is not None or (self.use_kl and self.moved_from_ref):
+            return True
+        signal = torch.tensor([float(adv.abs().max().item() > 0)])
+        import torch.distributed as dist
+
+        if _is_ddp(self.model) and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(signal, op=dist.ReduceOp.MAX)  # every rank must take the same branch
+        return bool(signal.item() > 0)
 
     def _sync_value_head_grads(self) -> None:
         """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""

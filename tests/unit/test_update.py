@@ -242,3 +242,42 @@ def test_token_logprobs_match_a_plain_full_forward(tiny):
         full = torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
     m = batch.loss_mask.bool()
     assert torch.allclose(got[m], full[m], atol=1e-5)
+
+
+def test_flat_step_is_skipped_only_while_the_policy_equals_its_reference():
+    """All-equal rewards and policy == reference: the loss is exactly flat, so nothing runs.
+    Once the policy has moved, the KL term has a gradient and the step must run."""
+    import copy
+
+    from s3_ray.config import TrainConfig
+    from s3_ray.models import load_causal_lm
+    from s3_ray.rl.update import PolicyUpdater
+    from s3_ray.types import QAItem, Trajectory
+
+    model, tok = load_causal_lm("tiny-random", for_training=True)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    upd = PolicyUpdater(model, ref, TrainConfig(lr=1e-2, kl_coef=0.1), pad_id=tok.pad_token_id)
+    item = QAItem("q", "q?", ("a",))
+
+    def trajs(rewards):
+        out = []
+        for r in rewards:
+            t = Trajectory(item=item, prompt_ids=[5, 6, 7], response_ids=[8, 9, 10], loss_mask=[1, 1, 1])
+            t.reward = r
+            out.append(t)
+        return out
+
+    before = [p.detach().clone() for p in model.parameters()]
+    m = upd.step(trajs([0.0, 0.0]))
+    assert m["update_skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    m = upd.step(trajs([0.0, 1.0]))
+    assert m["update_skipped"] == 0.0 and upd.moved_from_ref
+    moved = [p.detach().clone() for p in model.parameters()]
+    m = upd.step(trajs([1.0, 1.0]))  # flat PG, but the KL term now pulls back: must run
+    assert m["update_skipped"] == 0.0 and m["kl"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(moved, model.parameters()))
+    assert PolicyUpdater(model, ref, TrainConfig(), tok.pad_token_id).moved_from_ref is False
+    upd2 = PolicyUpdater(model, ref, TrainConfig(), tok.pad_token_id)
+    upd2.load_state_dict(upd.state_dict())
+    assert upd2.moved_from_ref
