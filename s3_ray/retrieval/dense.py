@@ -91,9 +91,19 @@ def _check_buildable(p: FaissParams, n_rows: int, dim: int) -> None:
                              "or num_shards, or use index_type flat/hnsw")
 
 
+def _faiss() -> Any:
+    """faiss, or an error that says how to install it (it is an optional extra)."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError("dense retrieval needs faiss: pip install 's3-ray[dense]' "
+                          "(faiss-cpu; faiss-gpu-cu12 comes with the 'gpu' extra)") from err
+    return faiss
+
+
 def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
     """One inner-product faiss index over unit vectors (trained first where the type needs it)."""
-    import faiss
+    faiss = _faiss()
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = x.shape
@@ -115,7 +125,7 @@ def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
 
 def set_search_params(index: Any, ef_search: int, nprobe: int) -> None:
     """Apply search-time knobs (HNSW efSearch, IVF nprobe) to a CPU index."""
-    import faiss
+    faiss = _faiss()
 
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = ef_search
@@ -137,7 +147,7 @@ def build_shards(embeddings: np.ndarray, params: FaissParams) -> tuple[list[Any]
 def save_dense(directory: str | os.PathLike[str], passages: Sequence[Passage], shards: Sequence[Any],
                offsets: Sequence[int], embeddings: np.ndarray | None = None) -> None:
     """Write a dense index folder: passages, shard files (faiss' own format), embeddings.npy, dense.json."""
-    import faiss
+    faiss = _faiss()
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -189,7 +199,7 @@ class DenseRetriever:
     def load(cls, directory: str | os.PathLike[str], encoder: Encoder, ef_search: int = 64, nprobe: int = 16,
              use_gpu: bool = True) -> DenseRetriever:
         """Open what `save` wrote; shards go to GPUs (round-robin) when faiss has them and `use_gpu`."""
-        import faiss
+        faiss = _faiss()
 
         d = Path(directory)
         if not (d / META_FILE).is_file():
@@ -211,7 +221,7 @@ class DenseRetriever:
         return retriever
 
     def _to_gpus(self) -> None:
-        import faiss
+        faiss = _faiss()
 
         n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if n_gpus == 0 or any(hasattr(s, "hnsw") for s in self._shards):

@@ -130,7 +130,10 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model (its own pooling/normalisation modules), prefixes added here."""
 
     def __init__(self, path: str, spec: EncoderSpec, batch_size: int = 64) -> None:
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise ImportError("this encoder needs sentence-transformers: pip install 's3-ray[dense]'") from err
 
         self.spec, self.batch_size = spec, batch_size
         self.model = SentenceTransformer(path, device=_device(), local_files_only=Path(path).is_dir())
