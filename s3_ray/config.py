@@ -70,15 +70,26 @@ class RetrievalConfig(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    """The frozen answer model."""
+    """The frozen answer model: in-process transformers, a vLLM engine, or an OpenAI-compatible server."""
 
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="openai: any chat-completions server (vLLM, Ray Serve LLM, hosted APIs)."
+    )
     model: str = Field("smollm2-135m-instruct", description="A registered name, a local HF folder or a hub id.")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     max_context_tokens: int = Field(768, ge=32, description="Passages are cut to fit this many tokens.")
     num_threads: int = Field(1, ge=1, description="torch threads inside one generator replica.")
     cache_path: str | None = Field("runs/cache/generator.sqlite", description="Response cache; null disables it.")
+    temperature: float = Field(0.0, ge=0, description="0 is greedy; the reward assumes a deterministic generator.")
+    # openai backend
+    base_url: str | None = Field(None, description="OpenAI-compatible server root, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (may be unset).")
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx and connection errors (exponential backoff).")
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once against the server.")
+    # vllm backend
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM's share of GPU memory.")
 
 
 class SearcherConfig(_Strict):
@@ -130,10 +141,33 @@ class TrainConfig(_Strict):
     warmup_lr: float = Field(5e-5, gt=0)
 
 
+class EvalDatasetConfig(_Strict):
+    """One evaluation set (see `s3_ray.data.datasets`)."""
+
+    name: str = Field(..., min_length=1, description="Label in the report; the FlashRAG config for format hf.")
+    path: str = Field(..., min_length=1, description="File (flashrag/parquet/mirage) or split name (hf).")
+    format: Literal["auto", "flashrag", "parquet", "mirage", "hf"] = "auto"
+    tasks: list[str] | None = Field(None, description="MIRAGE tasks to keep (None: all).")
+
+
 class EvalConfig(_Strict):
     split: Literal["train", "dev", "test"] = "test"
     methods: list[str] = Field(default_factory=lambda: ["naive_rag", "s3"])
     checkpoints: dict[str, str] = Field(default_factory=dict, description="Method label -> searcher checkpoint.")
+    datasets: list[EvalDatasetConfig] = Field(
+        default_factory=list, description="Evaluation sets; empty: the `split` of `data` (embedded by default).")
+    limit: int | None = Field(None, ge=1, description="Seeded sample of at most this many questions per set (paper: 3000).")
+    sample_seed: int = Field(0, description="Seed of that sample.")
+    baseline_model: str | None = Field(None, description="LM of the cot/rewrite/ircot/search_r1 methods; None: searcher.model.")
+    baseline_max_new_tokens: int = Field(64, ge=1, description="Token budget of one baseline LM call.")
+    baseline_max_prompt_tokens: int = Field(2048, ge=64, description="Baseline prompts are left-truncated to this.")
+    rewrite_k: int = Field(3, ge=1, description="Documents for the rewritten query (DeepRetrieval-style).")
+    ircot_steps: int = Field(4, ge=0, description="IRCoT reasoning steps after the initial retrieval.")
+    ircot_k: int = Field(3, ge=1, description="Documents per IRCoT retrieval.")
+    search_r1_turns: int = Field(4, ge=1, description="Search-R1 generations per question.")
+    search_r1_k: int = Field(3, ge=1, description="Documents per Search-R1 search.")
+    context_tokenizer: str | None = Field(
+        None, description="Model name whose tokenizer counts context tokens in the report; None: words.")
 
 
 class SweepConfig(_Strict):
@@ -155,6 +189,12 @@ class ServeConfig(_Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    copilot_replicas: int = Field(1, ge=1, description="Replicas of the searcher (copilot) app.")
+    copilot_cpus: float = Field(0.5, gt=0, description="CPUs reserved per copilot replica.")
+    copilot_max_batch_size: int = Field(8, ge=1, description="Most concurrent searches merged into one rollout.")
+    copilot_batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="How long a copilot replica waits for more requests to join a rollout."
+    )
 
 
 class WandbConfig(_Strict):

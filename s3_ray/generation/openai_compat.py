@@ -1,0 +1,244 @@
+"""Frozen generator behind an OpenAI-compatible chat-completions server (vLLM, Ray Serve LLM, hosted APIs).
+
+The reward needs many short answers, so throughput comes from requests in flight, not from one
+big batch: each prompt is one `POST {base_url}/chat/completions`, and a thread pool of
+`max_concurrency` workers bounds how many the server sees at once. Transient failures (429,
+5xx, dropped connections, timeouts) are retried with exponential backoff, honouring a numeric
+`Retry-After`; anything else fails at once with the server's message.
+
+The API key is read from the environment variable named in the config when a request is
+built. It is never stored in `model_id`, `decoding` (the response-cache key), error messages,
+`repr` or the pickled state.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from s3_ray.generation.base import Messages, validate_prompts
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class OpenAICompatError(RuntimeError):
+    """A chat-completions request failed for good; the message names the server, status and cause."""
+
+
+def is_retryable_status(status: int) -> bool:
+    """429 (rate limit), 408/409 and every 5xx are worth another try; other 4xx are not.
+
+    >>> [is_retryable_status(s) for s in (200, 400, 401, 429, 500, 503, 599)]
+    [False, False, False, True, True, True, True]
+    """
+    return status in RETRY_STATUS or 500 <= status <= 599
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, retry_after: str | None = None) -> float:
+    """Seconds to wait before retry `attempt` (0-based): base * 2**attempt, capped; a numeric
+    Retry-After header wins when it asks for longer (still capped).
+
+    >>> [backoff_delay(a, 0.5, 4.0) for a in range(5)]
+    [0.5, 1.0, 2.0, 4.0, 4.0]
+    >>> backoff_delay(0, 0.5, 4.0, retry_after="3"), backoff_delay(0, 0.5, 4.0, retry_after="soon")
+    (3.0, 0.5)
+    """
+    delay = min(max_s, base_s * 2**attempt)
+    if retry_after is not None and retry_after.strip().replace(".", "", 1).isdigit():  # not an HTTP date
+        delay = max(delay, min(max_s, float(retry_after)))
+    return delay
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped (the same post-processing as the transformers backend).
+
+    >>> first_line("  Paris\\nBecause ...")
+    'Paris'
+    >>> first_line("")
+    ''
+    """
+    return text.strip().split("\n", 1)[0].strip()
+
+
+class OpenAICompatGenerator:
+    """Chat completions against `base_url` (which ends in `/v1` for most servers)."""
+
+    def __init__(self, model: str, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 24,
+                 temperature: float = 0.0, request_timeout_s: float = 60.0, max_retries: int = 4,
+                 max_concurrency: int = 16, backoff_s: float = 0.5, max_backoff_s: float = 8.0) -> None:
+        if not model:
+            raise ValueError("generator.model must name the served model for the openai backend")
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"generator.base_url must be an http(s) URL for the openai backend, got {base_url!r}")
+        if max_new_tokens < 1 or max_concurrency < 1 or max_retries < 0 or request_timeout_s <= 0 or temperature < 0:
+            raise ValueError("max_new_tokens and max_concurrency must be >= 1, max_retries >= 0, "
+                             "request_timeout_s > 0 and temperature >= 0")
+        self._model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._latencies: list[float] = []
+        self._stats: dict[str, float] = {"calls": 0, "prompts": 0, "requests": 0, "retries": 0, "prompt_tokens": 0,
+                                         "completion_tokens": 0, "responses_without_usage": 0, "seconds": 0.0,
+                                         "max_in_flight": 0}
+        self._in_flight = 0
+
+    # identity (the cache key) ---------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self._model
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        return {"backend": "openai", "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "first_line": True}
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatGenerator(model={self._model!r}, base_url={self.base_url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("_model", "base_url", "api_key_env", "max_new_tokens", "temperature", "request_timeout_s",
+                "max_retries", "max_concurrency", "backoff_s", "max_backoff_s")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    # HTTP -----------------------------------------------------------------------------------
+    def _http(self) -> Any:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                limits = httpx.Limits(max_connections=self.max_concurrency,
+                                      max_keepalive_connections=self.max_concurrency)
+                self._client = httpx.Client(timeout=self.request_timeout_s, limits=limits)
+            return self._client
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _scrub(self, text: str) -> str:
+        """`text` with the API key (if a server or library echoed it) replaced."""
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "***") if key else text
+
+    def _fail(self, msg: str) -> OpenAICompatError:
+        return OpenAICompatError(self._scrub(f"{self.base_url}/chat/completions (model {self._model!r}): {msg}"))
+
+    def _complete(self, messages: Messages) -> str:
+        import httpx
+
+        body = {"model": self._model, "messages": messages, "max_tokens": self.max_new_tokens,
+                "temperature": self.temperature}
+        url = f"{self.base_url}/chat/completions"
+        client = self._http()
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            retry_after: str | None = None
+            with self._lock:
+                self._in_flight += 1
+                self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
+                self._stats["requests"] += 1
+            start = time.perf_counter()
+            try:
+                resp = client.post(url, json=body, headers=self._headers())
+            except httpx.TransportError as err:  # refused, reset, timed out
+                cause = f"{type(err).__name__}: {err}"
+                if last:
+                    raise self._fail(f"failed after {attempt + 1} attempts: {cause}") from None
+            else:
+                if resp.status_code == 200:
+                    with self._lock:
+                        self._latencies.append(time.perf_counter() - start)
+                    return self._parse(resp)
+                cause = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                if resp.status_code in (401, 403):
+                    raise self._fail(f"authentication failed (HTTP {resp.status_code}); check the key in "
+                                     f"${self.api_key_env}: {resp.text[:300]}")
+                if not is_retryable_status(resp.status_code):
+                    raise self._fail(cause)
+                if last:
+                    raise self._fail(f"failed after {attempt + 1} attempts, last {cause}")
+                retry_after = resp.headers.get("retry-after")
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+            with self._lock:
+                self._stats["retries"] += 1
+            time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after))
+        raise AssertionError("unreachable")
+
+    def _parse(self, resp: Any) -> str:
+        try:
+            data = resp.json()
+            content = data["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise self._fail(f"response has no choices[0].message.content ({type(err).__name__}: {err}): "
+                             f"{resp.text[:300]}") from None
+        if not isinstance(content, str):
+            raise self._fail(f"choices[0].message.content is {type(content).__name__}, expected a string")
+        usage = data.get("usage") or {}
+        with self._lock:
+            if "completion_tokens" in usage:
+                self._stats["prompt_tokens"] += int(usage.get("prompt_tokens", 0))
+                self._stats["completion_tokens"] += int(usage["completion_tokens"])
+            else:
+                self._stats["responses_without_usage"] += 1
+        return first_line(content)
+
+    # Generator protocol ---------------------------------------------------------------------
+    def generate(self, prompts: list[Messages]) -> list[str]:
+        """One completion per prompt, in input order, at most `max_concurrency` requests in flight."""
+        validate_prompts(prompts)
+        if not prompts:
+            return []
+        start = time.perf_counter()
+        if len(prompts) == 1 or self.max_concurrency == 1:
+            out = [self._complete(m) for m in prompts]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
+                out = list(pool.map(self._complete, prompts))
+        with self._lock:
+            self._stats["calls"] += 1
+            self._stats["prompts"] += len(prompts)
+            self._stats["seconds"] += time.perf_counter() - start
+        return out
+
+    def stats(self) -> dict[str, float]:
+        """Counters since construction, token usage as the server reported it, request latency."""
+        with self._lock:
+            s: dict[str, float] = dict(self._stats)
+            lat = sorted(self._latencies)
+        secs = s["seconds"]
+        s["completion_tokens_per_s"] = s["completion_tokens"] / secs if secs else 0.0
+        s["prompts_per_s"] = s["prompts"] / secs if secs else 0.0
+        s["latency_mean_s"] = sum(lat) / len(lat) if lat else 0.0
+        s["latency_p50_s"] = lat[len(lat) // 2] if lat else 0.0
+        s["latency_p95_s"] = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
+        return s
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

@@ -1,0 +1,91 @@
+"""Frozen generator on an in-process vLLM engine (GPU nodes; `pip install 's3-ray[gpu]'`).
+
+The engine batches internally (continuous batching), so one `generate` call hands it every
+prompt at once. Prompts are rendered with the engine's own tokenizer and chat template and cut
+to `max_context_tokens` exactly as the transformers backend cuts them (later passages lose text
+first), so both backends see the same inputs and their answers are comparable. Decoding is
+greedy; only the first line of a completion is kept, as in the transformers backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from s3_ray.generation.base import Messages, validate_prompts
+from s3_ray.generation.hf import TransformersGenerator
+
+
+class VLLMGenerator:
+    """A vLLM `LLM` engine answering chat prompts greedily."""
+
+    # Same context fitting as the transformers backend; it needs `_render`, `tokenizer`, `max_context_tokens`.
+    fit = TransformersGenerator.fit
+
+    def __init__(self, model_name: str, max_new_tokens: int = 24, max_context_tokens: int = 768,
+                 gpu_memory_utilization: float = 0.85, seed: int = 0) -> None:
+        try:
+            import vllm
+        except ImportError as err:
+            raise ImportError(
+                "generator.backend='vllm' needs the vllm package, which ships in the `gpu` extra: "
+                "pip install 's3-ray[gpu]' (on a CUDA machine), or use generator.backend='transformers' "
+                f"or 'openai' ({err})"
+            ) from err
+        from s3_ray.models import resolve_model
+
+        if max_new_tokens < 1 or max_context_tokens < 1:
+            raise ValueError("max_new_tokens and max_context_tokens must be >= 1")
+        self._name = model_name
+        self.max_new_tokens = max_new_tokens
+        self.max_context_tokens = max_context_tokens
+        self.llm = vllm.LLM(model=resolve_model(model_name), max_model_len=max_context_tokens + max_new_tokens,
+                            gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        self._lock = threading.Lock()
+        self._stats = {"calls": 0, "prompts": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                       "truncated_prompts": 0, "seconds": 0.0}
+
+    @property
+    def model_id(self) -> str:
+        return self._name
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        # Numerics differ from the transformers backend (kernels, dtype), so the cache keeps them apart.
+        return {"backend": "vllm", "greedy": True, "max_new_tokens": self.max_new_tokens, "max_context_tokens": self.max_context_tokens,
+                "first_line": True}
+
+    def _render(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[Messages]) -> list[str]:
+        """Greedy completions (first line, stripped), in the order of `prompts`."""
+        validate_prompts(prompts)
+        if not prompts:
+            return []
+        with self._lock:
+            start = time.perf_counter()
+            encoded = [self.fit(m) for m in prompts]
+            outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], self.params,
+                                        use_tqdm=False)
+            out: list[str] = []
+            for res in outputs:
+                comp = res.outputs[0]
+                self._stats["completion_tokens"] += len(comp.token_ids)
+                out.append(comp.text.strip().split("\n", 1)[0].strip())
+            self._stats["calls"] += 1
+            self._stats["prompts"] += len(prompts)
+            self._stats["prompt_tokens"] += sum(len(ids) for ids, _ in encoded)
+            self._stats["truncated_prompts"] += sum(1 for _, cut in encoded if cut)
+            self._stats["seconds"] += time.perf_counter() - start
+        return out
+
+    def stats(self) -> dict[str, float]:
+        s: dict[str, float] = dict(self._stats)
+        s["completion_tokens_per_s"] = s["completion_tokens"] / s["seconds"] if s["seconds"] else 0.0
+        s["prompts_per_s"] = s["prompts"] / s["seconds"] if s["seconds"] else 0.0
+        return s

@@ -1,0 +1,215 @@
+"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1 (FastAPI in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request  # module level: the handler's annotations are resolved here
+from fastapi.responses import JSONResponse
+
+from s3_ray.config import GeneratorConfig
+from s3_ray.generation import (
+    CachedGenerator,
+    OpenAICompatError,
+    OpenAICompatGenerator,
+    ResponseCache,
+    build_generator,
+    cache_key,
+)
+
+KEY = "sk-test-SECRET-9f8e7d"
+
+
+class FakeOpenAI:
+    """Chat-completions server whose failures and delays are scripted per test."""
+
+    def __init__(self) -> None:
+        self.fail_plan: Counter[str] = Counter()  # user content -> how many 500s before success
+        self.status_for: dict[str, int] = {}       # user content -> permanent status
+        self.required_key: str | None = None
+        self.delay_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.app = self._build()
+
+    def _build(self) -> Any:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Any:
+            body = await request.json()
+            self.requests += 1
+            self.bodies.append(body)
+            auth = request.headers.get("authorization", "")
+            if self.required_key is not None and auth != f"Bearer {self.required_key}":
+                # a careless server that echoes the credential it got
+                return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth}"}}, status_code=401)
+            content = body["messages"][-1]["content"]
+            if content in self.status_for:
+                return JSONResponse({"error": {"message": "bad request"}}, status_code=self.status_for[content])
+            if self.fail_plan[content] > 0:
+                self.fail_plan[content] -= 1
+                return JSONResponse({"error": {"message": "overloaded"}}, status_code=500)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.in_flight -= 1
+            return {"id": "x", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": f" echo:{content}\nmore text"}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+
+        return app
+
+
+@pytest.fixture()
+def server() -> Iterator[tuple[FakeOpenAI, str]]:
+    import uvicorn
+
+    fake = FakeOpenAI()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(fake.app, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not srv.started:
+        if time.time() > deadline:
+            raise RuntimeError("fake server did not start")
+        time.sleep(0.01)
+    yield fake, f"http://127.0.0.1:{port}/v1"
+    srv.should_exit = True
+    thread.join(timeout=5)
+    sock.close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Answer."}, {"role": "user", "content": text}]
+
+
+def make(url: str, **kw: Any) -> OpenAICompatGenerator:
+    kw.setdefault("backoff_s", 0.01)
+    return OpenAICompatGenerator("served-model", url, api_key_env="S3RAY_TEST_KEY", **kw)
+
+
+def test_answers_in_order_first_line_and_usage(server, monkeypatch) -> None:
+    fake, url = server
+    monkeypatch.setenv("S3RAY_TEST_KEY", KEY)
+    fake.required_key = KEY
+    gen = make(url, max_new_tokens=7, max_concurrency=4)
+    prompts = [user(f"q{i}") for i in range(10)]
+    assert gen.generate(prompts) == [f"echo:q{i}" for i in range(10)]
+    body = fake.bodies[0]
+    assert body["model"] == "served-model" and body["max_tokens"] == 7 and body["temperature"] == 0.0
+    assert body["messages"] in prompts
+    s = gen.stats()
+    assert (s["calls"], s["prompts"], s["requests"], s["retries"]) == (1, 10, 10, 0)
+    assert (s["prompt_tokens"], s["completion_tokens"]) == (100, 30)
+    assert s["completion_tokens_per_s"] > 0 and 0 < s["latency_p50_s"] <= s["latency_p95_s"]
+    assert gen.generate([]) == []
+
+
+def test_retries_after_500_then_succeeds(server) -> None:
+    fake, url = server
+    fake.fail_plan["flaky"] = 2
+    gen = make(url, max_retries=3)
+    assert gen.generate([user("flaky"), user("fine")]) == ["echo:flaky", "echo:fine"]
+    assert fake.requests == 4 and gen.stats()["retries"] == 2
+
+
+def test_gives_up_after_max_retries_naming_the_status(server) -> None:
+    fake, url = server
+    fake.fail_plan["down"] = 10
+    gen = make(url, max_retries=2)
+    with pytest.raises(OpenAICompatError, match=r"failed after 3 attempts, last HTTP 500.*overloaded"):
+        gen.generate([user("down")])
+    assert fake.requests == 3
+
+
+def test_400_is_not_retried(server) -> None:
+    fake, url = server
+    fake.status_for["bad"] = 400
+    gen = make(url, max_retries=3)
+    with pytest.raises(OpenAICompatError, match="HTTP 400"):
+        gen.generate([user("bad")])
+    assert fake.requests == 1
+
+
+def test_401_is_clear_and_never_shows_the_key(server, monkeypatch) -> None:
+    fake, url = server
+    fake.required_key = "the-right-key"
+    monkeypatch.setenv("S3RAY_TEST_KEY", KEY)
+    gen = make(url, max_retries=3)
+    with pytest.raises(OpenAICompatError) as info:
+        gen.generate([user("q")])
+    msg = str(info.value)
+    assert "authentication failed (HTTP 401)" in msg and "$S3RAY_TEST_KEY" in msg
+    assert KEY not in msg and "***" in msg  # the server echoed it; it was scrubbed
+    assert fake.requests == 1
+    for text in (repr(gen), gen.model_id, str(gen.decoding), cache_key(gen.model_id, gen.decoding, user("q"))):
+        assert KEY not in text
+    assert KEY.encode() not in pickle.dumps(gen)
+
+
+def test_concurrency_bound_is_respected(server) -> None:
+    fake, url = server
+    fake.delay_s = 0.05
+    gen = make(url, max_concurrency=3)
+    start = time.perf_counter()
+    assert len(gen.generate([user(f"c{i}") for i in range(12)])) == 12
+    elapsed = time.perf_counter() - start
+    assert fake.max_in_flight == 3 and gen.stats()["max_in_flight"] == 3
+    assert elapsed >= 4 * 0.05  # 12 requests, 3 at a time, 50 ms each
+    gen1 = make(url, max_concurrency=1)
+    fake.max_in_flight = 0
+    gen1.generate([user(f"d{i}") for i in range(4)])
+    assert fake.max_in_flight == 1
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    gen = make(f"http://127.0.0.1:{port}/v1", max_retries=2)
+    with pytest.raises(OpenAICompatError, match=r"failed after 3 attempts: ConnectError"):
+        gen.generate([user("q")])
+    assert gen.stats()["retries"] == 2
+
+
+def test_pickled_generator_works_and_cache_wraps_it(server, tmp_path) -> None:
+    fake, url = server
+    gen = pickle.loads(pickle.dumps(make(url)))
+    cached = CachedGenerator(gen, ResponseCache(tmp_path / "c.sqlite"))
+    assert cached.generate([user("a"), user("a"), user("b")]) == ["echo:a", "echo:a", "echo:b"]
+    assert cached.generate([user("a")]) == ["echo:a"]
+    assert fake.requests == 2 and cached.stats()["cache_hits"] == 2
+
+
+def test_build_generator_openai_and_validation(server, tmp_path) -> None:
+    _, url = server
+    gen = build_generator(GeneratorConfig(backend="openai", model="served-model", base_url=url, cache_path=None))
+    assert isinstance(gen, OpenAICompatGenerator) and gen.generate([user("x")]) == ["echo:x"]
+    cached = build_generator(GeneratorConfig(backend="openai", model="m", base_url=url,
+                                             cache_path=str(tmp_path / "c.sqlite")))
+    assert isinstance(cached, CachedGenerator) and cached.decoding["backend"] == "openai"
+    with pytest.raises(ValueError, match="generator.base_url must be set"):
+        build_generator(GeneratorConfig(backend="openai"))
+    with pytest.raises(ValueError, match="http"):
+        OpenAICompatGenerator("m", "127.0.0.1:8000")
+    with pytest.raises(ValueError, match="temperature=0.5 is only supported by the openai backend"):
+        build_generator(GeneratorConfig(temperature=0.5))
