@@ -6,6 +6,7 @@
     s3-ray precompute           naive-RAG baseline answers for a split (the reward's baseline)
     s3-ray train                RL-train the searcher on Ray Train
     s3-ray evaluate             compare context methods with the frozen generator
+    s3-ray infer                write a searcher's (or naive RAG's) contexts for a split as JSONL
     s3-ray sweep                Ray Tune sweep over search budgets
 
 `s3-ray <subcommand> --help` shows each one's options.
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "precompute": "jobs.precompute",
     "train": "jobs.train",
     "evaluate": "jobs.evaluate",
+    "infer": "jobs.infer",
     "sweep": "jobs.sweep",
 }
 

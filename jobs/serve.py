@@ -2,8 +2,9 @@
 
     python -m jobs.serve [--config jobs/configs/demo.yaml] [--no-generator] [key=value ...]
 
-The retriever answers `POST http://<serve.host>:<serve.port>/retrieve` (Search-R1/s3 schema) and the
-generator `POST .../generator/answer`. Build the index first (`python -m jobs.build_index`).
+The retriever answers `POST http://<serve.host>:<serve.port>/retrieve` (Search-R1/s3 schema), the
+generator `POST .../generator/answer`, and with `--copilot [CHECKPOINT]` a searcher answers
+`POST .../copilot/search`. Build the index first (`python -m jobs.build_index`).
 For a cluster, `serve deploy deployments/serve_config.yaml` does the same declaratively.
 """
 
@@ -21,12 +22,22 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=runtime.DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--no-generator", action="store_true", help="start only the retriever")
+    parser.add_argument("--copilot", metavar="CHECKPOINT", nargs="?", const="",
+                        help="also serve a searcher at /copilot/search (default model: searcher.model)")
     parser.add_argument("--once", action="store_true", help="deploy and return instead of blocking")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. serve.port=8001")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     runtime.init_ray()
     runtime.deploy_services(cfg, with_generator=not args.no_generator)
+    if args.copilot is not None:
+        from ray import serve
+
+        from deployments.copilot import CopilotAppArgs, build_app
+
+        app_args = CopilotAppArgs.from_config(cfg, model=args.copilot or None)
+        serve.run(build_app(app_args), name="copilot", route_prefix="/copilot")
+        runtime.log(f"copilot: POST http://{cfg.serve.host}:{cfg.serve.port}/copilot/search ({app_args.model_name()})")
     runtime.log(f"serving on http://{cfg.serve.host}:{cfg.serve.port} (retrieve: POST /retrieve)")
     if args.once:
         return 0

@@ -114,13 +114,16 @@ def _stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
 class HFPolicy:
     """Batched sampling from a transformers causal LM with left padding and tag stops."""
 
-    def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig) -> None:
+    def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig, stop_at_tags: bool = True) -> None:
+        """`stop_at_tags=False` decodes every row to `max_new_tokens` (or eos) and only cuts the
+        turn afterwards: same turns, more decoding; kept to measure what early stopping saves."""
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before building HFPolicy")
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.stats = PolicyStats()
+        self.stop_at_tags = stop_at_tags
         eos = tokenizer.eos_token_id
         self._drop = {tokenizer.pad_token_id} | ({eos} if eos is not None else set())
 
@@ -158,8 +161,9 @@ class HFPolicy:
             "max_new_tokens": self.cfg.max_new_tokens,
             "do_sample": sample,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "stopping_criteria": StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len)]),
         }
+        if self.stop_at_tags:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len)])
         if sample:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         else:

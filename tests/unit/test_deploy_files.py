@@ -18,12 +18,15 @@ def test_serve_config_apps_import_and_validate():
     cfg = yaml.safe_load((ROOT / "deployments" / "serve_config.yaml").read_text())
     assert cfg["http_options"]["host"] == "127.0.0.1"
     apps = {a["name"]: a for a in cfg["applications"]}
-    assert set(apps) == {"retriever", "generator"}
+    assert set(apps) == {"retriever", "generator", "copilot"}
+    from deployments.copilot import CopilotAppArgs
     from deployments.generator import GeneratorAppArgs
     from deployments.retriever import RetrieverAppArgs
 
     assert callable(_resolve(apps["retriever"]["import_path"]))
     assert callable(_resolve(apps["generator"]["import_path"]))
+    assert callable(_resolve(apps["copilot"]["import_path"]))
+    assert CopilotAppArgs.model_validate(apps["copilot"]["args"]).retriever == "retriever"
     r = RetrieverAppArgs.model_validate(apps["retriever"]["args"])
     g = GeneratorAppArgs.model_validate(apps["generator"]["args"])
     assert r.retrieval.index_dir == "runs/demo/index"
@@ -40,7 +43,7 @@ def test_cluster_yaml_has_head_and_gpu_workers():
         assert t["max_workers"] >= t["min_workers"] >= 0, name
 
 
-@pytest.mark.parametrize("name", ["demo", "build_index", "serve", "precompute", "train", "evaluate", "sweep"])
+@pytest.mark.parametrize("name", ["demo", "build_index", "serve", "precompute", "train", "evaluate", "sweep", "infer"])
 def test_every_job_has_main_and_help(name, capsys):
     from jobs.cli import SUBCOMMANDS
 
