@@ -36,7 +36,8 @@ class NoRetrieval:
 
 
 class NaiveRAG:
-    """Top-k passages for the question itself: the baseline of Gain Beyond RAG."""
+    """Top-k passages for the question itself (`meta["query"]` when set, e.g. MIRAGE without its
+    options): the baseline of Gain Beyond RAG."""
 
     name = "naive_rag"
 
@@ -44,7 +45,7 @@ class NaiveRAG:
         self.retriever, self.k = retriever, k
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        hits = self.retriever.search([q.question for q in items], self.k)
+        hits = self.retriever.search([q.meta.get("query") or q.question for q in items], self.k)
         return [MethodOutput(passages=[h.passage for h in row], searches=1) for row in hits]
 
 
@@ -75,11 +76,42 @@ class S3Searcher:
 
 MethodFactory = Callable[..., ContextMethod]
 
+
+def _baseline(kind: str, model: str, retriever: Any = None, searcher: Any = None, eval_cfg: Any = None,
+              name: str | None = None, **kw: Any) -> ContextMethod:
+    """The prompting baselines (`s3_ray.eval.baselines`), budgets from `eval_cfg` (an EvalConfig)."""
+    from s3_ray.config import EvalConfig
+    from s3_ray.eval.baselines.common import make_lm
+
+    cfg = eval_cfg if eval_cfg is not None else EvalConfig()
+    lm = make_lm(model, searcher, cfg)
+    label = name or kind
+    if kind == "cot":
+        from s3_ray.eval.baselines.cot import CoTMethod
+
+        return CoTMethod(lm, name=label)
+    if kind == "rewrite":
+        from s3_ray.eval.baselines.rewrite import RewriteMethod
+
+        return RewriteMethod(lm, retriever, cfg.rewrite_k, name=label)
+    if kind == "ircot":
+        from s3_ray.eval.baselines.ircot import IRCoTMethod
+
+        return IRCoTMethod(lm, retriever, cfg.ircot_k, cfg.ircot_steps, name=label)
+    from s3_ray.eval.baselines.search_r1 import SearchR1Method
+
+    return SearchR1Method(lm, retriever, cfg.search_r1_k, cfg.search_r1_turns, name=label)
+
+
 METHODS: dict[str, MethodFactory] = {
     "no_retrieval": lambda **kw: NoRetrieval(),
     "naive_rag": lambda retriever, rollout, **kw: NaiveRAG(retriever, rollout.init_k),
     "s3": lambda retriever, rollout, searcher, model, name="s3", **kw: S3Searcher(
         model, retriever, rollout, searcher, name=name),
+    "cot": lambda **kw: _baseline("cot", **kw),
+    "rewrite": lambda **kw: _baseline("rewrite", **kw),
+    "ircot": lambda **kw: _baseline("ircot", **kw),
+    "search_r1": lambda **kw: _baseline("search_r1", **kw),
 }
 
 

@@ -54,6 +54,12 @@ def test_evaluation_resumes_without_recomputing(tmp_path):
     recs = evaluate_method(ITEMS, m2, EchoGenerator(), tmp_path, batch_size=2)
     assert m2.calls == 1  # only q3 was redone
     assert [r["id"] for r in recs] == ["q1", "q2", "q3"]
+    # the torn line was cut, so the file holds exactly three clean records
+    lines = (tmp_path / "fixed.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["q1", "q2", "q3"]
+    m3 = FixedMethod()
+    evaluate_method(ITEMS, m3, EchoGenerator(), tmp_path, batch_size=2)
+    assert m3.calls == 0
 
 
 def test_report_files(tmp_path):

@@ -1,0 +1,3 @@
+"""Prompting baselines of the s3 paper, each producing only a context for the frozen generator:
+`cot` (reasoning, no retrieval), `rewrite` (DeepRetrieval-style single query rewrite), `ircot`
+(interleaved retrieval and chain of thought) and `search_r1` (the Search-R1 tag protocol)."""
