@@ -109,119 +109,6 @@ class SearcherTrainer:
         return metrics
 
     def warmup(self, log=None) -> list[float]:
-        """Supervised format warm-up (cfg.train.warmup_steps); teaches the tags, never answers.
-
-        Each question gives two examples, built with the same Episode and tokenization as a
-        rollout: prompt -> a search turn whose query is the question (or its first clause), and
-        prompt + that turn + the real observation -> a turn that selects random ids of the block
-        and stops. Only the target turns are trained on.
-        """
-        import torch
-
-        from s3_ray.agent.episode import Episode
-        from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
-        from s3_ray.rl.warmup import final_turn, first_clause, search_turn, sft_step
-
-        steps = self.cfg.train.warmup_steps
-        if steps == 0:
-            return []
-        budget = self.cfg.rollout
-        rng = random.Random(self.cfg.seed + 17)
-        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                      lr=self.cfg.train.warmup_lr)
-        stream = QuestionStream(self.stream.items, seed=self.cfg.seed + 1)
-        encode = lambda text: list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        losses = []
-        for i in range(steps):
-            items = stream.take(self.cfg.train.warmup_batch)
-            hits = self.retriever.search([q.question for q in items], budget.init_k)
-            prompts, targets, episodes = [], [], []
-            for q, row in zip(items, hits):
-                init = [h.passage for h in row]
-                prompt = encode_prompt(self.tokenizer, build_searcher_messages(q.question, init, budget))
-                turn = search_turn(q.question.strip() if rng.random() < 0.5 else first_clause(q.question))
-                prompts.append(prompt)
-                targets.append(turn)
-                episodes.append((Episode(q, init, budget), prompt, turn))
-            if budget.max_turns > 0:
-                queries = [ep.step(turn) for ep, _, _ in episodes]
-                found = self.retriever.search(queries, max(ep.retrieval_k for ep, _, _ in episodes))
-                for (ep, prompt, turn), row in zip(episodes, found):
-                    obs = ep.observe(row)
-                    n = rng.randint(1, max(1, budget.keep_per_turn))
-                    ids = sorted(rng.sample(range(1, len(ep.block) + 1), min(n, len(ep.block)))) if ep.block else []
-                    prompts.append(prompt + encode(turn) + encode(obs))
-                    targets.append(final_turn(ids))
-            loss = sft_step(self.model, self.tokenizer, prompts, targets, optimizer)
-            losses.append(loss)
-            if log is not None:
-                log({"warmup/loss": loss}, i)
-        return losses
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._shuffle()
-
-
-def unwrap(model: Any) -> Any:
-    """The bare HF model inside a DDP/FSDP wrapper (generation and saving need it)."""
-    return getattr(model, "module", model)
-
-
-class SearcherTrainer:
-    """Owns the policy, its updater and the question stream of one training process."""
-
-    def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
-                 scorer: Any, items: list[QAItem]) -> None:
-        from s3_ray.rl.update import PolicyUpdater
-
-        self.cfg = cfg
-        self.model = model
-        self.tokenizer = tokenizer
-        self.retriever = retriever
-        self.scorer = scorer
-        self.stream = QuestionStream(items, seed=cfg.seed)
-        self.updater = PolicyUpdater(model, ref_model, cfg.train, pad_id=tokenizer.pad_token_id,
-                                     temperature=max(cfg.searcher.temperature, 1e-3))
-
-    def rollout(self, items: list[QAItem]) -> list[Trajectory]:
-        from s3_ray.agent.policy import HFPolicy
-        from s3_ray.agent.rollout import run_rollout
-
-        bare = unwrap(self.model)
-        was_training = bare.training
-        bare.eval()
-        try:
-            policy = HFPolicy(bare, self.tokenizer, self.cfg.searcher)
-            return run_rollout(items, policy, self.tokenizer, self.retriever, self.cfg.rollout, self.cfg.searcher)
-        finally:
-            bare.train(was_training)
-
-    def train_step(self) -> dict[str, float]:
-        """One RL step over `questions_per_step` questions x `group_size` trajectories each."""
-        from s3_ray.agent.rollout import rollout_stats
-
-        t0 = time.perf_counter()
-        questions = self.stream.take(self.cfg.train.questions_per_step)
-        batch = [q for q in questions for _ in range(self.cfg.train.group_size)]
-        trajs = self.rollout(batch)
-        t1 = time.perf_counter()
-        rewards = self.scorer.score(trajs)
-        t2 = time.perf_counter()
-        metrics = dict(self.updater.step(trajs))
-        t3 = time.perf_counter()
-        metrics.update(rollout_stats(trajs))
-        metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
-        metrics["reward"] = sum(rewards) / len(rewards)
-        metrics["time/rollout_s"] = t1 - t0
-        metrics["time/reward_s"] = t2 - t1
-        metrics["time/update_s"] = t3 - t2
-        return metrics
-
-    def warmup(self, log=None) -> list[float]:
         """Supervised format warm-up (cfg.train.warmup_steps); teaches the tags, never answers."""
         import torch
 
@@ -248,6 +135,7 @@ class SearcherTrainer:
             if log is not None:
                 log({"warmup/loss": loss}, i)
         return losses
+
 
     def state(self) -> dict[str, Any]:
         return {"stream": self.stream.state()}
