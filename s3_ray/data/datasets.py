@@ -24,7 +24,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from s3_ray.data.jsonl import DataError, iter_jsonl, require_id, require_str
+from s3_ray.data.jsonl import DataError, require_id, require_str
+from s3_ray.data.qa import iter_qa_rows
 from s3_ray.types import QAItem
 
 FORMATS = ("flashrag", "parquet", "mirage", "hf")
@@ -65,15 +66,7 @@ def read_flashrag(path: str | os.PathLike[str], name: str | None = None) -> list
     """FlashRAG JSONL; ids must be unique within the file."""
     name = name or Path(path).stem
     items: list[QAItem] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        qid = require_id(path, lineno, obj)
-        if qid in seen:
-            raise DataError(path, lineno, f"duplicate id {qid!r} (first seen on line {seen[qid]})")
-        seen[qid] = lineno
-        question = require_str(path, lineno, obj, "question")
-        if "golden_answers" not in obj:
-            raise DataError(path, lineno, "missing field 'golden_answers'")
+    for lineno, qid, question, obj in iter_qa_rows(path):  # extra FlashRAG fields are ignored
         golds = _answers(path, lineno, obj["golden_answers"], "golden_answers")
         items.append(QAItem(id=qid, question=question, golden_answers=golds, meta={"dataset": name}))
     return items
