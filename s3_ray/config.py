@@ -122,12 +122,16 @@ class RewardConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algorithm: Literal["grpo", "ppo"] = "grpo"
+    algorithm: Literal["grpo", "ppo", "rloo"] = Field(
+        "grpo", description="grpo/rloo: group-relative, no critic; ppo: value head + GAE (the paper's setting).")
     steps: int = Field(6, ge=0)
     questions_per_step: int = Field(4, ge=1)
     group_size: int = Field(2, ge=1, description="Trajectories per question (GRPO groups).")
     lr: float = Field(1e-5, gt=0)
     kl_coef: float = Field(0.01, ge=0)
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive KL: steer kl_coef so the measured KL tracks this (None: fixed coefficient).")
+    kl_horizon: int = Field(10, ge=1, description="Steps over which the adaptive KL controller reacts.")
     clip_ratio: float = Field(0.2, gt=0)
     entropy_coef: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -139,6 +143,18 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1)
     warmup_lr: float = Field(5e-5, gt=0)
+    micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
+    lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] | None = Field(
+        None, description="Module names LoRA wraps; None: every linear layer but the output head.")
+    # collapse guard
+    guard_malformed_rate: float | None = Field(
+        0.6, gt=0, le=1, description="Stop when this share of searcher turns is malformed (None: off).")
+    guard_kl: float | None = Field(None, gt=0, description="Stop when the KL to the reference exceeds this (None: off).")
+    guard_patience: int = Field(2, ge=1, description="Consecutive bad steps before the guard stops the run.")
 
 
 class EvalDatasetConfig(_Strict):
@@ -171,17 +187,28 @@ class EvalConfig(_Strict):
 
 
 class SweepConfig(_Strict):
+    mode: Literal["inference", "train"] = Field(
+        "inference", description="inference: budgets of a fixed searcher; train: training settings, with ASHA.")
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha stops weak training trials early.")
+    asha_grace_period: int = Field(1, ge=1, description="Training steps every trial runs before ASHA may stop it.")
+    asha_reduction_factor: int = Field(2, ge=2)
+    num_samples: int = Field(1, ge=1, description="Repeats of the grid (seeds differ per repeat).")
     param_space: dict[str, list[Any]] = Field(
         default_factory=lambda: {"rollout.top_k": [2, 3], "rollout.max_turns": [1, 2]},
         description="Dotted config key -> grid values.",
     )
     max_concurrent: int = Field(1, ge=1)
     metric: str = "genacc"
+    metric_mode: Literal["max", "min"] = "max"
 
 
 class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 exposes the apps to the network.")
     port: int = Field(8000, ge=1, le=65535)
+    auth_token_env: str | None = Field(
+        None, description="Environment variable holding a bearer token; when set, HTTP calls must send it.")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger HTTP bodies are refused with 413.")
+    max_text_chars: int = Field(4096, ge=16, description="Longest query or question accepted over HTTP.")
     retriever_replicas: int = Field(1, ge=1)
     retriever_cpus: float = Field(0.25, gt=0)
     generator_replicas: int = Field(1, ge=1)

@@ -174,20 +174,48 @@ def test_ppo_learns_and_trains_value_head(model_tok):
     assert len(up.optimizer.param_groups) == 2 and up.optimizer.param_groups[1]["lr"] == 0.05
 
 
-def test_works_through_ddp_wrapper(model_tok, tmp_path):
+def _ddp_child() -> None:
+    """Runs in a fresh interpreter: one-rank gloo group over a loopback TCP store."""
+    import socket
+    from datetime import timedelta
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    model, tok = model_tok
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=60))
     try:
+        model, tok = load_causal_lm("tiny-random", for_training=True)
         ddp = DistributedDataParallel(model)
         for algo in ("grpo", "ppo"):
             up = PolicyUpdater(ddp, None, _cfg(algorithm=algo), pad_id=tok.pad_token_id, micro_batch=2)
             metrics = up.step(_group(tok))
-            assert metrics["grad_norm"] > 0
+            assert metrics["grad_norm"] > 0, (algo, metrics)
     finally:
         dist.destroy_process_group()
+    print("DDP-OK")
+
+
+def test_works_through_ddp_wrapper():
+    # A process group is process-global state and gloo blocks in native code if its rendezvous
+    # stalls, so the DDP run gets its own interpreter and a hard deadline.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_update; test_update._ddp_child()"
+    env = os.environ | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                              env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"DDP run did not finish in 240 s: {err.stderr}")
+    assert proc.returncode == 0 and "DDP-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 def test_bad_input_is_named():
