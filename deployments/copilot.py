@@ -10,6 +10,10 @@ for all of them). The retriever is reached through `RetrieverClient`: by Serve a
     GET  /health   model, budget ceilings, batching counters
     GET  /openapi.json, /docs
 
+Every HTTP request passes the shared guard (`s3_ray.serving`): bearer token when
+`serve.auth_token_env` is set, `serve.max_request_bytes`, and `serve.max_text_chars` for the
+question (docs/security.md).
+
     app = build_app(CopilotAppArgs.from_config(cfg, model="runs/demo/ray/demo/.../searcher"))
     serve.run(app, name="copilot", route_prefix="/copilot")
 """
@@ -28,6 +32,7 @@ from ray import serve
 from s3_ray.agent.copilot import Budget, CopilotRequestError, SearchCopilot
 from s3_ray.clients.retriever import RetrieverClient
 from s3_ray.config import RolloutConfig, S3Config, SearcherConfig, ServeConfig
+from s3_ray.serving import Guard
 
 api = FastAPI(title="s3-ray search copilot", version="1",
               description="An s3 searcher in front of any generator: a question in, selected documents "
@@ -96,7 +101,8 @@ class CopilotAppArgs(BaseModel):
 
     def retriever_client(self) -> RetrieverClient:
         if self.retriever.startswith(("http://", "https://")):
-            return RetrieverClient.from_url(self.retriever)
+            # a retriever URL behind the same auth as this app is called with the same token
+            return RetrieverClient.from_url(self.retriever, token_env=self.serve.auth_token_env)
         return RetrieverClient.from_app(self.retriever)
 
 
@@ -113,6 +119,7 @@ class CopilotDeployment:
     def __init__(self, args: CopilotAppArgs) -> None:
         self.args = args
         s = args.serve
+        self._guard = Guard.from_env(s.auth_token_env, s.max_request_bytes, s.max_text_chars)
         self._copilot = SearchCopilot(args.model_name(), args.retriever_client(), args.rollout, args.searcher,
                                       max_batch=s.copilot_max_batch_size)
         self._batched.set_max_batch_size(s.copilot_max_batch_size)
@@ -145,14 +152,23 @@ class CopilotDeployment:
                 "rollouts": self._copilot.rollouts}
 
     # HTTP API -----------------------------------------------------------------------------
+    def __serve_build_asgi_app__(self) -> Any:
+        """Serve calls this once, after `__init__`, for the replica's own copy of `api`: the
+        guard middleware goes on here because its token is only known inside the replica."""
+        return self._guard.install(self.app)
+
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self._copilot.model_id, "limits": self._copilot.limits(),
                 "init_k": self._copilot.rollout.init_k, "retriever": self.args.retriever, **self.stats()}
 
     @api.post("/search", response_model=SearchResponse,
-              responses={422: {"description": "invalid request; `detail[].loc` names the field"}})
+              responses={401: {"description": "bearer token missing or wrong"},
+                         413: {"description": "body larger than serve.max_request_bytes"},
+                         422: {"description": "invalid request; `detail[].loc` names the field"}})
     async def search_endpoint(self, req: SearchRequest) -> dict[str, Any]:
+        if errors := self._guard.check_text([(("body", "question"), req.question)]):
+            raise HTTPException(422, errors)
         try:
             return await self.search(req.question, req.top_k, req.keep_per_turn, req.max_turns)
         except CopilotRequestError as err:

@@ -6,13 +6,15 @@ encoder batch + one faiss search). `GET /openapi.json` and `/docs` describe the 
 `serve run deployments.retriever:build_app index_dir=runs/index backend=bm25`, or from
 `deployments/serve_config.yaml` (see docs/retrieval.md).
 
+Every HTTP request passes the shared guard (`s3_ray.serving`): the bearer token when
+`auth_token_env` is set, the body-size limit, and `max_text_chars` per query (docs/security.md).
+
 No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation
 on the ingress methods to inject the request.
 """
 
 import asyncio
-import json
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 from ray.serve import Application
 
-from s3_ray.config import RetrievalConfig
+from s3_ray.config import RetrievalConfig, ServeConfig
 from s3_ray.retrieval.index import load_retriever, read_manifest
 from s3_ray.retrieval.schema import RetrieveRequest, RetrieveResponse, hits_to_json
+from s3_ray.serving import AsciiJSONResponse, Guard
 from s3_ray.types import SearchHit
 
 app = FastAPI(title="s3-ray retriever", version="1",
@@ -30,7 +33,9 @@ app = FastAPI(title="s3-ray retriever", version="1",
 
 _SERVE_FIELDS = {"retriever_replicas", "retriever_cpus", "max_ongoing_requests", "max_batch_size",
                  "batch_wait_timeout_s", "health_check_period_s", "health_check_timeout_s",
-                 "graceful_shutdown_timeout_s", "retrieval"}
+                 "graceful_shutdown_timeout_s", "auth_token_env", "max_request_bytes", "max_text_chars",
+                 "retrieval"}
+_SERVE_DEFAULTS = ServeConfig()
 
 
 class RetrieverAppArgs(BaseModel):
@@ -49,6 +54,10 @@ class RetrieverAppArgs(BaseModel):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="In-flight requests get this long to finish.")
+    auth_token_env: Optional[str] = Field(None, description="Environment variable holding the bearer token; "
+                                                            "unset: no auth.")
+    max_request_bytes: int = Field(_SERVE_DEFAULTS.max_request_bytes, ge=1024)
+    max_text_chars: int = Field(_SERVE_DEFAULTS.max_text_chars, ge=16, description="Longest query accepted.")
 
     @model_validator(mode="before")
     @classmethod
@@ -68,7 +77,9 @@ class RetrieverAppArgs(BaseModel):
         s = cfg.serve
         return cls(retrieval=cfg.retrieval, retriever_replicas=s.retriever_replicas,
                    retriever_cpus=s.retriever_cpus, max_ongoing_requests=s.max_ongoing_requests,
-                   max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s)
+                   max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+                   auth_token_env=s.auth_token_env, max_request_bytes=s.max_request_bytes,
+                   max_text_chars=s.max_text_chars)
 
     def retrieval_config(self) -> RetrievalConfig:
         return self.retrieval
@@ -76,6 +87,9 @@ class RetrieverAppArgs(BaseModel):
 
 _REQUEST_BODY = {"required": True,
                  "content": {"application/json": {"schema": RetrieveRequest.model_json_schema()}}}
+_REJECTIONS = {400: {"description": "body is not JSON"}, 401: {"description": "bearer token missing or wrong"},
+               413: {"description": "body larger than max_request_bytes"},
+               422: {"description": "invalid request; `detail[].loc` names the field"}}
 
 
 @serve.deployment
@@ -83,6 +97,7 @@ _REQUEST_BODY = {"required": True,
 class RetrieverDeployment:
     def __init__(self, args: RetrieverAppArgs) -> None:
         self.args = args
+        self._guard = Guard.from_env(args.auth_token_env, args.max_request_bytes, args.max_text_chars)
         self.max_batch = args.retrieval.max_batch
         self.manifest = read_manifest(args.retrieval.index_dir)
         self.retriever = load_retriever(args.retrieval)
@@ -115,17 +130,25 @@ class RetrieverDeployment:
             pos += len(qs)
         return out
 
+    def __serve_build_asgi_app__(self) -> Any:
+        """Serve calls this once, after `__init__`, for the replica's own copy of `app`: the
+        guard middleware goes on here because its token is only known inside the replica."""
+        return self._guard.install(self.app)
+
     @app.post("/retrieve", response_model=RetrieveResponse, openapi_extra={"requestBody": _REQUEST_BODY},
-              responses={400: {"description": "body is not JSON"}, 422: {"description": "invalid request"}})
+              responses=_REJECTIONS)
     async def retrieve(self, request: Request) -> JSONResponse:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
             return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
         try:
             req = RetrieveRequest.model_validate(body, context={"max_batch": self.max_batch})
-        except ValidationError as err:
-            return JSONResponse({"detail": json.loads(err.json(include_url=False))}, status_code=422)
+        except ValidationError as err:  # ASCII-safe: the errors echo client input
+            return AsciiJSONResponse({"detail": err.errors(include_url=False, include_context=False)},
+                                     status_code=422)
+        if errors := self._guard.check_text([(("queries", i), q) for i, q in enumerate(req.queries)]):
+            return JSONResponse({"detail": errors}, status_code=422)
         hits = await self.search(req.queries, req.topk)
         return JSONResponse(hits_to_json(hits, return_scores=req.return_scores))
 

@@ -12,6 +12,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Bearer token of the auth tests; set before any Ray starts, as replicas inherit the environment.
+os.environ.setdefault("S3RAY_FUZZ_TEST_TOKEN", "fuzz-" + "0123456789abcdef" * 2)
 
 import pytest
 
