@@ -5,13 +5,15 @@
 
 Needs the naive-RAG baseline of the training split (`python -m jobs.precompute --split train`);
 a missing baseline is an error, never a silent fallback. Re-running with the same run_dir resumes
-from the last checkpoint.
+from the last checkpoint. At the end it prints the latest and the best (highest-reward)
+checkpoint, why training stopped, and draws `<run_dir>/train/curves.png`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
     """Fit a TorchTrainer; returns the Ray Train Result (its checkpoint is the trained searcher)."""
     cfg = cfg.absolute()  # workers run in other directories
     import torch
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from s3_ray.rl.worker import train_loop_per_worker
@@ -53,9 +55,47 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
             name=name,
             storage_path=str(Path(cfg.run_dir, "ray").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
+            # every checkpoint is kept; ranking by reward makes Result.best_checkpoints meaningful
+            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="reward", checkpoint_score_order="max"),
         ),
     )
     return trainer.fit()
+
+
+def best_checkpoint(result: Any) -> tuple[str | None, float | None]:
+    """(path, reward) of the checkpoint with the highest finite training reward (None, None if none).
+
+    The reward of a step is measured on the rollouts *before* that step's update, so this picks
+    the policy right after its best-scoring batch: a cheap proxy; evaluate on dev to be sure.
+    """
+    best: tuple[str | None, float | None] = (None, None)
+    for ckpt, metrics in getattr(result, "best_checkpoints", None) or []:
+        reward = metrics.get("reward")
+        if isinstance(reward, (int, float)) and math.isfinite(reward) and (best[1] is None or reward > best[1]):
+            best = (ckpt.path, float(reward))
+    return best
+
+
+def summarize(cfg: S3Config, result: Any) -> dict[str, Any]:
+    """What a finished run produced: checkpoints, stop reason, curves; draws the curves."""
+    from s3_ray.rl.curves import plot_curves
+
+    metrics = result.metrics or {}
+    best_path, best_reward = best_checkpoint(result)
+    summary: dict[str, Any] = {
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "best_checkpoint": best_path,
+        "best_reward": best_reward,
+        "stop_reason": metrics.get("stop_reason") or ("error" if result.error else "completed all steps"),
+        "metrics": metrics,
+    }
+    metrics_path = Path(cfg.run_dir) / "train" / "metrics.jsonl"
+    if metrics_path.is_file():
+        try:
+            summary["curves"] = str(plot_curves(metrics_path))
+        except ValueError as err:  # e.g. a run stopped before its first RL step
+            summary["curves"] = f"not drawn: {err}"
+    return summary
 
 
 def training_items(cfg: S3Config, baseline: Any) -> tuple[list[QAItem], int]:
@@ -70,9 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=runtime.DEFAULT_CONFIG, help="YAML config file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=10")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
+    if args.dry_run:
+        from jobs.plan import train_dry_run
+
+        return train_dry_run(cfg)
 
     from s3_ray.reward.baseline import open_baseline
     from s3_ray.reward.gain import RewardScorer
@@ -84,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     items, dropped = training_items(cfg, baseline)
     runtime.log(f"training on {len(items)} questions ({dropped} dropped by the naive-RAG filter)")
     result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward))
-    summary = {"checkpoint": result.checkpoint.path if result.checkpoint else None, "metrics": result.metrics}
+    summary = summarize(cfg, result)
+    runtime.log(f"stop reason: {summary['stop_reason']}")
+    runtime.log(f"best checkpoint (reward {summary['best_reward']}): {summary['best_checkpoint']}")
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return 0 if result.error is None else 1
 
 
 if __name__ == "__main__":

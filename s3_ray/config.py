@@ -101,6 +101,9 @@ class SearcherConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_prompt_tokens: int = Field(1536, ge=64, description="Longer rolling contexts are left-truncated.")
     num_threads: int = Field(2, ge=1)
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Rollout engine; vllm (GPU extra) gets the trainer's weights after every step.")
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM rollout engine's share of GPU memory.")
 
 
 class RolloutConfig(_Strict):

@@ -104,6 +104,35 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def flash_attention_available() -> bool:
+    """FlashAttention-2 can run here: a CUDA device, and a flash_attn that transformers accepts and
+    that actually imports (a wheel built for another torch/CUDA fails at import)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention_kwargs() -> dict[str, Any]:
+    """`from_pretrained` precision and attention: bf16 + FlashAttention-2 on a GPU that has it,
+    bf16 + SDPA on other GPUs, fp32 + SDPA on CPU (fp32 keeps CPU training numerically tame)."""
+    import torch
+
+    if flash_attention_available():
+        return {"dtype": torch.bfloat16, "attn_implementation": "flash_attention_2"}
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"dtype": dtype, "attn_implementation": "sdpa"}
+
+
 def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool = False) -> tuple[Any, Any]:
     """Load (model, tokenizer) on CPU or the first GPU, with left padding for batched generation."""
     import torch
@@ -114,12 +143,7 @@ def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool
     path = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        kwargs: dict[str, Any] = {"dtype": torch.float32}
-        if torch.cuda.is_available():
-            kwargs["dtype"] = torch.bfloat16
-            if importlib.util.find_spec("flash_attn") is not None:
-                kwargs["attn_implementation"] = "flash_attention_2"
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **attention_kwargs())
     except OSError as err:
         known = ", ".join(sorted([*MODELS, *BUILDERS]))
         raise ModelError(f"cannot load model {name!r} (known names: {known}): {err}") from err

@@ -34,7 +34,7 @@ class TrainBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def rows(self, start: int, stop: int) -> "TrainBatch":
+    def rows(self, start: int, stop: int) -> TrainBatch:
         """A micro-batch view of rows [start, stop), trimmed to its own longest sequence."""
         attn = self.attention_mask[start:stop]
         length = int(attn.sum(dim=1).max().item())

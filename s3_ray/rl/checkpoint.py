@@ -2,10 +2,15 @@
 
 Layout of one checkpoint directory::
 
-    config.json, model.safetensors (or adapter_model.safetensors for a PEFT model)
+    config.json, model.safetensors        the policy as a plain HF model (LoRA merged in)
     tokenizer files                       when a tokenizer is given
+    adapter/                              LoRA runs only: adapter_model.safetensors, adapter_config.json
     trainer_state.pt                      {"optimizer", "step", "rng", "extra"}
-    meta.json                             {"format", "step", "created", "model_class"}
+    meta.json                             {"format", "step", "created", "model_class", "lora"}
+
+The folder itself is always loadable with `load_causal_lm(path)` (evaluation, serving). A LoRA
+run resumes from `adapter/` on top of its base weights, which stay exact: merging is only done
+for the exported copy, never to the model being trained.
 
 A checkpoint is written to a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written checkpoint that `latest_checkpoint` could pick. `trainer_state.pt` holds
@@ -28,6 +33,8 @@ import torch
 FORMAT_VERSION = 1
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def _unwrap(model: Any) -> Any:
@@ -98,14 +105,15 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         bare = _unwrap(model)
-        bare.save_pretrained(tmp, safe_serialization=True)
+        lora = _save_model(tmp, bare)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(
             {"optimizer": _state_of(optimizer_state), "step": int(step), "rng": rng_state(), "extra": extra or {}},
             tmp / STATE_FILE,
         )
-        meta = {"format": FORMAT_VERSION, "step": int(step), "created": time.time(), "model_class": type(bare).__name__}
+        meta = {"format": FORMAT_VERSION, "step": int(step), "created": time.time(),
+                "model_class": type(bare.get_base_model() if lora else bare).__name__, "lora": lora}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{time.time_ns()}")
@@ -118,6 +126,28 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _save_model(folder: Path, bare: Any) -> bool:
+    """Write the HF folder (merged when LoRA) and, for LoRA, the adapter; returns whether it was LoRA."""
+    from s3_ray.rl.lora import (
+        ADAPTER_NAME,
+        adapter_state_dict,
+        is_lora,
+        merged_state_dict,
+    )
+
+    if not is_lora(bare):
+        bare.save_pretrained(folder, safe_serialization=True)
+        return False
+    from safetensors.torch import save_file
+
+    bare.get_base_model().save_pretrained(folder, state_dict=merged_state_dict(bare), safe_serialization=True)
+    adapter = folder / ADAPTER_DIR
+    adapter.mkdir()
+    save_file(adapter_state_dict(bare), str(adapter / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    bare.peft_config[ADAPTER_NAME].save_pretrained(str(adapter))
+    return True
 
 
 def _read_safetensors(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -133,12 +163,20 @@ def _read_safetensors(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _load_weights(directory: Path, model: Any) -> None:
-    """Load saved weights into `model` in place; tied copies the HF writer omits are allowed missing."""
-    bare = _unwrap(model)
-    if hasattr(bare, "peft_config"):
-        from peft import set_peft_model_state_dict
+    """Load saved weights into `model` in place; tied copies the HF writer omits are allowed missing.
 
-        set_peft_model_state_dict(bare, _read_safetensors(directory, "adapter_model"))
+    A LoRA model gets only its adapter back: its base weights are the run's base, not the merged
+    export (which already contains the adapter).
+    """
+    from s3_ray.rl.lora import is_lora, load_adapter_state_dict
+
+    bare = _unwrap(model)
+    if is_lora(bare):
+        adapter = directory / ADAPTER_DIR
+        if not (adapter / ADAPTER_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{directory}: no {ADAPTER_DIR}/{ADAPTER_WEIGHTS}; the model has a LoRA "
+                                    "adapter but this checkpoint was saved without one (train.lora_rank 0?)")
+        load_adapter_state_dict(bare, _read_safetensors(adapter, "adapter_model"), where=str(adapter))
         return
     weights = _read_safetensors(directory, "model")
     result = bare.load_state_dict(weights, strict=False)
@@ -166,6 +204,11 @@ def load_checkpoint(
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    from s3_ray.rl.lora import is_lora
+
+    if meta.get("lora") and optimizer is not None and not is_lora(model):
+        raise ValueError(f"{directory} trained a LoRA adapter: resume it with the same train.lora_rank "
+                         "(a model without an adapter can only load its merged weights, optimizer=None)")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     _load_weights(directory, model)
     if optimizer is not None:

@@ -63,16 +63,25 @@ class SearcherTrainer:
 
     def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
                  scorer: Any, items: list[QAItem]) -> None:
-        from s3_ray.rl.update import PolicyUpdater
-
         self.cfg = cfg
-        self.model = model
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.scorer = scorer
         self.stream = QuestionStream(items, seed=cfg.seed)
-        self.updater = PolicyUpdater(model, ref_model, cfg.train, pad_id=tokenizer.pad_token_id,
-                                     temperature=max(cfg.searcher.temperature, 1e-3))
+        self.set_policy(model, ref_model)
+
+    def set_policy(self, model: Any, ref_model: Any) -> None:
+        """Train `model` (against `ref_model` for the KL term) with a fresh updater and optimiser.
+
+        Used once more after a LoRA format warm-up, whose adapter is merged away and replaced
+        by a new one: the parameters the optimiser held no longer exist.
+        """
+        from s3_ray.rl.update import PolicyUpdater
+
+        self.model = model
+        self.updater = PolicyUpdater(model, ref_model, self.cfg.train, pad_id=self.tokenizer.pad_token_id,
+                                     temperature=max(self.cfg.searcher.temperature, 1e-3),
+                                     micro_batch=self.cfg.train.micro_batch)
 
     def rollout(self, items: list[QAItem]) -> list[Trajectory]:
         from s3_ray.agent.policy import HFPolicy
@@ -102,6 +111,7 @@ class SearcherTrainer:
         t3 = time.perf_counter()
         metrics.update(rollout_stats(trajs))
         metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
+        metrics["context_tokens_mean"] = self._context_tokens(trajs)
         metrics["reward"] = sum(rewards) / len(rewards)
         metrics["time/rollout_s"] = t1 - t0
         metrics["time/reward_s"] = t2 - t1
@@ -136,6 +146,13 @@ class SearcherTrainer:
                 log({"warmup/loss": loss}, i)
         return losses
 
+
+    def _context_tokens(self, trajs: list[Trajectory]) -> float:
+        """Mean searcher-tokenizer length of the context each episode hands to the generator."""
+        total = 0
+        for t in trajs:
+            total += sum(len(self.tokenizer.encode(p.contents, add_special_tokens=False)) for p in t.context)
+        return total / len(trajs) if trajs else 0.0
 
     def state(self) -> dict[str, Any]:
         return {"stream": self.stream.state()}

@@ -6,10 +6,12 @@
 2. compute old-policy log-probs (and, for PPO, old values) once, without gradients, and the
    reference log-probs when a KL term is on;
 3. advantages: GRPO = group-relative rewards broadcast over each trajectory's searcher tokens;
+   RLOO = reward minus the mean of the other samples of its group, broadcast likewise;
    PPO = GAE with the reward on the last searcher token, whitened over the batch;
 4. micro-batches with gradient accumulation: clipped PG + kl_coef * KL - entropy_coef * entropy
    (+ vf_coef * value loss for PPO); DDP gradient sync only on the last micro-batch;
-5. gradient clipping and one AdamW step.
+5. gradient clipping and one AdamW step (skipped when the gradient is not finite);
+6. the KL controller sees the step's KL (fixed coefficient, or adaptive with `train.kl_target`).
 
 The model may be wrapped in DistributedDataParallel (Ray Train's `prepare_model`): forwards go
 through the wrapper so gradients are all-reduced; config lookups go to `.module`.
@@ -25,9 +27,30 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from s3_ray.config import TrainConfig
-from s3_ray.rl.advantages import gae, group_relative_advantages, masked_mean, masked_var, masked_whiten
-from s3_ray.rl.batch import TrainBatch, collate, first_trained_position, gather_logprobs, grid_logits, token_logprobs
-from s3_ray.rl.losses import clipped_policy_loss, kl_penalty, masked_sum_mean, token_entropy, value_loss
+from s3_ray.rl.advantages import (
+    gae,
+    group_relative_advantages,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    rloo_advantages,
+)
+from s3_ray.rl.batch import (
+    TrainBatch,
+    collate,
+    first_trained_position,
+    gather_logprobs,
+    grid_logits,
+    token_logprobs,
+)
+from s3_ray.rl.kl_control import KLController
+from s3_ray.rl.losses import (
+    clipped_policy_loss,
+    kl_penalty,
+    masked_sum_mean,
+    token_entropy,
+    value_loss,
+)
 from s3_ray.types import Trajectory
 
 
@@ -93,7 +116,7 @@ class PolicyUpdater:
         pad_id: int,
         temperature: float = 1.0,
         *,
-        micro_batch: int = 2,
+        micro_batch: int | None = None,
         max_len: int | None = None,
         ppo_epochs: int = 1,
         kl_kind: Literal["k1", "k3"] = "k3",
@@ -104,6 +127,7 @@ class PolicyUpdater:
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        micro_batch = cfg.micro_batch if micro_batch is None else micro_batch
         if micro_batch < 1 or ppo_epochs < 1:
             raise ValueError(f"micro_batch and ppo_epochs must be >= 1, got {micro_batch} and {ppo_epochs}")
         self.model = model
@@ -118,6 +142,7 @@ class PolicyUpdater:
         self.value_clip = value_clip
         self.vf_coef = vf_coef
         self.use_kl = cfg.kl_coef > 0 and ref_model is not None
+        self.kl_ctl = KLController.from_config(cfg)
         # Whether the policy may differ from the reference (then a KL-only step still has a gradient).
         self.moved_from_ref = False
         self.policy_params = [p for p in model.parameters() if p.requires_grad]
@@ -133,14 +158,15 @@ class PolicyUpdater:
                 "lr": value_lr if value_lr is not None else 10 * cfg.lr,
                 "weight_decay": 0.0,
             })
-        elif cfg.algorithm != "grpo":
-            raise ValueError(f"train.algorithm must be 'grpo' or 'ppo', got {cfg.algorithm!r}")
+        elif cfg.algorithm not in ("grpo", "rloo"):
+            raise ValueError(f"train.algorithm must be 'grpo', 'rloo' or 'ppo', got {cfg.algorithm!r}")
         self.optimizer = torch.optim.AdamW(groups)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser state plus the value head (PPO): everything a resume needs beyond the policy."""
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "moved_from_ref": self.moved_from_ref}
+        """Optimiser, KL coefficient and value head (PPO): everything a resume needs beyond the policy."""
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "moved_from_ref": self.moved_from_ref,
+                                 "kl_controller": self.kl_ctl.state_dict()}
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
         return state
@@ -152,8 +178,12 @@ class PolicyUpdater:
             if "value_head" not in state:
                 raise KeyError("PPO updater state has no 'value_head' entry (was it saved by a GRPO run?)")
             self.value_head.load_state_dict(state["value_head"])
+        if self.kl_ctl.adaptive and "kl_controller" not in state:
+            raise KeyError("updater state has no 'kl_controller' entry, which an adaptive-KL run needs")
         self.optimizer.load_state_dict(state["optimizer"])
         self.moved_from_ref = bool(state.get("moved_from_ref", True))
+        if self.kl_ctl.adaptive:
+            self.kl_ctl.load_state_dict(state["kl_controller"])
 
     # ---------------------------------------------------------------- forward passes
     def _forward(self, mb: TrainBatch, entropy_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -189,9 +219,12 @@ class PolicyUpdater:
 
     # ---------------------------------------------------------------- the step
     def _advantages(self, batch: TrainBatch, mask: Tensor, old_values: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """(advantages (B, T-1), returns (B, T-1) | None): GRPO without a critic, PPO with GAE."""
+        """(advantages (B, T-1), returns (B, T-1) | None): GRPO/RLOO without a critic, PPO with GAE."""
         if old_values is None:
-            seq_adv = group_relative_advantages(batch.rewards, batch.group_ids)
+            if self.cfg.algorithm == "rloo":
+                seq_adv = rloo_advantages(batch.rewards, batch.group_ids)
+            else:
+                seq_adv = group_relative_advantages(batch.rewards, batch.group_ids)
             return seq_adv.unsqueeze(-1) * mask, None
         token_rewards = last_token_rewards(batch.rewards, mask)
         adv, returns = gae(token_rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
@@ -210,26 +243,31 @@ class PolicyUpdater:
         on_policy = self.ppo_epochs == 1 and self.value_head is None
         old_logp, old_values = (None, None) if on_policy else self._old_policy(batch)
         adv, returns = self._advantages(batch, mask, old_values)
+        kl_coef = self.kl_ctl.value
+        common = {"kl_coef": kl_coef, "response_tokens": float(n_tok), "searcher_tokens_mean": n_tok / len(batch),
+                  "reward_mean": batch.rewards.mean().item(), "lr": float(self.optimizer.param_groups[0]["lr"])}
         if not self._has_gradient(adv):
             # Every group scored alike and the policy still equals its reference: the loss is
-            # exactly flat, so the forward/backward passes (most of a CPU step) are skipped.
+            # exactly flat (and the KL is 0), so the forward/backward passes are skipped.
+            if self.use_kl:
+                self.kl_ctl.update(0.0)
             return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "update_skipped": 1.0, "adv_mean": 0.0,
-                    "adv_std": 0.0, "response_tokens": float(n_tok), "reward_mean": batch.rewards.mean().item(),
-                    "lr": float(self.optimizer.param_groups[0]["lr"])}
+                    "adv_std": 0.0, **common}
         ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
 
         totals: dict[str, float] = {}
         for _ in range(self.ppo_epochs):
-            for key, value in self._epoch(batch, mask, n_tok, old_logp, ref_logp, adv, old_values, returns).items():
+            for key, value in self._epoch(batch, mask, n_tok, old_logp, ref_logp, adv, old_values, returns,
+                                          kl_coef).items():
                 totals[key] = totals.get(key, 0.0) + value / self.ppo_epochs
         self.moved_from_ref = True
+        if self.use_kl:
+            self.kl_ctl.update(self._mean_over_workers(totals["kl"]))
         totals.update({
             "update_skipped": 0.0,
             "adv_mean": masked_mean(adv, mask).item(),
             "adv_std": masked_var(adv, mask).sqrt().item(),
-            "response_tokens": float(n_tok),
-            "reward_mean": batch.rewards.mean().item(),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            **common,
         })
         if returns is not None and old_values is not None:
             totals["value_mean"] = masked_mean(old_values, mask).item()
@@ -246,8 +284,13 @@ class PolicyUpdater:
         adv: Tensor,
         old_values: Tensor | None,
         returns: Tensor | None,
+        kl_coef: float,
     ) -> dict[str, float]:
-        """Gradient accumulation over micro-batches, then one clipped optimiser step."""
+        """Gradient accumulation over micro-batches, then one clipped optimiser step.
+
+        A non-finite gradient norm (identical on every DDP rank, as gradients are all-reduced)
+        skips the optimiser step, so a diverged batch never writes NaN into the weights.
+        """
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
@@ -269,7 +312,7 @@ class PolicyUpdater:
                 loss = pg - cfg.entropy_coef * ent
                 if ref_logp is not None:
                     kl = kl_penalty(logp, ref_logp[start:stop, :width], mmask, self.kl_kind, n_tok)
-                    loss = loss + cfg.kl_coef * kl
+                    loss = loss + kl_coef * kl
                     sums["kl"] += kl.item()
                 if values is not None and old_values is not None and returns is not None:
                     vl, v_stats = value_loss(
@@ -289,7 +332,9 @@ class PolicyUpdater:
         if self.value_head is not None:
             self._sync_value_head_grads()
             torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), cfg.max_grad_norm)
-        self.optimizer.step()
+        sums["nonfinite_grad"] = 0.0 if torch.isfinite(torch.tensor(sums["grad_norm"])) else 1.0
+        if not sums["nonfinite_grad"]:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return sums
 
@@ -297,12 +342,22 @@ class PolicyUpdater:
         """False only when the step's loss is provably flat on every worker (then it is skipped)."""
         if self.value_head is not None or (self.use_kl and self.moved_from_ref):
             return True
-        signal = torch.tensor([float(adv.abs().max().item() > 0)])
+        signal = torch.tensor([float(not bool((adv == 0).all()))])  # NaN counts as signal: it must surface
         import torch.distributed as dist
 
         if _is_ddp(self.model) and dist.is_available() and dist.is_initialized():
             dist.all_reduce(signal, op=dist.ReduceOp.MAX)  # every rank must take the same branch
         return bool(signal.item() > 0)
+
+    def _mean_over_workers(self, value: float) -> float:
+        """`value` averaged over DDP ranks, so every rank's KL controller takes the same step."""
+        import torch.distributed as dist
+
+        if not (_is_ddp(self.model) and dist.is_available() and dist.is_initialized()):
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / dist.get_world_size()
 
     def _sync_value_head_grads(self) -> None:
         """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""

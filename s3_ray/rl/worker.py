@@ -3,13 +3,17 @@
 Everything Ray-specific about training lives here and in `jobs/train.py`; the step itself is
 `SearcherTrainer`. Each worker:
 
-1. loads the searcher (+ a frozen reference copy for the KL term) and wraps it for DDP (gloo on
-   CPU) or FSDP (NCCL on GPU) with `ray.train.torch.prepare_model`;
-2. resumes from the checkpoint Ray Train hands back after a failure, if any (weights, optimizer,
-   step, question cursor);
-3. runs rollouts against the retriever and scores them with the frozen generator through the
+1. loads the searcher (gradient checkpointing and a LoRA adapter when configured) and its KL
+   reference: a frozen copy, or with LoRA the same model with its adapter switched off; wraps the
+   policy for DDP (gloo on CPU) with `ray.train.torch.prepare_model`;
+2. resumes from the checkpoint Ray Train hands back after a failure, if any (weights or adapter,
+   optimizer, KL coefficient, step, question cursor, guard streaks);
+3. otherwise runs the format warm-up, if any; with LoRA its adapter is merged into the base and a
+   fresh adapter is attached for RL, so "adapter off" is the warmed-up policy;
+4. runs rollouts against the retriever and scores them with the frozen generator through the
    clients it was given (Serve handles in production, in-process objects in tests);
-4. reports metrics every step and a checkpoint every `checkpoint_every` steps.
+5. reports metrics every step and a checkpoint every `checkpoint_every` steps, and stops cleanly
+   (with a last checkpoint) when the collapse guard trips on any worker.
 """
 
 from __future__ import annotations
@@ -19,83 +23,127 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s3_ray.config import S3Config
+from s3_ray.config import S3Config, TrainConfig
 from s3_ray.types import QAItem
+
+
+def _build_policy(base: Any, tc: TrainConfig, world: int) -> tuple[Any, Any]:
+    """(policy wrapped for DDP, KL reference or None) around the plain HF model `base`."""
+    import ray.train.torch
+
+    from s3_ray.rl.policy_setup import build_policy
+
+    policy, ref = build_policy(base, tc)
+    return ray.train.torch.prepare_model(policy, parallel_strategy="ddp" if world > 1 else None), ref
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
-    import ray.train.torch
     import torch
 
     from s3_ray.models import load_causal_lm
     from s3_ray.rl.checkpoint import load_checkpoint
+    from s3_ray.rl.guard import CollapseGuard
+    from s3_ray.rl.lora import merge_lora
+    from s3_ray.rl.policy_setup import enable_gradient_checkpointing
     from s3_ray.rl.trainer import SearcherTrainer, unwrap
     from s3_ray.tracking import MetricsLogger
 
     cfg = S3Config.model_validate(loop_config["cfg"])
+    tc = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
 
-    model, tok = load_causal_lm(cfg.searcher.model, num_threads=cfg.searcher.num_threads, for_training=True)
-    ref = None
-    if cfg.train.kl_coef > 0:
-        ref, _ = load_causal_lm(cfg.searcher.model, num_threads=cfg.searcher.num_threads)
-    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    ckpt = ray.train.get_checkpoint()
+    ref_dir = loop_config.get("reference_dir")
+    # A resumed warm-up run starts from the warmed-up weights (its KL reference / LoRA base).
+    base_name = cfg.searcher.model
+    if ckpt is not None and tc.warmup_steps > 0:
+        if not ref_dir or not (Path(ref_dir) / "config.json").is_file():
+            raise RuntimeError(f"resuming a warm-up run needs its warmed-up base at {ref_dir!r}, which is missing")
+        base_name = ref_dir
+    base, tok = load_causal_lm(base_name, num_threads=cfg.searcher.num_threads, for_training=True)
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+    model, ref = _build_policy(base, tc, world)
 
     items = [QAItem(id=d["id"], question=d["question"], golden_answers=tuple(d["golden_answers"]),
                     meta=d.get("meta", {})) for d in loop_config["items"]]
-    shard = items[rank::world]
-    trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], shard)
+    trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], items[rank::world])
+    guard = CollapseGuard(tc)
 
-    start, resumed = 0, False
-    ckpt = ray.train.get_checkpoint()
+    start = 0
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d), unwrap(model), trainer.updater)
-        start, resumed = int(state["step"]), True
+        start = int(state["step"])
         trainer.load_state(state["extra"])
-        ref_dir = loop_config.get("reference_dir")
-        if ref is not None and cfg.train.warmup_steps > 0:
-            if not ref_dir or not (Path(ref_dir) / "config.json").is_file():
-                raise RuntimeError(f"resuming a warm-up run needs its KL reference at {ref_dir!r}, which is missing")
-            ref, _ = load_causal_lm(ref_dir, num_threads=cfg.searcher.num_threads)
-            trainer.updater.ref_model = ref
+        if "guard" in state["extra"]:
+            guard.load_state(state["extra"]["guard"])
         print(f"[s3-ray] rank {rank}: resumed from step {start}")
 
     logger = None
     if rank == 0:
         logger = MetricsLogger(Path(cfg.run_dir) / "train" / "metrics.jsonl", cfg.wandb,
                                run_name=loop_config.get("run_name"), config=loop_config["cfg"])
-    if not resumed and cfg.train.warmup_steps > 0:
+    if ckpt is None and tc.warmup_steps > 0:
         warm_log = (lambda m, i: logger.log({**m, "phase": "warmup"}, i)) if logger else None
         losses = trainer.warmup(log=warm_log)
         # RL starts from the warmed-up policy, so that is what the KL term must hold it near.
-        if ref is not None:
-            ref.load_state_dict(unwrap(model).state_dict())
-        if rank == 0 and loop_config.get("reference_dir"):
-            unwrap(model).save_pretrained(loop_config["reference_dir"])
+        if tc.lora_rank > 0:
+            warmed = merge_lora(unwrap(model))
+            model, ref = _build_policy(warmed, tc, world)
+            trainer.set_policy(model, ref)
+        else:
+            warmed = unwrap(model)
+            if ref is not None:
+                ref.load_state_dict(warmed.state_dict())
+        if rank == 0 and ref_dir:
+            warmed.save_pretrained(ref_dir)
+            tok.save_pretrained(ref_dir)
         # Checkpoint "step 0" = after the format warm-up, before any RL: evaluating it separates
-        # what the warm-up taught from what RL taught.
-        _report({"step": 0, "warmup/loss": losses[-1]}, rank, model, trainer, tok, step=0, checkpoint=True)
+        # what the warm-up taught from what RL taught. Its reward is unknown (NaN ranks it last).
+        _report({"step": 0, "warmup/loss": losses[-1], "reward": float("nan")}, rank, model, trainer, tok,
+                step=0, checkpoint=True, extra={**trainer.state(), "guard": guard.state()})
 
-    for step in range(start, cfg.train.steps):
+    for step in range(start, tc.steps):
         t0 = time.perf_counter()
         metrics = trainer.train_step()
         metrics["time/step_s"] = time.perf_counter() - t0
         metrics["step"] = step + 1
+        reason = _agree_on_stop(guard.update(metrics), world)
+        if reason is not None:
+            metrics["stop_reason"] = reason
         if logger:
             logger.log(metrics, step + 1)
-        due = (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps
-        _report(metrics, rank, model, trainer, tok, step=step + 1, checkpoint=due)
+        due = (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps or reason is not None
+        _report(metrics, rank, model, trainer, tok, step=step + 1, checkpoint=due,
+                extra={**trainer.state(), "guard": guard.state()})
+        if reason is not None:
+            print(f"[s3-ray] rank {rank}: collapse guard stopped training after step {step + 1}: {reason}")
+            break
         _maybe_inject_failure(loop_config.get("fail_at_step"), step + 1, Path(cfg.run_dir))
     if logger:
         logger.close()
 
 
+def _agree_on_stop(reason: str | None, world: int) -> str | None:
+    """Every rank must stop at the same step (or the others hang in the next all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return reason
+    flag = torch.tensor([1.0 if reason is not None else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() > 0 and reason is None:
+        return "collapse guard tripped on another worker"
+    return reason
+
+
 def _report(metrics: dict[str, Any], rank: int, model: Any, trainer: Any, tok: Any, step: int,
-            checkpoint: bool) -> None:
+            checkpoint: bool, extra: dict[str, Any]) -> None:
     """ray.train.report on every rank; rank 0 attaches the checkpoint when one is due."""
     import ray.train
 
@@ -107,7 +155,7 @@ def _report(metrics: dict[str, Any], rank: int, model: Any, trainer: Any, tok: A
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ckpt"
-        save_checkpoint(path, unwrap(model), trainer.updater, step, extra=trainer.state(), tokenizer=tok)
+        save_checkpoint(path, unwrap(model), trainer.updater, step, extra=extra, tokenizer=tok)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
 
 

@@ -23,6 +23,15 @@ def _ship_this_module_by_value():
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+class NaNScorer:
+    """A diverged reward: the loss turns NaN and the collapse guard must stop the run at once."""
+
+    def score(self, trajs: list[Trajectory]) -> list[float]:
+        for t in trajs:
+            t.reward = float("nan")
+        return [t.reward for t in trajs]
+
+
 class ToyScorer:
     """A reward that varies inside each group, so GRPO has a signal (no generator needed)."""
 
@@ -51,6 +60,7 @@ def _cfg(tmp_path: Path, **extra):
         "train.checkpoint_every": 1,
         "data.train_limit": 8,
         "wandb.enabled": False,
+        "train.guard_malformed_rate": None,  # a random tiny model writes malformed turns
         **extra,
     }
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
@@ -66,7 +76,7 @@ def _retriever(cfg):
 
 
 def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_path):
-    from jobs.train import run_training
+    from jobs.train import run_training, summarize
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -81,22 +91,58 @@ def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_
 
     rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ("reward", "pg_loss", "kl", "searches_mean", "malformed_rate", "time/rollout_s", "time/update_s"):
+    for key in ("reward", "genacc", "pg_loss", "kl", "kl_coef", "searches_mean", "context_docs_mean",
+                "context_tokens_mean", "searcher_tokens_mean", "response_tokens_mean", "malformed_rate",
+                "time/rollout_s", "time/reward_s", "time/update_s", "time/step_s"):
         assert key in rows[-1], key
     meta = json.loads((Path(result.checkpoint.path) / "meta.json").read_text())
     assert meta["step"] == 2
+    summary = summarize(cfg, result)
+    assert summary["stop_reason"] == "completed all steps"
+    best = max(rows, key=lambda r: r["reward"])
+    assert summary["best_reward"] == pytest.approx(best["reward"])
+    assert json.loads((Path(summary["best_checkpoint"]) / "meta.json").read_text())["step"] == best["step"]
+    assert Path(summary["curves"]).is_file()
 
 
 def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
+    """With a LoRA format warm-up, RLOO and adaptive KL: the resumed run finds its merged base."""
     from jobs.train import run_training
     from s3_ray.data.embedded import load_split
+    from s3_ray.models import load_causal_lm
 
-    cfg = _cfg(tmp_path, **{"train.steps": 3})
+    cfg = _cfg(tmp_path, **{"train.steps": 3, "train.lora_rank": 4, "train.warmup_steps": 1,
+                            "train.warmup_batch": 2, "train.algorithm": "rloo", "train.kl_target": 0.01,
+                            "train.gradient_checkpointing": True, "train.micro_batch": 1})
     result = run_training(cfg, load_split(cfg.data, "train"), _retriever(cfg), ToyScorer(), name="crash",
                           fail_at_step=1, max_failures=1)
     assert result.error is None
     steps = [json.loads(line)["step"] for line in
              (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
-    # step 1 ran, the worker died after its checkpoint, and the restart went on from step 2
-    assert steps == [1, 2, 3]
+    # warm-up (step 0), step 1 ran, the worker died after its checkpoint, the restart went on from step 2
+    assert steps == [0, 1, 2, 3]
     assert (Path(cfg.run_dir) / "train" / ".injected_failure").exists()
+    ckpt = Path(result.checkpoint.path)
+    assert json.loads((ckpt / "meta.json").read_text())["lora"] is True
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    load_causal_lm(str(ckpt))  # the export is a plain HF folder
+    rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
+    coefs = [r["kl_coef"] for r in rows if "kl_coef" in r]
+    assert len(coefs) == 3 and coefs[0] == pytest.approx(0.01) and len(set(coefs)) == 3  # adapted, carried over
+
+
+def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
+    from jobs.train import run_training, summarize
+    from s3_ray.data.embedded import load_split
+    from s3_ray.models import load_causal_lm
+
+    cfg = _cfg(tmp_path, **{"train.steps": 3, "train.checkpoint_every": 5})
+    result = run_training(cfg, load_split(cfg.data, "train"), _retriever(cfg), NaNScorer(), name="guard")
+    assert result.error is None
+    rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "non-finite loss" in rows[0]["stop_reason"]
+    assert json.loads((Path(result.checkpoint.path) / "meta.json").read_text())["step"] == 1
+    trained, _ = load_causal_lm(result.checkpoint.path)
+    assert all(torch.isfinite(p).all() for p in trained.parameters())  # the NaN step was not applied
+    summary = summarize(cfg, result)
+    assert "non-finite loss" in summary["stop_reason"] and summary["best_checkpoint"] is None

@@ -52,7 +52,8 @@ def test_round_trip_restores_everything(tiny, tmp_path, algorithm):
 
     assert (path / "trainer_state.pt").is_file() and (path / "tokenizer_config.json").is_file()
     assert any(path.glob("*.safetensors"))
-    assert json.loads((path / "meta.json").read_text())["step"] == 7
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["step"] == 7 and meta["lora"] is False and not (path / "adapter").exists()
     torch.load(path / "trainer_state.pt", weights_only=True)  # nothing needs arbitrary unpickling
 
     fresh = copy.deepcopy(base)  # different weights: base never stepped

@@ -309,3 +309,35 @@ def test_flat_step_is_skipped_only_while_the_policy_equals_its_reference():
     upd2 = PolicyUpdater(model, ref, TrainConfig(), tok.pad_token_id)
     upd2.load_state_dict(upd.state_dict())
     assert upd2.moved_from_ref
+
+
+def test_rloo_advantages_and_micro_batch_from_config(model_tok):
+    from s3_ray.rl.advantages import rloo_advantages
+
+    model, tok = model_tok
+    trajs = _group(tok)
+    trajs[3].reward = 0.5  # rewards 1, 1, 0, 0.5 in one group
+    up = PolicyUpdater(model, None, _cfg(algorithm="rloo", micro_batch=3), pad_id=tok.pad_token_id)
+    assert up.micro_batch == 3
+    batch = collate(trajs, tok.pad_token_id)
+    mask = batch.loss_mask.float()
+    adv, returns = up._advantages(batch, mask, None)
+    expected = rloo_advantages(batch.rewards, batch.group_ids)
+    assert returns is None
+    assert expected.tolist() == pytest.approx([1.0 - 0.5, 1.0 - 0.5, 0.0 - 2.5 / 3, 0.5 - 2.0 / 3])
+    assert torch.allclose(adv, expected.unsqueeze(-1) * mask)
+    before = _seq_logp(model, tok, trajs)
+    for _ in range(3):
+        up.step(trajs)
+    gain = _seq_logp(model, tok, trajs) - before
+    assert gain[0] > gain[2] + 0.5, gain
+
+
+def test_non_finite_gradient_skips_the_optimiser_step(model_tok):
+    model, tok = model_tok
+    trajs = _group(tok)
+    trajs[0].reward = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = PolicyUpdater(model, None, _cfg(), pad_id=tok.pad_token_id).step(trajs)
+    assert metrics["nonfinite_grad"] == 1.0 and metrics["loss"] != metrics["loss"]  # NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -1,0 +1,151 @@
+"""LoRA adapters for the searcher (peft), and the KL reference they make free.
+
+With LoRA the trainable policy is `base + adapter`, so "the policy with its adapters switched off"
+*is* the frozen base. That base serves as the KL reference (`AdapterOffReference`) instead of a
+second full copy of the model. For this to equal the policy RL starts from, a format warm-up is
+trained as its own adapter, merged into the base (`merge_lora`) and followed by a fresh adapter
+for RL: then "adapters off" == the warmed-up policy == the reference.
+
+Checkpoints keep the adapter (for an exact resume) and a merged copy of the weights (a plain HF
+folder that evaluation and serving load without peft); `merged_state_dict` builds the latter
+without touching the training model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from s3_ray.config import TrainConfig
+
+ADAPTER_NAME = "default"
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def is_lora(model: Any) -> bool:
+    """Whether `model` (or the module inside a DDP wrapper) is a peft model."""
+    return hasattr(_unwrap(model), "peft_config")
+
+
+def apply_lora(model: nn.Module, cfg: TrainConfig) -> Any:
+    """Wrap `model` in a fresh LoRA adapter (rank `cfg.lora_rank`); only the adapter trains.
+
+    Targets are `cfg.lora_targets` (module names or name suffixes) or, when None, every linear
+    layer except the output head (peft's "all-linear"). New adapters start with B = 0, so the
+    wrapped model computes exactly what `model` did.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.lora_rank < 1:
+        raise ValueError(f"train.lora_rank must be >= 1 to apply LoRA, got {cfg.lora_rank}")
+    if is_lora(model):
+        raise ValueError("the model already carries a LoRA adapter; merge it (merge_lora) before adding another")
+    if cfg.lora_targets is not None and not cfg.lora_targets:
+        raise ValueError("train.lora_targets is an empty list; use null for every linear layer")
+    targets: Any = list(cfg.lora_targets) if cfg.lora_targets is not None else "all-linear"
+    lora_cfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, bias="none")
+    try:
+        with warnings.catch_warnings():  # peft reads a transformers property that is being renamed
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, lora_cfg)
+    except ValueError as err:
+        raise ValueError(f"train.lora_targets={cfg.lora_targets!r} does not fit the model: {err}") from err
+    return peft_model
+
+
+def merge_lora(model: Any) -> nn.Module:
+    """Fold the adapter into the base weights and return the plain model (peft's merge_and_unload)."""
+    bare = _unwrap(model)
+    if not is_lora(bare):
+        raise ValueError(f"{type(bare).__name__} carries no LoRA adapter to merge")
+    return bare.merge_and_unload()
+
+
+def _lora_layers(base: nn.Module) -> Iterator[tuple[str, Any]]:
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name, module
+
+
+@torch.no_grad()
+def merged_state_dict(model: Any) -> dict[str, Tensor]:
+    """The state dict a plain model with the adapter merged in would have (nothing is modified).
+
+    Keys lose peft's `.base_layer` and the `lora_*` entries; each adapted weight becomes
+    W + scale * B A (computed in float32, returned in W's dtype).
+    """
+    bare = _unwrap(model)
+    if not is_lora(bare):
+        raise ValueError(f"{type(bare).__name__} carries no LoRA adapter")
+    base = bare.get_base_model()
+    out: dict[str, Tensor] = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = tensor
+    for name, layer in _lora_layers(base):
+        if getattr(layer, "merged", False):
+            continue  # the delta is in the base weight already
+        if getattr(layer, "use_dora", {}).get(ADAPTER_NAME, False):
+            raise NotImplementedError(f"{name}: merging DoRA adapters is not supported")
+        key = f"{name}.weight"
+        weight = out[key]
+        delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
+        out[key] = (weight.float() + delta).to(weight.dtype)
+    return out
+
+
+def adapter_state_dict(model: Any) -> dict[str, Tensor]:
+    """Only the adapter's tensors (what a resume needs beyond the base), cloned to CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(_unwrap(model)).items()}
+
+
+def load_adapter_state_dict(model: Any, state: dict[str, Tensor], where: str = "adapter") -> None:
+    """Load adapter tensors saved by `adapter_state_dict`; every adapter weight must be present."""
+    from peft import set_peft_model_state_dict
+
+    bare = _unwrap(model)
+    expected = set(adapter_state_dict(bare))
+    missing = sorted(expected - set(state))
+    extra = sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"{where}: adapter weights do not match the model (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}); was it saved with other lora_rank/lora_targets?")
+    set_peft_model_state_dict(bare, state)
+
+
+class AdapterOffReference:
+    """The KL reference of a LoRA policy: the same model, run without gradients, adapters off.
+
+    Quacks like the reference model `token_logprobs` expects (`parameters()` and a forward call).
+    The forward runs in eval mode (no dropout) and restores the policy's mode afterwards.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        if not is_lora(policy):
+            raise ValueError("AdapterOffReference needs a LoRA (peft) policy")
+        self.policy = _unwrap(policy)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.policy.parameters()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.no_grad(), self.policy.disable_adapter():
+                return self.policy(*args, **kwargs)
+        finally:
+            self.policy.train(was_training)
