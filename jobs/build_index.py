@@ -1,4 +1,4 @@
-"""Build the retrieval index: `python -m jobs.build_index [--config C] [--corpus PATH] [--workers N] [key=value ...]`.
+"""Build the retrieval index: `python -m jobs.build_index [--config C] [--corpus PATH] [--workers N] [--dry-run] [key=value ...]`.
 
 Dense and hybrid indexes need the corpus encoded. By default that happens in this process; with
 `--workers N` the passages are cut into chunks and encoded by Ray tasks on N workers (each loads
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from s3_ray.config import load_job_config
+from s3_ray.config import S3Config, load_job_config
 from s3_ray.data.embedded import resolve_paths
 from s3_ray.retrieval.encoders import Encoder, encoder_factory
 from s3_ray.retrieval.index import build_index
@@ -63,6 +64,31 @@ def encode_with_ray(texts: list[str], factory: Callable[[], Encoder], workers: i
     return np.concatenate([results[s] for s in starts])
 
 
+def dry_run(cfg: S3Config, corpus: str | Path, workers: int, chunk_size: int, gpus_per_worker: float) -> int:
+    """The plan: corpus, index settings, where the index goes and who encodes the passages."""
+    from jobs.plan import Plan, model_entry
+
+    plan = Plan("build_index", cfg)
+    r = cfg.retrieval
+    plan.add("corpus", plan.file(corpus, "corpus"))
+    index: dict[str, Any] = {"backend": r.backend, "index_dir": plan.output(r.index_dir),
+                             "manifest": plan.output(Path(r.index_dir) / "manifest.json")}
+    if r.backend == "bm25":
+        index.update(k1=r.k1, b=r.b, impl=r.bm25_impl)
+    else:
+        index.update(encoder=r.encoder, index_type=r.index_type, num_shards=r.num_shards, max_length=r.max_length)
+        if Path(r.encoder).expanduser().exists():
+            index["encoder_source"] = model_entry(r.encoder, "retrieval.encoder", plan)
+    plan.add("index", index)
+    if workers > 0 and r.backend in ("dense", "hybrid"):
+        plan.add("encoding", {"where": "Ray tasks", "workers": workers, "chunk_size": chunk_size,
+                              "cpus_per_task": 1.0, "gpus_per_task": gpus_per_worker,
+                              "total_cpus": float(workers), "total_gpus": workers * gpus_per_worker})
+    else:
+        plan.add("encoding", {"where": "this process" if r.backend != "bm25" else "none (BM25)"})
+    return plan.emit()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jobs.build_index", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=512, help="passages per Ray task (with --workers)")
     ap.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per encoding task (with --workers)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. retrieval.index_dir=runs/idx")
     args = ap.parse_args(argv)
     if args.workers < 0:
         ap.error("--workers must be >= 0")
     cfg = load_job_config(args.config, args.overrides)
     corpus = args.corpus or resolve_paths(cfg.data).corpus
+    if args.dry_run:
+        return dry_run(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker)
     encode = None
     if args.workers > 0 and cfg.retrieval.backend in ("dense", "hybrid"):
         factory = encoder_factory(cfg.retrieval)

@@ -7,9 +7,11 @@
     s3-ray train                RL-train the searcher on Ray Train
     s3-ray evaluate             compare context methods with the frozen generator
     s3-ray infer                write a searcher's (or naive RAG's) contexts for a split as JSONL
-    s3-ray sweep                Ray Tune sweep over search budgets
+    s3-ray sweep                Ray Tune sweep over search budgets or training settings (ASHA), resumable
 
-`s3-ray <subcommand> --help` shows each one's options.
+Every subcommand takes `--config PATH`, dotted `key=value` overrides and `--dry-run` (print the
+resolved plan: resources, models, data and output paths; starts nothing). `s3-ray <subcommand> --help`
+shows each one's options.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The whole s3 loop on the embedded default: index -> serve -> precompute -> train -> evaluate.
 
-    python -m jobs.demo [--config jobs/configs/demo.yaml] [key=value ...]
+    python -m jobs.demo [--config jobs/configs/demo.yaml] [--dry-run] [key=value ...]
 
 Writes everything below `run_dir` (default runs/demo): the index, the naive-RAG baselines, the
 Ray Train run and its checkpoints, training curves and the evaluation report
@@ -141,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=runtime.DEFAULT_CONFIG,
                         help="YAML config file (default: the embedded CPU demo)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=2")
     args = parser.parse_args(argv)
-    run_demo(load_job_config(args.config, args.overrides))
+    cfg = load_job_config(args.config, args.overrides)
+    if args.dry_run:
+        from jobs.plan import demo_plan
+
+        return demo_plan(cfg).emit()
+    run_demo(cfg)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Run a context method (a searcher, or naive RAG) over a QA split and write the contexts as JSONL.
 
     python -m jobs.infer [--config PATH] [--searcher CKPT] [--split test] [--method s3|naive_rag]
-                         [--out PATH] [--serve | --retriever-url URL] [key=value ...]
+                         [--out PATH] [--serve | --retriever-url URL] [--dry-run] [key=value ...]
 
 One row per question: id, question, golden_answers, method, searcher, context (ids + contents:
 what a generator should read), searches and the search trace. Searchers decode greedily. Rows are
@@ -84,7 +84,7 @@ def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
     from s3_ray.clients.retriever import RetrieverClient
 
     if url:
-        return RetrieverClient.from_url(url)
+        return RetrieverClient.from_url(url, token_env=cfg.serve.auth_token_env)
     if serve:
         runtime.init_ray()
         runtime.deploy_services(cfg, with_generator=False)
@@ -92,6 +92,35 @@ def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
     from s3_ray.retrieval.index import load_retriever
 
     return RetrieverClient.in_process(load_retriever(cfg.retrieval))
+
+
+def dry_run(cfg: S3Config, args: argparse.Namespace, searcher: str | None, out: Path) -> int:
+    """The plan: questions, method and searcher, which retriever answers, and the output file."""
+    from jobs.plan import (
+        Plan,
+        budgets,
+        data_entry,
+        index_entry,
+        model_entry,
+        serve_entry,
+    )
+
+    plan = Plan("infer", cfg)
+    plan.add("method", {"name": args.method, "searcher": model_entry(searcher, "searcher", plan) if searcher else None,
+                        "budgets": budgets(cfg), "batch_size": args.batch_size})
+    plan.add("data", data_entry(cfg, plan, [args.split]))
+    if args.retriever_url:
+        plan.add("retriever", {"url": args.retriever_url})
+    elif args.serve:
+        plan.add("retriever", {"serve": serve_entry(cfg, plan, generator=False), "index": index_entry(cfg, plan)})
+    else:
+        plan.add("retriever", {"in_process": index_entry(cfg, plan)})
+    rows = 0
+    if out.is_file():
+        with out.open("rb") as fh:
+            rows = sum(1 for line in fh if line.endswith(b"\n"))
+    plan.add("outputs", {"contexts": {**plan.output(out), "rows_done": rows}})
+    return plan.emit()
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -107,6 +136,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--serve", action="store_true", help="use the 'retriever' Serve app")
     src.add_argument("--retriever-url", default=None, help="a Search-R1/s3 style /retrieve URL")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rollout.max_turns=3")
     return p.parse_args(argv)
 
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     items = load_split(cfg.data, args.split)
     searcher = (args.searcher or cfg.searcher.model) if args.method == "s3" else None
     out = Path(args.out) if args.out else cfg.path("contexts", f"{args.split}.{args.method}.jsonl")
+    if args.dry_run:
+        return dry_run(cfg, args, searcher, out)
     read_done(out, args.method, searcher)  # fail on a mismatched file before loading any model
     retriever = build_retriever(cfg, args.serve, args.retriever_url)
     greedy = cfg.searcher.model_copy(update={"temperature": 0.0})

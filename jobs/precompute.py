@@ -1,6 +1,6 @@
 """Precompute the naive-RAG baseline of one split (needed by the Gain-Beyond-RAG reward).
 
-    python -m jobs.precompute [--config PATH] [--split train] [--serve] [key=value ...]
+    python -m jobs.precompute [--config PATH] [--split train] [--serve] [--dry-run] [key=value ...]
 
 In-process by default (loads the index and the generator here); with `--serve` it joins Ray and
 calls the `retriever` and `generator` Serve apps (deploying them if they are not running).
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from jobs import runtime
-from s3_ray.config import load_job_config
+from s3_ray.config import S3Config, load_job_config
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,13 +24,41 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve", action="store_true", help="use the running 'retriever'/'generator' Serve apps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rollout.init_k=3")
     return p.parse_args(argv)
+
+
+def dry_run(cfg: S3Config, split: str, serve: bool) -> int:
+    """The plan: data, index, generator (or Serve apps) and the baseline file it fills."""
+    from jobs.plan import (
+        Plan,
+        baseline_entry,
+        data_entry,
+        generator_entry,
+        index_entry,
+        serve_entry,
+    )
+
+    plan = Plan("precompute", cfg)
+    plan.add("split", split)
+    plan.add("init_k", cfg.rollout.init_k)
+    if serve:
+        plan.add("serve", serve_entry(cfg, plan))
+    else:
+        plan.add("in_process", {"retriever": cfg.retrieval.backend, "generator": generator_entry(cfg, plan)})
+    plan.add("index", index_entry(cfg, plan))
+    plan.add("data", data_entry(cfg, plan, [split]))
+    plan.add("baseline", baseline_entry(cfg, plan, split, required=False))
+    return plan.emit()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     cfg = load_job_config(args.config, args.overrides)
+    if args.dry_run:
+        return dry_run(cfg, args.split, args.serve)
 
     from s3_ray.clients.generator import GeneratorClient
     from s3_ray.clients.retriever import RetrieverClient

@@ -1,6 +1,6 @@
 """Start the retriever and generator Serve apps and keep them up (Ctrl-C stops them).
 
-    python -m jobs.serve [--config jobs/configs/demo.yaml] [--no-generator] [key=value ...]
+    python -m jobs.serve [--config jobs/configs/demo.yaml] [--no-generator] [--dry-run] [key=value ...]
 
 The retriever answers `POST http://<serve.host>:<serve.port>/retrieve` (Search-R1/s3 schema), the
 generator `POST .../generator/answer`, and with `--copilot [CHECKPOINT]` a searcher answers
@@ -14,7 +14,17 @@ import argparse
 import time
 
 from jobs import runtime
-from s3_ray.config import load_job_config
+from s3_ray.config import S3Config, load_job_config
+
+
+def dry_run(cfg: S3Config, generator: bool, copilot: str | None) -> int:
+    """The plan: the Serve apps with replicas and resources, and the index the retriever reads."""
+    from jobs.plan import Plan, index_entry, serve_entry
+
+    plan = Plan("serve", cfg)
+    plan.add("serve", serve_entry(cfg, plan, generator=generator, copilot=copilot))
+    plan.add("index", index_entry(cfg, plan))
+    return plan.emit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copilot", metavar="CHECKPOINT", nargs="?", const="",
                         help="also serve a searcher at /copilot/search (default model: searcher.model)")
     parser.add_argument("--once", action="store_true", help="deploy and return instead of blocking")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. serve.port=8001")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
+    if args.dry_run:
+        return dry_run(cfg, not args.no_generator, args.copilot)
     runtime.init_ray()
     runtime.deploy_services(cfg, with_generator=not args.no_generator)
     if args.copilot is not None:
