@@ -1,10 +1,16 @@
 """Evaluate context methods (naive RAG, baselines, searchers) with the frozen generator.
 
-    python -m jobs.evaluate --config jobs/configs/demo.yaml [--searcher LABEL=CHECKPOINT ...] [--dry-run] [key=value ...]
+    python -m jobs.evaluate --config jobs/configs/demo.yaml [--searcher LABEL=CHECKPOINT ...] [--dry-run]
+                            [--in-driver] [--task-cpus 0.5] [key=value ...]
 
 Methods come from `eval.methods` (`s3_ray.eval.methods.METHODS`: naive_rag, no_retrieval, s3 = the
-untrained `searcher.model`, cot, rewrite, ircot, search_r1) plus one s3 method per `--searcher` /
-`eval.checkpoints` entry. Searchers and baselines decode greedily.
+untrained `searcher.model`, cot, rewrite, ircot, search_r1, search_o1) plus one s3 method per
+`--searcher` / `eval.checkpoints` entry. Searchers and baselines decode greedily. With
+`reward.use_judge`, GenAcc is span match OR the generator-as-judge (as in the reward).
+
+Every (method, data set) pair runs as its own Ray task (`--task-cpus` logical CPUs each; the task
+builds its method and calls the retriever and generator Serve apps through picklable clients);
+`--in-driver` runs the pairs one after the other in this process instead.
 
 Data: with `eval.datasets` empty, the `eval.split` of `data` (the embedded set by default), results
 in <run_dir>/eval/<split>/. Otherwise every listed set (FlashRAG JSONL, s3 parquet, MIRAGE JSON,
@@ -17,7 +23,9 @@ without starting Ray or loading models; it exits 2 when something in the plan is
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +36,71 @@ from s3_ray.types import QAItem
 HUB_FORMAT = "hf"
 
 
-def build_methods(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> list[Any]:
+DEFAULT_TASK_CPUS = 0.5
+"""Logical CPUs a (method, data set) Ray task reserves: the heavy work (retrieval, the frozen
+generator) runs in the Serve apps, so a task mostly waits on them or runs a small LM."""
+
+
+def method_refs(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> list[Any]:
+    """Every method to evaluate as a `MethodRef`: its label and a picklable factory (nothing loaded)."""
     from s3_ray.eval.methods import build_method
+    from s3_ray.eval.runner import MethodRef
 
     greedy = cfg.searcher.model_copy(update={"temperature": 0.0})
-    methods = []
+    refs = []
     for kind in cfg.eval.methods:
         name = "s3_untrained" if kind == "s3" else kind
-        methods.append(build_method(kind, retriever=retriever, rollout=cfg.rollout, searcher=greedy,
-                                    model=cfg.searcher.model, name=name, eval_cfg=cfg.eval))
+        refs.append(MethodRef(name, functools.partial(
+            build_method, kind, retriever=retriever, rollout=cfg.rollout, searcher=greedy,
+            model=cfg.searcher.model, name=name, eval_cfg=cfg.eval)))
     for label, path in {**cfg.eval.checkpoints, **searchers}.items():
-        methods.append(build_method("s3", retriever=retriever, rollout=cfg.rollout, searcher=greedy,
-                                    model=path, name=label))
-    return methods
+        refs.append(MethodRef(label, functools.partial(
+            build_method, "s3", retriever=retriever, rollout=cfg.rollout, searcher=greedy, model=path, name=label)))
+    return refs
+
+
+def build_methods(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> list[Any]:
+    """The methods, built (models loaded) in this process."""
+    return [ref.build() for ref in method_refs(cfg, retriever, searchers)]
+
+
+def ray_map(num_cpus: float = DEFAULT_TASK_CPUS, wait_s: float = 60.0,
+            log: Callable[[str], None] = runtime.log) -> Any:
+    """A `PairMap` running each (method, data set) pair as a Ray task.
+
+    Every pair writes its own JSONL, so a failed pair loses nothing the others did: all pairs run
+    to the end, then one error names every failure (rerun to resume them). Waits are bounded by
+    `wait_s` and report what is still running.
+    """
+    if num_cpus <= 0:
+        raise ValueError(f"--task-cpus must be > 0, got {num_cpus}")
+
+    def run(fn: Any, jobs: list[Any]) -> list[Any]:
+        import ray
+
+        task = ray.remote(num_cpus=num_cpus, max_retries=1)(fn)
+        refs = [task.remote(job) for job in jobs]
+        label = {ref: f"{job.dataset or 'eval'}/{job.method.name}" for ref, job in zip(refs, jobs)}
+        results: dict[Any, Any] = {}
+        failed: list[str] = []
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=wait_s)
+            for ref in ready:
+                try:
+                    results[ref] = ray.get(ref, timeout=wait_s)
+                except Exception as err:  # noqa: BLE001 -- collected, reported together below
+                    failed.append(f"{label[ref]}: {type(err).__name__}: {err}")
+                    log(f"pair {label[ref]} failed: {err}")
+            if not ready:
+                log(f"{len(pending)} of {len(refs)} pairs still running: "
+                    + ", ".join(label[r] for r in pending[:6]) + (" ..." if len(pending) > 6 else ""))
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(refs)} (method, data set) pairs failed; the finished ones "
+                               "are saved and a rerun resumes the rest:\n  " + "\n  ".join(failed))
+        return [results[r] for r in refs]
+
+    return run
 
 
 def _dataset_path(path: str, fmt: str) -> str:
@@ -76,7 +136,7 @@ def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list
     """Everything the run would use, and what is missing; loads no model and touches no network."""
     from s3_ray.data.datasets import infer_format
     from s3_ray.data.embedded import resolve_paths
-    from s3_ray.eval.methods import METHODS
+    from s3_ray.eval.methods import BASELINES, METHODS
 
     problems: list[str] = []
 
@@ -115,7 +175,7 @@ def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list
         entry = {"name": "s3_untrained" if kind == "s3" else kind, "kind": kind}
         if kind == "s3":
             entry["model"] = cfg.searcher.model
-        elif kind in ("cot", "rewrite", "ircot", "search_r1"):
+        elif kind in BASELINES:
             entry["model"] = cfg.eval.baseline_model or cfg.searcher.model
         methods.append(entry)
     for label, path in {**cfg.eval.checkpoints, **searchers}.items():
@@ -138,12 +198,20 @@ def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list
              "budgets": {"init_k": cfg.rollout.init_k, "top_k": cfg.rollout.top_k,
                          "keep_per_turn": cfg.rollout.keep_per_turn, "max_turns": cfg.rollout.max_turns},
              "context_size": f"tokens ({cfg.eval.context_tokenizer})" if cfg.eval.context_tokenizer else "words",
+             "judge": cfg.reward.use_judge,
              "report_dir": str(report)}, problems)
 
 
+def _methods(cfg: S3Config, retriever: Any, searchers: dict[str, str], map_fn: Any) -> list[Any]:
+    """Factories when pairs run elsewhere (each task builds its own), else methods built once here
+    and reused across data sets."""
+    return method_refs(cfg, retriever, searchers) if map_fn is not None else build_methods(cfg, retriever, searchers)
+
+
 def evaluate(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str, str],
-             out_dir: Path | None = None) -> tuple[dict[str, dict[str, float]], Path]:
-    """One split of `data` (the embedded set by default): {method: summary} and the report path."""
+             out_dir: Path | None = None, map_fn: Any = None) -> tuple[dict[str, dict[str, float]], Path]:
+    """One split of `data` (the embedded set by default): {method: summary} and the report path.
+    `map_fn` (e.g. `ray_map()`) runs the methods elsewhere; None: one after the other, here."""
     from s3_ray.data.embedded import load_split
     from s3_ray.eval.report import write_report
     from s3_ray.eval.runner import run_suite
@@ -151,22 +219,24 @@ def evaluate(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str,
     items = load_split(cfg.data, cfg.eval.split)
     out = out_dir or cfg.path("eval", cfg.eval.split)
     runtime.log(f"evaluating on {len(items)} {cfg.eval.split} questions -> {out}")
-    summaries = run_suite(build_methods(cfg, retriever, searchers), items, generator, out,
-                          batch_size=cfg.generator.batch_size, log=runtime.log, count_tokens=_counter(cfg))
+    summaries = run_suite(_methods(cfg, retriever, searchers, map_fn), items, generator, out,
+                          batch_size=cfg.generator.batch_size, log=runtime.log, count_tokens=_counter(cfg),
+                          judge=cfg.reward.use_judge, map_fn=map_fn)
     md = write_report(out, summaries, extra={"config": cfg.model_dump()}, title=f"Evaluation ({cfg.eval.split})")
     return summaries, md
 
 
-def evaluate_datasets(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str, str]
-                      ) -> tuple[dict[str, dict[str, dict[str, float]]], Path]:
+def evaluate_datasets(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str, str],
+                      map_fn: Any = None) -> tuple[dict[str, dict[str, dict[str, float]]], Path]:
     """Every set of `eval.datasets`: {dataset: {method: summary}} and the report path."""
     from s3_ray.eval.dataset_report import write_dataset_report
     from s3_ray.eval.runner import run_datasets
 
     data = load_datasets(cfg)
     runtime.log("data sets: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
-    results = run_datasets(build_methods(cfg, retriever, searchers), data, generator, cfg.path("eval"),
-                           batch_size=cfg.generator.batch_size, log=runtime.log, count_tokens=_counter(cfg))
+    results = run_datasets(_methods(cfg, retriever, searchers, map_fn), data, generator, cfg.path("eval"),
+                           batch_size=cfg.generator.batch_size, log=runtime.log, count_tokens=_counter(cfg),
+                           judge=cfg.reward.use_judge, map_fn=map_fn)
     md = write_dataset_report(cfg.path("eval", "report"), results, extra={"config": cfg.model_dump()})
     return results, md
 
@@ -179,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate a searcher checkpoint under this label (repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
+    parser.add_argument("--in-driver", action="store_true",
+                        help="run the (method, data set) pairs one after the other in this process, not as Ray tasks")
+    parser.add_argument("--task-cpus", type=float, default=DEFAULT_TASK_CPUS,
+                        help=f"logical CPUs per (method, data set) Ray task (default {DEFAULT_TASK_CPUS})")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.split=dev")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
@@ -189,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         label, path = spec.split("=", 1)
         searchers[label] = path
 
+    if args.task_cpus <= 0:
+        parser.error(f"--task-cpus must be > 0, got {args.task_cpus}")
+
     if args.dry_run:
         resolved, problems = plan(cfg, searchers)
         print(json.dumps({"plan": resolved, "problems": problems}, indent=2))
@@ -197,10 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     runtime.init_ray()
     runtime.deploy_services(cfg)
     retriever, generator = runtime.clients(cfg)
+    map_fn = None if args.in_driver else ray_map(args.task_cpus)
     if cfg.eval.datasets:
-        _, md = evaluate_datasets(cfg, retriever, generator, searchers)
+        _, md = evaluate_datasets(cfg, retriever, generator, searchers, map_fn=map_fn)
     else:
-        _, md = evaluate(cfg, retriever, generator, searchers)
+        _, md = evaluate(cfg, retriever, generator, searchers, map_fn=map_fn)
     print(md.read_text())
     print(f"report: {md.parent}")
     return 0

@@ -51,6 +51,20 @@ class QAItem:
     golden_answers: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def search_text(self) -> str:
+        """What a searcher or retriever should search for: `meta["query"]` when the data set sets
+        one (MIRAGE: the question without its options), else the question. Only the frozen
+        generator reads the full question.
+
+        >>> QAItem("1", "Q?\\nOptions:\\nA. x", ("A",), {"query": "Q?"}).search_text
+        'Q?'
+        >>> QAItem("2", "Who?", ("x",)).search_text
+        'Who?'
+        """
+        query = self.meta.get("query")
+        return query if isinstance(query, str) and query.strip() else self.question
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "question": self.question, "golden_answers": list(self.golden_answers)}
         if self.meta:

@@ -38,7 +38,7 @@ def initial_passages(items: Sequence[QAItem], retriever: SearchBackend, k: int) 
     """Naive top-k documents for every question, in one retriever call (empty lists when k == 0)."""
     if k == 0 or not items:
         return [[] for _ in items]
-    return [[h.passage for h in hits[:k]] for hits in _search(retriever, [it.question for it in items], k)]
+    return [[h.passage for h in hits[:k]] for hits in _search(retriever, [it.search_text for it in items], k)]
 
 
 def run_rollout(
@@ -64,7 +64,7 @@ def run_rollout(
     trajs = [
         Trajectory(
             item=item,
-            prompt_ids=encode_prompt(tokenizer, build_searcher_messages(item.question, docs, budget)),
+            prompt_ids=encode_prompt(tokenizer, build_searcher_messages(item.search_text, docs, budget)),
             init_passages=list(docs),
         )
         for item, docs in zip(items, init_passages)

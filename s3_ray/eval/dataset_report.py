@@ -14,6 +14,9 @@ from typing import Any
 
 Results = dict[str, dict[str, dict[str, float]]]
 METRICS = (("genacc", "GenAcc", 100.0), ("em", "EM", 100.0), ("f1", "F1", 100.0))
+COSTS = (("seconds", "Seconds per question", 3), ("lm_calls", "Method LM calls per question", 2),
+         ("generator_calls", "Generator calls per question", 2))
+"""Cost tables, shown when some summary has the key (older result files may lack them)."""
 
 
 def size_key(results: Results) -> str:
@@ -56,13 +59,13 @@ def average(results: Results) -> dict[str, dict[str, float]]:
     return out
 
 
-def _cell(v: Any, scale: float) -> str:
+def _cell(v: Any, scale: float, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return f"{float(v) * scale:.1f}"
+    return f"{float(v) * scale:.{digits}f}"
 
 
-def metric_table(results: Results, key: str, scale: float = 100.0) -> str:
+def metric_table(results: Results, key: str, scale: float = 100.0, digits: int = 1) -> str:
     """Methods x (data sets + Avg) for one metric.
 
     >>> r = {"nq": {"rag": {"genacc": 0.5}}, "hotpotqa": {"rag": {"genacc": 0.25}}}
@@ -75,14 +78,15 @@ def metric_table(results: Results, key: str, scale: float = 100.0) -> str:
     avg = average(results)
     lines = ["| method | " + " | ".join(names) + " | Avg |", "|---|" + "---|" * (len(names) + 1)]
     for m in methods_of(results):
-        cells = [_cell(results[d].get(m, {}).get(key), scale) for d in names]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_cell(avg[m].get(key), scale)} |")
+        cells = [_cell(results[d].get(m, {}).get(key), scale, digits) for d in names]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_cell(avg[m].get(key), scale, digits)} |")
     return "\n".join(lines)
 
 
 def write_dataset_report(out_dir: str | os.PathLike[str], results: Results, extra: dict[str, Any] | None = None,
                          title: str = "Evaluation") -> Path:
-    """results.json, results.md (one table per metric and for context size), accuracy.png; returns the .md."""
+    """results.json, results.md (one table per metric, for context size and for cost: seconds, method
+    LM calls and generator calls per question), accuracy.png; returns the .md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     avg = average(results)
@@ -94,6 +98,12 @@ def write_dataset_report(out_dir: str | os.PathLike[str], results: Results, extr
         md += [f"## {label} (%)", "", metric_table(results, key, scale), ""]
     unit = "tokens" if size == "context_tokens" else "words"
     md += [f"## Context {unit} per question", "", metric_table(results, size, 1.0), ""]
+    rows = [s for by_method in results.values() for s in by_method.values()]
+    if any(s.get("genacc_span") is not None for s in rows):
+        md += ["## GenAcc without the judge (span match only, %)", "", metric_table(results, "genacc_span"), ""]
+    for key, label, digits in COSTS:
+        if any(key in s for s in rows):
+            md += [f"## {label}", "", metric_table(results, key, 1.0, digits), ""]
     path = out / "results.md"
     path.write_text("\n".join(md))
     plot_datasets(results, out / "accuracy.png")

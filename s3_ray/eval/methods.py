@@ -6,18 +6,26 @@ differ in the context they produce. Registry: `METHODS` (name -> factory).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from s3_ray.config import RolloutConfig, SearcherConfig
+from s3_ray.eval.baselines.common import retrieval_query
 from s3_ray.types import Passage, QAItem, TurnRecord
 
 
 @dataclass
 class MethodOutput:
+    """The context of one question and what producing it cost.
+
+    `lm_calls` counts the generations the method's own LM (searcher or baseline) made for this
+    question; the frozen generator's calls are counted by the runner."""
+
     passages: list[Passage]
     trace: list[TurnRecord] = field(default_factory=list)
     searches: int = 0
+    lm_calls: int = 0
 
 
 class ContextMethod(Protocol):
@@ -45,12 +53,29 @@ class NaiveRAG:
         self.retriever, self.k = retriever, k
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        hits = self.retriever.search([q.meta.get("query") or q.question for q in items], self.k)
+        hits = self.retriever.search([retrieval_query(q) for q in items], self.k)
         return [MethodOutput(passages=[h.passage for h in row], searches=1) for row in hits]
 
 
+def search_item(item: QAItem) -> QAItem:
+    """The item as a searcher should see it: the question to search for (`meta["query"]`, e.g.
+    MIRAGE without its options) in place of the full question. Only the frozen generator reads
+    the options; the runner hands it the original item's question.
+
+    >>> search_item(QAItem("m1", "Q?\\nOptions:\\nA. x", ("A",), {"query": "Q?"})).question
+    'Q?'
+    >>> q = QAItem("n1", "Who?", ("x",)); search_item(q) is q
+    True
+    """
+    query = retrieval_query(item)
+    if query == item.question:
+        return item
+    return QAItem(item.id, query, item.golden_answers, item.meta)
+
+
 class S3Searcher:
-    """A (trained or untrained) searcher policy run through the s3 protocol."""
+    """A (trained or untrained) searcher policy run through the s3 protocol. The searcher's prompt
+    and its initial retrieval use the question to search for (`search_item`)."""
 
     def __init__(self, model: str, retriever: Any, rollout: RolloutConfig, searcher: SearcherConfig,
                  name: str = "s3", batch_size: int = 8) -> None:
@@ -68,9 +93,10 @@ class S3Searcher:
         policy = HFPolicy(self.model, self.tokenizer, self.searcher_cfg)
         out: list[MethodOutput] = []
         for i in range(0, len(items), self.batch_size):
-            trajs = run_rollout(items[i : i + self.batch_size], policy, self.tokenizer, self.retriever,
-                                self.rollout_cfg, self.searcher_cfg)
-            out.extend(MethodOutput(passages=t.context, trace=t.turns, searches=t.num_searches) for t in trajs)
+            batch = [search_item(q) for q in items[i : i + self.batch_size]]
+            trajs = run_rollout(batch, policy, self.tokenizer, self.retriever, self.rollout_cfg, self.searcher_cfg)
+            out.extend(MethodOutput(passages=t.context, trace=t.turns, searches=t.num_searches, lm_calls=len(t.turns))
+                       for t in trajs)
         return out
 
 
@@ -98,6 +124,13 @@ def _baseline(kind: str, model: str, retriever: Any = None, searcher: Any = None
         from s3_ray.eval.baselines.ircot import IRCoTMethod
 
         return IRCoTMethod(lm, retriever, cfg.ircot_k, cfg.ircot_steps, name=label)
+    if kind == "search_o1":
+        from s3_ray.eval.baselines.search_o1 import SearchO1Method
+
+        # Search-o1 shares Search-R1's budget: at most search_r1_turns searches of search_r1_k documents
+        return SearchO1Method(lm, retriever, cfg.search_r1_k, cfg.search_r1_turns, name=label)
+    if kind != "search_r1":
+        raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
     from s3_ray.eval.baselines.search_r1 import SearchR1Method
 
     return SearchR1Method(lm, retriever, cfg.search_r1_k, cfg.search_r1_turns, name=label)
@@ -112,7 +145,11 @@ METHODS: dict[str, MethodFactory] = {
     "rewrite": lambda **kw: _baseline("rewrite", **kw),
     "ircot": lambda **kw: _baseline("ircot", **kw),
     "search_r1": lambda **kw: _baseline("search_r1", **kw),
+    "search_o1": lambda **kw: _baseline("search_o1", **kw),
 }
+
+BASELINES = ("cot", "rewrite", "ircot", "search_r1", "search_o1")
+"""Methods that run the prompting LM (`eval.baseline_model`, else `searcher.model`)."""
 
 
 def build_method(kind: str, **kwargs: Any) -> ContextMethod:

@@ -8,15 +8,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-COLUMNS = [
-    ("genacc", "GenAcc", 100.0),
-    ("em", "EM", 100.0),
-    ("f1", "F1", 100.0),
-    ("genacc_single", "GenAcc single-hop", 100.0),
-    ("genacc_bridge", "GenAcc bridge", 100.0),
-    ("context_docs", "docs / question", 1.0),
-    ("context_words", "context words", 1.0),
-    ("searches", "searches", 1.0),
+COLUMNS = [  # (summary key, header, scale, decimals)
+    ("genacc", "GenAcc", 100.0, 1),
+    ("genacc_span", "GenAcc span only", 100.0, 1),
+    ("em", "EM", 100.0, 1),
+    ("f1", "F1", 100.0, 1),
+    ("genacc_single", "GenAcc single-hop", 100.0, 1),
+    ("genacc_bridge", "GenAcc bridge", 100.0, 1),
+    ("context_docs", "docs / question", 1.0, 1),
+    ("context_words", "context words", 1.0, 1),
+    ("context_tokens", "context tokens", 1.0, 1),
+    ("searches", "searches", 1.0, 1),
+    ("seconds", "s / question", 1.0, 3),
+    ("lm_calls", "LM calls / question", 1.0, 2),
+    ("generator_calls", "generator calls / question", 1.0, 2),
 ]
 
 
@@ -33,15 +38,19 @@ def markdown_table(summaries: dict[str, dict[str, float]]) -> str:
     sep = "|---|---|" + "---|" * len(cols)
     rows = [head, sep]
     for name, s in summaries.items():
-        cells = [_fmt(s.get(key), scale) for key, _, scale in cols]
+        cells = [_fmt(s.get(key), scale, digits) for key, _, scale, digits in cols]
         rows.append(f"| {name} | {int(s.get('n', 0))} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def _fmt(v: Any, scale: float) -> str:
+def _fmt(v: Any, scale: float, digits: int = 1) -> str:
+    """
+    >>> _fmt(0.0123, 1.0, 3), _fmt(float("nan"), 100.0), _fmt(0.5, 100.0)
+    ('0.012', '-', '50.0')
+    """
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return f"{float(v) * scale:.1f}"
+    return f"{float(v) * scale:.{digits}f}"
 
 
 def write_report(out_dir: str | os.PathLike[str], summaries: dict[str, dict[str, float]],

@@ -227,7 +227,7 @@ def precompute_baseline(items: Sequence[QAItem], retriever: _Retriever, generato
     bar = tqdm(total=len(todo), desc="naive-RAG baseline", unit="q", disable=not progress)
     for lo in range(0, len(todo), batch_size):
         batch = todo[lo : lo + batch_size]
-        hits = retriever.search([it.question for it in batch], k) if k > 0 else [[] for _ in batch]
+        hits = retriever.search([it.search_text for it in batch], k) if k > 0 else [[] for _ in batch]
         if len(hits) != len(batch):
             raise RuntimeError(f"retriever returned {len(hits)} hit lists for {len(batch)} queries")
         contexts = [[h.passage for h in row] for row in hits]

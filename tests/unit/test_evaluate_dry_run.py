@@ -46,11 +46,20 @@ def test_plan_with_local_files_is_clean(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "nq.jsonl").write_text('{"id": "1", "question": "q", "golden_answers": ["a"]}\n')
     (tmp_path / "index").mkdir()
     (tmp_path / "index" / "manifest.json").write_text("{}")
-    rc, out = _run(["--dry-run", f"retrieval.index_dir={tmp_path / 'index'}", "eval.methods=[naive_rag, ircot]",
+    rc, out = _run(["--dry-run", f"retrieval.index_dir={tmp_path / 'index'}",
+                    "eval.methods=[naive_rag, ircot, search_o1]", "reward.use_judge=true",
                     f"eval.datasets=[{{name: nq, path: {tmp_path / 'nq.jsonl'}}}]", "eval.limit=5"], capsys)
     assert out["problems"] == [] and rc == 0
     assert out["plan"]["datasets"][0]["format"] == "flashrag" and out["plan"]["datasets"][0]["exists"]
     assert out["plan"]["methods"][1] == {"name": "ircot", "kind": "ircot", "model": "smollm2-135m-instruct"}
+    assert out["plan"]["methods"][2] == {"name": "search_o1", "kind": "search_o1", "model": "smollm2-135m-instruct"}
+    assert out["plan"]["judge"] is True
+
+
+def test_bad_task_cpus_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(["--dry-run", "--task-cpus", "0"])
+    assert "--task-cpus must be > 0" in capsys.readouterr().err
 
 
 def test_unknown_method_is_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,8 +17,7 @@ def retrieval_query(item: QAItem) -> str:
     >>> retrieval_query(QAItem("2", "Who?", ("x",)))
     'Who?'
     """
-    query = item.meta.get("query")
-    return query if isinstance(query, str) and query.strip() else item.question
+    return item.search_text
 
 
 def dedup(passages: Iterable[Passage]) -> list[Passage]:

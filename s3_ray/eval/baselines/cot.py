@@ -3,7 +3,8 @@
 The paper's CoT baseline lets the generator reason and answer. Here the reasoning is handed to the
 frozen generator as a single "Reasoning" passage, so CoT is judged by the same generator and
 metrics as every other method (with the generator's own model as `baseline_model` this is the
-paper's setup split in two calls).
+paper's setup split in two calls). CoT reasons towards the answer, so unlike the searching methods
+it sees the full question (MIRAGE: with its options).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class CoTMethod:
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
         prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.question}] for q in items]
         texts = self.lm.complete(prompts, stops=STOPS)
-        return [MethodOutput(passages=reasoning_passage(q, t),
+        return [MethodOutput(passages=reasoning_passage(q, t), lm_calls=1,
                              trace=[TurnRecord(text=t, complete="</answer>" in t,
                                                malformed=None if t.strip() else "empty reasoning")])
                 for q, t in zip(items, texts)]

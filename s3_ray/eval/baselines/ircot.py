@@ -5,6 +5,8 @@ more sentence of reasoning over all documents so far; a sentence that states the
 answer is ...") or `<search_complete>` ends the item, any other sentence is searched. The context
 is every retrieved document, de-duplicated, in retrieval order (the paper's IRCoT context).
 Searches per question <= 1 + max_steps; documents <= (1 + max_steps) * k.
+The reasoning is about the question to search for (`meta["query"]` when set, e.g. MIRAGE without
+its options): the reasoning only steers retrieval; the frozen generator sees the options.
 """
 
 from __future__ import annotations
@@ -55,16 +57,18 @@ class IRCoTMethod:
         traces = [[TurnRecord(text="", query=q, retrieved_ids=[p.id for p in d])] for q, d in zip(queries, docs)]
         reasoning = [""] * len(items)
         searches = [1] * len(items)
+        calls = [0] * len(items)
         active = list(range(len(items)))
         for _ in range(self.max_steps):
             if not active:
                 break
             prompts = [[{"role": "system", "content": SYSTEM},
-                        {"role": "user", "content": f"{format_context(dedup(docs[i]))}\nQuestion: {items[i].question}"}]
+                        {"role": "user", "content": f"{format_context(dedup(docs[i]))}\nQuestion: {queries[i]}"}]
                        for i in active]
             steps = self.lm.complete(prompts, continuations=[reasoning[i] for i in active], stops=STOPS)
             to_search: list[tuple[int, str]] = []
             for i, raw in zip(active, steps):
+                calls[i] += 1
                 sentence = first_sentence(raw)
                 reasoning[i] += sentence + " " if sentence else ""
                 if not sentence:
@@ -80,4 +84,5 @@ class IRCoTMethod:
                     searches[i] += 1
                     traces[i].append(TurnRecord(text=s, query=s, retrieved_ids=[h.passage.id for h in row]))
             active = [i for i, _ in to_search]
-        return [MethodOutput(passages=dedup(d), trace=t, searches=n) for d, t, n in zip(docs, traces, searches)]
+        return [MethodOutput(passages=dedup(d), trace=t, searches=n, lm_calls=c)
+                for d, t, n, c in zip(docs, traces, searches, calls)]

@@ -60,5 +60,5 @@ class RewriteMethod:
             passages = [h.passage for h in row]
             turn = TurnRecord(text=text, query=query, retrieved_ids=[x.id for x in passages], complete=True,
                               malformed=None if p is not None else "no <answer>{\"query\": ...}</answer>; used the question")
-            out.append(MethodOutput(passages=passages, trace=[turn], searches=1))
+            out.append(MethodOutput(passages=passages, trace=[turn], searches=1, lm_calls=1))
         return out

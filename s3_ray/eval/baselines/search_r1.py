@@ -4,6 +4,8 @@ The prompt is Search-R1's. Each generation ends at `</search>` or `</answer>`; a
 (top-k) and its documents are appended inside `<information>`; a turn with neither tag gets
 Search-R1's "invalid action" nudge. The agent's own answer is ignored: the context is every
 retrieved document, de-duplicated, as in the s3 paper. Searches per question <= `max_turns`.
+The agent sees the question to search for (`meta["query"]` when set, e.g. MIRAGE without its
+options); only the frozen generator sees the options.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from s3_ray.eval.baselines.common import dedup
+from s3_ray.eval.baselines.common import dedup, retrieval_query
 from s3_ray.eval.methods import MethodOutput
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import QAItem, TurnRecord
@@ -54,7 +56,7 @@ class SearchR1Method:
         self.lm, self.retriever, self.k, self.max_turns, self.name = lm, retriever, k, max_turns, name
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        prompts = [[{"role": "user", "content": PROMPT.format(question=q.question)}] for q in items]
+        prompts = [[{"role": "user", "content": PROMPT.format(question=retrieval_query(q))}] for q in items]
         rolling = [""] * len(items)
         docs: list[list[Any]] = [[] for _ in items]
         traces: list[list[TurnRecord]] = [[] for _ in items]
@@ -86,5 +88,6 @@ class SearchR1Method:
                     traces[i].append(TurnRecord(text=q, query=q, retrieved_ids=[p.id for p in found]))
                     still.append(i)
             active = sorted(still)
-        return [MethodOutput(passages=dedup(d), trace=t, searches=sum(1 for x in t if x.query is not None))
-                for d, t in zip(docs, traces)]
+        # every generation leaves exactly one trace record
+        return [MethodOutput(passages=dedup(d), trace=t, searches=sum(1 for x in t if x.query is not None),
+                             lm_calls=len(t)) for d, t in zip(docs, traces)]
