@@ -2,13 +2,16 @@
 
 The rollout, the reward and the jobs only see `GeneratorClient`; unit tests wrap an in-process
 generator, Ray code wraps a Serve handle. Remote calls get a timeout and a few retries with
-exponential backoff (a replica can restart under a long training run). The client pickles as
-its app name or handle, so it can be shipped to Ray Train workers.
+exponential backoff (a replica can restart under a long training run); an error raised by the
+deployment's own code is not retried. Each retry is logged as a warning and counted in
+`failed_attempts`. The client pickles as its app name or handle, so it can be shipped to Ray Train
+workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,15 +20,33 @@ from s3_ray.generation.base import Generator, Messages, validate_prompts
 from s3_ray.generation.prompt import build_answer_messages
 from s3_ray.types import Passage
 
+_log = logging.getLogger(__name__)
+
 
 class GeneratorCallError(RuntimeError):
-    """The remote generator failed on every attempt; the message names the app and the last error."""
+    """The remote generator failed on every attempt, or its own code raised; the message names the app
+    and the error."""
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
     import ray.exceptions
 
     return (ray.exceptions.RayError, TimeoutError, ConnectionError)
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether another attempt may succeed.
+
+    Delivery failures (a dead or restarting replica, a lost connection, a timeout) are transient.
+    An exception raised by the deployment's own code reaches the caller as a `RayTaskError`; it
+    would be raised again on every attempt, so it fails at once unless the cause is itself a
+    timeout or connection error (e.g. a remote backend that did not answer).
+    """
+    import ray.exceptions
+
+    if isinstance(err, ray.exceptions.RayTaskError):
+        return isinstance(err, (TimeoutError, ConnectionError)) or isinstance(err.cause, (TimeoutError, ConnectionError))
+    return True
 
 
 class GeneratorClient:
@@ -44,6 +65,7 @@ class GeneratorClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self._model_id: str | None = generator.model_id if generator is not None else None
+        self.failed_attempts = 0  # transient failures seen (each one retried while retries last)
 
     # constructors -------------------------------------------------------------------------
     @classmethod
@@ -118,6 +140,10 @@ class GeneratorClient:
             try:
                 return await asyncio.wait_for(self._get_handle().generate.remote(prompts), self.timeout_s)
             except (*errors, asyncio.TimeoutError) as err:
+                if not _transient(err):
+                    raise GeneratorCallError(f"{self.where}: generate failed in the deployment: {err!r}") from err
+                self.failed_attempts += 1
+                _log.warning("%s: generate attempt %d of %d failed: %r", self.where, attempt + 1, self.retries + 1, err)
                 if attempt == self.retries:
                     raise GeneratorCallError(f"{self.where}: generate failed after {attempt + 1} attempts: {err!r}") from err
                 await asyncio.sleep(self.backoff_s * 2**attempt)
@@ -134,6 +160,10 @@ class GeneratorClient:
             try:
                 return getattr(self._get_handle(), method).remote(*args).result(timeout_s=self.timeout_s)
             except errors as err:
+                if not _transient(err):
+                    raise GeneratorCallError(f"{self.where}: {method} failed in the deployment: {err!r}") from err
+                self.failed_attempts += 1
+                _log.warning("%s: %s attempt %d of %d failed: %r", self.where, method, attempt + 1, self.retries + 1, err)
                 if attempt == self.retries:
                     raise GeneratorCallError(
                         f"{self.where}: {method} failed after {attempt + 1} attempts: {err!r}"

@@ -3,16 +3,21 @@
 The rollout code calls `client.search(queries, k)` and does not care where the index lives.
 Ray Train workers receive the client by pickling, so handles and HTTP sessions are created
 lazily on first use and dropped when pickled. Transient failures (connection errors, 5xx,
-replica death, timeouts) are retried with exponential backoff; anything else fails at once.
+replica death, timeouts) are retried with exponential backoff, each retry logged as a warning and
+counted in `failed_attempts`; anything else fails at once.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
 from s3_ray.retrieval.base import Retriever
 from s3_ray.types import SearchHit
+
+_log = logging.getLogger(__name__)
 
 
 class RetrieverError(RuntimeError):
@@ -66,14 +71,27 @@ class _Handle:
 
 
 class _Http:
-    """A Search-R1/s3 style `POST /retrieve` endpoint."""
+    """A Search-R1/s3 style `POST /retrieve` endpoint, optionally behind bearer-token auth.
 
-    def __init__(self, url: str) -> None:
+    Only the *name* of the token's environment variable is stored (and pickled to workers); the
+    token is read when a request is sent, so it never lands in a config, a log or a pickle.
+    """
+
+    def __init__(self, url: str, token_env: str | None = None) -> None:
         self.url = url
+        self.token_env = token_env
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "_client": None}
+        return {"url": self.url, "token_env": self.token_env, "_client": None}
+
+    def _headers(self) -> dict[str, str]:
+        if self.token_env is None:
+            return {}
+        token = os.environ.get(self.token_env, "")
+        if not token:
+            raise RetrieverError(f"environment variable {self.token_env} (the retriever's bearer token) is not set")
+        return {"Authorization": f"Bearer {token}"}
 
     def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
         import httpx
@@ -84,7 +102,7 @@ class _Http:
             self._client = httpx.Client()
         try:
             resp = self._client.post(self.url, json={"queries": queries, "topk": k, "return_scores": True},
-                                     timeout=timeout_s)
+                                     headers=self._headers(), timeout=timeout_s)
         except httpx.TransportError as err:
             raise _Transient(f"{type(err).__name__}: {err}") from err
         if resp.status_code >= 500:
@@ -111,6 +129,7 @@ class RetrieverClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.failed_attempts = 0  # transient failures seen (each one retried while retries last)
 
     @classmethod
     def in_process(cls, retriever: Retriever, **kw: Any) -> RetrieverClient:
@@ -125,10 +144,12 @@ class RetrieverClient:
         return cls(_Handle(app_name=app_name), **kw)
 
     @classmethod
-    def from_url(cls, url: str = "http://127.0.0.1:8000/retrieve", **kw: Any) -> RetrieverClient:
+    def from_url(cls, url: str = "http://127.0.0.1:8000/retrieve", token_env: str | None = None,
+                 **kw: Any) -> RetrieverClient:
+        """An HTTP endpoint; `token_env` names the environment variable holding its bearer token."""
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retriever url must start with http:// or https://, got {url!r}")
-        return cls(_Http(url), **kw)
+        return cls(_Http(url, token_env), **kw)
 
     def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
         """Retrieve up to k hits per query, retrying transient failures."""
@@ -142,8 +163,12 @@ class RetrieverClient:
                 return self._backend.call(list(queries), int(k), self.timeout_s)
             except _Transient as err:
                 last = str(err)
+                self.failed_attempts += 1
                 if attempt < self.retries:
-                    time.sleep(self.backoff_s * 2**attempt)
+                    delay = self.backoff_s * 2**attempt
+                    _log.warning("retrieval from %s failed (attempt %d of %d), retrying in %.2f s: %s",
+                                 self._backend.describe(), attempt + 1, self.retries + 1, delay, last)
+                    time.sleep(delay)
         raise RetrieverError(f"retrieval from {self._backend.describe()} failed after {self.retries + 1} "
                              f"attempts: {last}")
 
