@@ -3,8 +3,10 @@
     python benchmarks/retrieval_bench.py [--quick] [--out benchmarks/results/retrieval.json]
 
 Measures, on whatever machine runs it:
-1. BM25 (bm25s, the embedded corpus) in-process vs through a Ray Serve handle vs HTTP, at
-   batch 1 and batch 64 (queries/s), and p50/p99 latency with 32 concurrent HTTP clients;
+1. BM25 (bm25s) in-process vs through a Ray Serve handle vs HTTP, on the embedded corpus and on
+   100k passages (the embedded corpus repeated): queries/s at batch 1 and batch 64 with one call at
+   a time, and at batch 64 with 4 requests in flight (a loaded server); p50/p99 latency with 32
+   concurrent HTTP clients on the 100k index;
 2. bm25s vs rank-bm25 (`pip install rank-bm25`; benchmark only) queries/s on the same corpus;
 3. BM25 index build time and memory per 100k passages (the embedded corpus repeated);
 4. faiss Flat vs HNSW vs IVF-PQ on 100k synthetic 384-dim unit vectors with cluster structure
@@ -132,7 +134,11 @@ async def _http_concurrent(url: str, queries: list[str], clients: int, per_clien
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        await http.post(url, json={"queries": ["warm up"], "topk": 3})
+        deadline = time.perf_counter() + 30  # a just-redeployed route may 404 until the proxy updates
+        while (await http.post(url, json={"queries": ["warm up"], "topk": 3})).status_code != 200:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{url} did not answer 200 within 30 s")
+            await asyncio.sleep(0.2)
         start = time.perf_counter()
         await asyncio.gather(*[worker(c, http) for c in range(clients)])
         wall = time.perf_counter() - start
@@ -141,9 +147,34 @@ async def _http_concurrent(url: str, queries: list[str], clients: int, per_clien
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def bench_serve(corpus: Path, queries: list[str], min_s: float, per_client: int) -> dict[str, Any]:
+def _repeat_corpus(passages: list[Passage], target: int, path: Path) -> Path:
+    reps = -(-target // len(passages))
+    write_corpus(path, [Passage(f"{p.id}-{r}", p.contents) for r in range(reps) for p in passages][:target])
+    return path
+
+
+def _pipelined(submit: Callable[[], Any], wait: Callable[[Any], Any], n_queries: int, in_flight: int,
+               min_s: float) -> float:
+    """Queries/s with `in_flight` requests outstanding at all times (how a loaded server is used)."""
+    wait(submit())  # warm-up
+    pending = [submit() for _ in range(in_flight)]
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_s or done == 0:
+        wait(pending.pop(0))
+        done += 1
+        pending.append(submit())
+    for p in pending:
+        wait(p)
+    return done * n_queries / elapsed
+
+
+def bench_serve_corpus(corpus: Path, queries: list[str], min_s: float, port: int, in_flight: int,
+                       keep: bool = False) -> dict[str, Any]:
+    """In-process vs Serve handle vs HTTP on one index: serial calls at batch 1 and 64, and batch 64
+    with `in_flight` requests outstanding (the replica searches while the next request is in transit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
-    import ray
     from ray import serve
 
     from deployments.retriever import RetrieverAppArgs, build_app
@@ -152,27 +183,59 @@ def bench_serve(corpus: Path, queries: list[str], min_s: float, per_client: int)
     cfg = RetrievalConfig(index_dir=f"{tmp}/index")
     build_index(corpus, cfg, progress=False)
     local = BM25Retriever.load(cfg.index_dir)
+    handle = serve.run(build_app(RetrieverAppArgs(retrieval=cfg, retriever_cpus=0.5)), name="retriever",
+                       route_prefix="/")
+    url = f"http://127.0.0.1:{port}/retrieve"
+    res: dict[str, Any] = {"passages": len(local)}
+    with httpx.Client(timeout=60) as http, ThreadPoolExecutor(in_flight) as pool:
+        def post(qs: list[str]) -> None:
+            http.post(url, json={"queries": qs, "topk": 3}).raise_for_status()
+
+        deadline = time.perf_counter() + 30  # a just-deployed route may 404 until the proxy updates
+        while http.post(url, json={"queries": ["warm up"], "topk": 3}).status_code != 200:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{url} did not answer 200 within 30 s")
+            time.sleep(0.2)
+        for b in (1, 64):
+            qs = queries[:b]
+            res[f"inprocess_qps_b{b}"] = rate(lambda: local.search(qs, 3), b, min_s)
+            res[f"handle_qps_b{b}"] = rate(lambda: handle.search.remote(qs, 3).result(), b, min_s)
+            res[f"http_qps_b{b}"] = rate(lambda: post(qs), b, min_s)
+            res[f"handle_over_inprocess_b{b}"] = res[f"handle_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
+            res[f"http_over_inprocess_b{b}"] = res[f"http_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
+        qs = queries[:64]
+        res["in_flight"] = in_flight
+        res["handle_qps_b64_pipelined"] = _pipelined(lambda: handle.search.remote(qs, 3), lambda r: r.result(),
+                                                     64, in_flight, min_s)
+        res["http_qps_b64_pipelined"] = _pipelined(lambda: pool.submit(post, qs), lambda f: f.result(),
+                                                   64, in_flight, min_s)
+        res["handle_pipelined_over_inprocess_b64"] = res["handle_qps_b64_pipelined"] / res["inprocess_qps_b64"]
+        res["http_pipelined_over_inprocess_b64"] = res["http_qps_b64_pipelined"] / res["inprocess_qps_b64"]
+    if not keep:
+        serve.delete("retriever")
+    return res
+
+
+def bench_serve(corpora: dict[str, Path], queries: list[str], min_s: float, per_client: int,
+                in_flight: int = 4) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    port = 8765
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token side effect for later CLI use
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
              log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-        handle = serve.run(build_app(RetrieverAppArgs(retrieval=cfg, retriever_cpus=0.5)), name="retriever",
-                           route_prefix="/")
-        url = "http://127.0.0.1:8765/retrieve"
-        http = httpx.Client(timeout=60)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         res: dict[str, Any] = {}
-        for b in (1, 64):
-            qs = queries[:b]
-            res[f"inprocess_qps_b{b}"] = rate(lambda: local.search(qs, 3), b, min_s)
-            res[f"handle_qps_b{b}"] = rate(lambda: handle.search.remote(qs, 3).result(), b, min_s)
-            res[f"http_qps_b{b}"] = rate(lambda: http.post(url, json={"queries": qs, "topk": 3}).raise_for_status(),
-                                         b, min_s)
-            res[f"handle_over_inprocess_b{b}"] = res[f"handle_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
-            res[f"http_over_inprocess_b{b}"] = res[f"http_qps_b{b}"] / res[f"inprocess_qps_b{b}"]
-        http.close()
-        res["http_32_clients"] = asyncio.run(_http_concurrent(url, queries, 32, per_client))
+        labels = list(corpora)
+        for label in labels:
+            res[label] = bench_serve_corpus(corpora[label], queries, min_s, port, in_flight, keep=label == labels[-1])
+        # latency under concurrency, on the last (largest) index, still deployed
+        res["http_32_clients"] = asyncio.run(_http_concurrent(f"http://127.0.0.1:{port}/retrieve", queries, 32,
+                                                              per_client))
+        res["http_32_clients"]["passages"] = res[labels[-1]]["passages"]
         serve.shutdown()
     finally:
         ray.shutdown()
@@ -195,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     results["bm25_impls"] = bench_bm25_impls(passages, queries, min_s)
     results["bm25_build"] = bench_bm25_build(passages, 10_000 if args.quick else 100_000)
     results["faiss"] = bench_faiss(10_000 if args.quick else 100_000, min_s)
-    results["serve"] = bench_serve(corpus_path, queries, min_s, 5 if args.quick else 20)
+    big = _repeat_corpus(passages, 10_000 if args.quick else 100_000,
+                         Path(tempfile.mkdtemp(prefix="retrieval-bench-")) / "corpus.jsonl")
+    results["serve"] = bench_serve({"embedded": corpus_path, "repeated": big}, queries, min_s,
+                                   5 if args.quick else 20)
     results["total_s"] = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,14 +274,25 @@ def main(argv: list[str] | None = None) -> int:
 def render(r: dict[str, Any]) -> str:
     s, f, bi, bb = r["serve"], r["faiss"], r["bm25_impls"], r["bm25_build"]
     c = s["http_32_clients"]
-    rows = [
-        ("BM25 in-process q/s, batch 1 / 64", f"{s['inprocess_qps_b1']:.0f} / {s['inprocess_qps_b64']:.0f}"),
-        ("Serve handle q/s, batch 1 / 64", f"{s['handle_qps_b1']:.0f} / {s['handle_qps_b64']:.0f}"),
-        ("  ratio handle / in-process, batch 1 / 64",
-         f"{s['handle_over_inprocess_b1']:.3f} / {s['handle_over_inprocess_b64']:.3f}"),
-        ("HTTP q/s, batch 1 / 64", f"{s['http_qps_b1']:.0f} / {s['http_qps_b64']:.0f}"),
-        ("  ratio HTTP / in-process, batch 1 / 64", f"{s['http_over_inprocess_b1']:.3f} / {s['http_over_inprocess_b64']:.3f}"),
-        (f"HTTP, {c['clients']} concurrent clients: q/s, p50, p99",
+    rows = []
+    for label in ("embedded", "repeated"):
+        x = s[label]
+        n = f"{x['passages'] // 1000}k" if x["passages"] >= 10_000 else str(x["passages"])
+        rows += [
+            (f"BM25 {n} passages: in-process q/s, batch 1 / 64", f"{x['inprocess_qps_b1']:.0f} / {x['inprocess_qps_b64']:.0f}"),
+            ("  Serve handle q/s, batch 1 / 64 / 64 pipelined",
+             f"{x['handle_qps_b1']:.0f} / {x['handle_qps_b64']:.0f} / {x['handle_qps_b64_pipelined']:.0f}"),
+            ("  HTTP q/s, batch 1 / 64 / 64 pipelined",
+             f"{x['http_qps_b1']:.0f} / {x['http_qps_b64']:.0f} / {x['http_qps_b64_pipelined']:.0f}"),
+            ("  ratio handle / in-process: b1, b64, b64 pipelined",
+             f"{x['handle_over_inprocess_b1']:.3f}, {x['handle_over_inprocess_b64']:.2f}, "
+             f"{x['handle_pipelined_over_inprocess_b64']:.2f}"),
+            ("  ratio HTTP / in-process: b1, b64, b64 pipelined",
+             f"{x['http_over_inprocess_b1']:.3f}, {x['http_over_inprocess_b64']:.2f}, "
+             f"{x['http_pipelined_over_inprocess_b64']:.2f}"),
+        ]
+    rows += [
+        (f"HTTP, {c['clients']} concurrent clients ({c['passages'] // 1000}k passages): q/s, p50, p99",
          f"{c['qps']:.0f} q/s, {c['p50_ms']:.1f} ms, {c['p99_ms']:.1f} ms"),
         (f"bm25s / rank-bm25 q/s ({bi['passages']} passages)",
          f"{bi['bm25s_qps_batch64']:.0f} / {bi['rank_bm25_qps']:.1f} = {bi['bm25s_over_rank_bm25']:.0f}x"),
