@@ -202,3 +202,22 @@ class ScriptedPolicy:
             out.append(list(self.tokenizer.encode(turn, add_special_tokens=False)))
         self.stats.add(len(seqs), sum(len(o) for o in out), time.perf_counter() - t0)
         return out
+
+
+def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0) -> Policy:
+    """The rollout policy `cfg.backend` names, sampling from `model`'s current weights.
+
+    transformers: an `HFPolicy` over `model` itself (it always sees the latest weights). vllm: a
+    `VLLMPolicy` engine built from `cfg.model` (for its architecture and tokenizer files) and
+    loaded with `model`'s weights (merged, for a LoRA model); the caller refreshes it with
+    `load_weights` whenever `model` changes.
+    """
+    if cfg.backend == "transformers":
+        return HFPolicy(getattr(model, "module", model), tokenizer, cfg)
+    if cfg.backend == "vllm":
+        from s3_ray.agent.vllm_policy import VLLMPolicy, policy_state_dict
+
+        policy = VLLMPolicy(cfg.model, tokenizer, cfg, seed=seed)
+        policy.load_weights(policy_state_dict(model))
+        return policy
+    raise ValueError(f"searcher.backend must be 'transformers' or 'vllm', got {cfg.backend!r}")

@@ -68,6 +68,7 @@ class SearcherTrainer:
         self.retriever = retriever
         self.scorer = scorer
         self.stream = QuestionStream(items, seed=cfg.seed)
+        self._engine: Any = None  # the vLLM rollout engine (searcher.backend="vllm"), built lazily
         self.set_policy(model, ref_model)
 
     def set_policy(self, model: Any, ref_model: Any) -> None:
@@ -79,19 +80,46 @@ class SearcherTrainer:
         from s3_ray.rl.update import PolicyUpdater
 
         self.model = model
+        self.weights_changed()
         self.updater = PolicyUpdater(model, ref_model, self.cfg.train, pad_id=self.tokenizer.pad_token_id,
                                      temperature=max(self.cfg.searcher.temperature, 1e-3),
                                      micro_batch=self.cfg.train.micro_batch)
 
+    def weights_changed(self) -> None:
+        """Note that the policy's weights moved outside `train_step` (warm-up, checkpoint load):
+        a vLLM rollout engine gets them before its next rollout."""
+        self._engine_stale = True
+
+    def sync_rollout_weights(self) -> float:
+        """Push the current weights into the vLLM engine if it holds older ones; returns seconds."""
+        if self._engine is None or not self._engine_stale:
+            return 0.0
+        from s3_ray.agent.vllm_policy import policy_state_dict
+
+        seconds = self._engine.load_weights(policy_state_dict(self.model))
+        self._engine_stale = False
+        return seconds
+
+    def _rollout_policy(self, bare: Any) -> Any:
+        """A fresh HFPolicy over the model, or the one vLLM engine holding the current weights."""
+        from s3_ray.agent.policy import make_policy
+
+        if self.cfg.searcher.backend != "vllm":
+            return make_policy(bare, self.tokenizer, self.cfg.searcher)
+        if self._engine is None:
+            self._engine = make_policy(bare, self.tokenizer, self.cfg.searcher, seed=self.cfg.seed)
+            self._engine_stale = False  # built with the current weights
+        self.sync_rollout_weights()
+        return self._engine
+
     def rollout(self, items: list[QAItem]) -> list[Trajectory]:
-        from s3_ray.agent.policy import HFPolicy
         from s3_ray.agent.rollout import run_rollout
 
         bare = unwrap(self.model)
         was_training = bare.training
         bare.eval()
         try:
-            policy = HFPolicy(bare, self.tokenizer, self.cfg.searcher)
+            policy = self._rollout_policy(bare)
             return run_rollout(items, policy, self.tokenizer, self.retriever, self.cfg.rollout, self.cfg.searcher)
         finally:
             bare.train(was_training)
@@ -109,6 +137,9 @@ class SearcherTrainer:
         t2 = time.perf_counter()
         metrics = dict(self.updater.step(trajs))
         t3 = time.perf_counter()
+        self.weights_changed()
+        if self._engine is not None:
+            metrics["time/weight_sync_s"] = self.sync_rollout_weights()
         metrics.update(rollout_stats(trajs))
         metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
         metrics["context_tokens_mean"] = self._context_tokens(trajs)
@@ -144,6 +175,7 @@ class SearcherTrainer:
             losses.append(loss)
             if log is not None:
                 log({"warmup/loss": loss}, i)
+        self.weights_changed()
         return losses
 
 
