@@ -1,7 +1,7 @@
 """Reward benchmark: what one Gain-Beyond-RAG scoring pass costs, and what batching and the cache save.
 
     python benchmarks/reward_bench.py [--runs tiny-random:64 smollm2-135m-instruct:16] [--threads 1]
-                                      [--out benchmarks/results/reward.json]
+                                      [--grpo-searcher CHECKPOINT] [--out benchmarks/results/reward.json]
 
 For each `model:n` run, on one TransformersGenerator (so both paths share the same weights):
 1. the naive-RAG baseline for n embedded training questions (top-3 BM25), answered in batches;
@@ -11,7 +11,13 @@ For each `model:n` run, on one TransformersGenerator (so both paths share the sa
 4. the batched path again, now answered entirely from the cache ("cache hit").
 Reports seconds and trajectories/s per path, serial/batched and batched/cache-hit ratios, and
 the generator's prompt and completion tokens/s in the batched path. Rewards must agree across
-the three paths (greedy decoding), otherwise the run fails. Prints a table and writes JSON.
+the three paths (greedy decoding), otherwise the run fails.
+
+With `--grpo-searcher CHECKPOINT`, it also scores one real GRPO batch (16 training questions x 4
+samples from that searcher, temperature 0.7) the way training does -- naive-RAG baseline
+precomputed through the same response cache, identical contexts answered once -- against one
+uncached generator call per trajectory, and reports how many contexts were distinct or equal to
+the naive one. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -116,6 +122,62 @@ def run_one(model: str, n: int, threads: int, retriever: BM25Retriever, workdir:
     }
 
 
+def grpo_run(searcher: str, generator: str, questions: int, group: int, threads: int,
+             retriever: BM25Retriever, workdir: Path) -> dict[str, Any]:
+    """The reward of one real GRPO batch: `questions` x `group` trajectories sampled from a searcher
+    checkpoint (temperature 0.7, demo budgets). As in training, the naive-RAG baseline was
+    precomputed through the same cached generator, so a trajectory whose context equals the naive
+    context, or another trajectory's, costs no generation. Compared with one uncached generator
+    call per trajectory, on the same weights; rewards must agree."""
+    from s3_ray.agent.policy import HFPolicy
+    from s3_ray.agent.rollout import run_rollout
+    from s3_ray.clients.retriever import RetrieverClient
+    from s3_ray.config import RolloutConfig, SearcherConfig
+    from s3_ray.models import load_causal_lm
+
+    items = load_split(DataConfig(), "train")[:questions]
+    model, tok = load_causal_lm(searcher, num_threads=threads)
+    scfg = SearcherConfig(model=searcher, max_new_tokens=40, temperature=0.7, max_prompt_tokens=1024)
+    t0 = time.perf_counter()
+    trajs = run_rollout([it for it in items for _ in range(group)], HFPolicy(model, tok, scfg), tok,
+                        RetrieverClient.in_process(retriever), RolloutConfig(), scfg)
+    rollout_s = time.perf_counter() - t0
+    del model
+
+    gen = TransformersGenerator(generator, num_threads=threads)
+    cached_gen = CachedGenerator(gen, ResponseCache(workdir / "grpo-cache.sqlite"))
+    cached = GeneratorClient.in_process(cached_gen)
+    settings = BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded")
+    baseline = BaselineCache(workdir / "grpo-baseline.jsonl", settings)
+    precompute_baseline(items, retriever, cached, 3, baseline, batch_size=16, progress=False)
+    hits_before, misses_before = cached_gen.hits, cached_gen.misses
+
+    def fresh() -> list[Trajectory]:
+        return [Trajectory(t.item, t.prompt_ids, context=t.context) for t in trajs]
+
+    t0 = time.perf_counter()
+    batched = RewardScorer(cached, baseline, RewardConfig()).score(fresh())
+    batched_s = time.perf_counter() - t0
+    serial_scorer = RewardScorer(GeneratorClient.in_process(gen), baseline, RewardConfig())
+    t0 = time.perf_counter()
+    serial = [serial_scorer.score([t])[0] for t in fresh()]
+    serial_s = time.perf_counter() - t0
+    if batched != serial:
+        raise RuntimeError(f"rewards differ between paths: batched={batched} serial={serial}")
+    naive = {it.id: [h.passage.id for h in hits] for it, hits in zip(items, retriever.search([it.question for it in items], 3))}
+    contexts = [tuple(p.id for p in t.context) for t in trajs]
+    hits, misses = cached_gen.hits - hits_before, cached_gen.misses - misses_before
+    return {
+        "searcher": searcher, "generator": generator, "questions": questions, "group": group,
+        "trajectories": len(trajs), "rollout_s": rollout_s, "batched_s": batched_s, "serial_s": serial_s,
+        "serial_over_batched": serial_s / batched_s,
+        "unique_contexts": len(set(zip((t.item.id for t in trajs), contexts))),
+        "contexts_equal_to_naive": sum(1 for t, c in zip(trajs, contexts) if list(c) == naive[t.item.id]),
+        "cache_hits": hits, "cache_misses": misses, "searches_mean": sum(t.num_searches for t in trajs) / len(trajs),
+        "mean_reward": sum(batched) / len(batched),
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| model | n | batched s | serial s | cache-hit s | serial/batched | batched/cache-hit "
             "| prompt tok/s | completion tok/s | mean prompt tok |")
@@ -133,6 +195,10 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", type=parse_run, default=[("tiny-random", 64), ("smollm2-135m-instruct", 16)])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the generator")
     ap.add_argument("--out", default="benchmarks/results/reward.json")
+    ap.add_argument("--grpo-searcher", help="searcher checkpoint: also time the reward of one real GRPO batch")
+    ap.add_argument("--grpo-generator", default="smollm2-135m-instruct")
+    ap.add_argument("--grpo-questions", type=int, default=16)
+    ap.add_argument("--grpo-group", type=int, default=4)
     args = ap.parse_args()
 
     retriever = BM25Retriever.build(read_corpus(embedded_dir() / "corpus.jsonl"))
@@ -143,11 +209,21 @@ def main() -> None:
             rows.append(run_one(model, n, args.threads, retriever, Path(tmp)))
             print(f"{model}: done in {rows[-1]['baseline_s'] + rows[-1]['batched_s'] + rows[-1]['serial_s']:.1f} s",
                   flush=True)
+        grpo = None
+        if args.grpo_searcher:
+            grpo = grpo_run(args.grpo_searcher, args.grpo_generator, args.grpo_questions, args.grpo_group,
+                            args.threads, retriever, Path(tmp))
     print(table(rows))
+    if grpo:
+        print(f"\nGRPO batch ({grpo['trajectories']} trajectories = {grpo['questions']} questions x {grpo['group']}): "
+              f"batched+cached {grpo['batched_s']:.2f} s vs serial {grpo['serial_s']:.2f} s = "
+              f"{grpo['serial_over_batched']:.1f}x; {grpo['unique_contexts']} distinct contexts, "
+              f"{grpo['contexts_equal_to_naive']} equal to naive RAG's; cache {grpo['cache_hits']} hits / "
+              f"{grpo['cache_misses']} misses")
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "processor": platform.processor() or platform.machine(),
                            "load_avg_1m_start": load_start, "load_avg_1m_end": os.getloadavg()[0]},
-               "runs": rows}
+               "runs": rows, "grpo_batch": grpo}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+from pathlib import Path
 
 from s3_ray.types import Passage, SearchHit
 
@@ -46,3 +48,23 @@ class FakeRetriever:
             scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
             out.append([SearchHit(p, float(s)) for s, _, p in scored[:k]])
         return out
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for a test's Serve HTTP proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bm25_index(tmp_path: Path, passages: tuple[Passage, ...] | list[Passage] = FAKE_PASSAGES) -> str:
+    """Write `passages` as a corpus under tmp_path and build a BM25 index; returns its folder."""
+    from s3_ray.config import RetrievalConfig
+    from s3_ray.data.corpus import write_corpus
+    from s3_ray.retrieval import build_index
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, list(passages))
+    index_dir = str(tmp_path / "index")
+    build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
+    return index_dir

