@@ -190,5 +190,5 @@ def build_app(args: CopilotAppArgs | dict[str, Any]) -> serve.Application:
         name=a.name,
         num_replicas=s.copilot_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.copilot_cpus},
+        ray_actor_options={"num_cpus": s.copilot_cpus, "num_gpus": s.copilot_gpus},
     ).bind(a)

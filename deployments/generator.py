@@ -179,7 +179,7 @@ def build_app(args: GeneratorAppArgs | dict[str, Any]) -> serve.Application:
         name=a.name,
         num_replicas=s.generator_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.generator_cpus},
+        ray_actor_options={"num_cpus": s.generator_cpus, "num_gpus": s.generator_gpus},
     ).bind(a.generator.model_dump(), s.max_batch_size, s.batch_wait_timeout_s, os.getcwd(),
            {"auth_token_env": s.auth_token_env, "max_request_bytes": s.max_request_bytes,
             "max_text_chars": s.max_text_chars})

@@ -31,7 +31,7 @@ from s3_ray.types import SearchHit
 app = FastAPI(title="s3-ray retriever", version="1",
               description="Search-R1/s3 compatible retrieval: BM25, dense (faiss) or hybrid (RRF).")
 
-_SERVE_FIELDS = {"retriever_replicas", "retriever_cpus", "max_ongoing_requests", "max_batch_size",
+_SERVE_FIELDS = {"retriever_replicas", "retriever_cpus", "retriever_gpus", "max_ongoing_requests", "max_batch_size",
                  "batch_wait_timeout_s", "health_check_period_s", "health_check_timeout_s",
                  "graceful_shutdown_timeout_s", "auth_token_env", "max_request_bytes", "max_text_chars",
                  "retrieval"}
@@ -48,6 +48,7 @@ class RetrieverAppArgs(BaseModel):
     retrieval: RetrievalConfig = RetrievalConfig()
     retriever_replicas: int = Field(1, ge=1)
     retriever_cpus: float = Field(0.25, gt=0)
+    retriever_gpus: float = Field(0.0, ge=0, description="GPUs per replica (dense encoder, faiss GPU).")
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1, description="Most concurrent calls merged into one search.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
@@ -76,7 +77,8 @@ class RetrieverAppArgs(BaseModel):
         """From an S3Config (its `retrieval` and `serve` sections)."""
         s = cfg.serve
         return cls(retrieval=cfg.retrieval, retriever_replicas=s.retriever_replicas,
-                   retriever_cpus=s.retriever_cpus, max_ongoing_requests=s.max_ongoing_requests,
+                   retriever_cpus=s.retriever_cpus, retriever_gpus=s.retriever_gpus,
+                   max_ongoing_requests=s.max_ongoing_requests,
                    max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                    auth_token_env=s.auth_token_env, max_request_bytes=s.max_request_bytes,
                    max_text_chars=s.max_text_chars)
@@ -176,7 +178,7 @@ def build_app(args: RetrieverAppArgs | dict[str, Any]) -> Application:
     a = args if isinstance(args, RetrieverAppArgs) else RetrieverAppArgs.model_validate(args)
     return RetrieverDeployment.options(
         num_replicas=a.retriever_replicas,
-        ray_actor_options={"num_cpus": a.retriever_cpus},
+        ray_actor_options={"num_cpus": a.retriever_cpus, "num_gpus": a.retriever_gpus},
         max_ongoing_requests=a.max_ongoing_requests,
         health_check_period_s=a.health_check_period_s,
         health_check_timeout_s=a.health_check_timeout_s,

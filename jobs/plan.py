@@ -131,20 +131,20 @@ def baseline_entry(cfg: S3Config, plan: Plan, split: str, required: bool) -> dic
 def deployments(cfg: S3Config, generator: bool = True, copilot: str | None = None) -> list[dict[str, Any]]:
     """The Serve apps a job starts, with the resources `deployments/*.build_app` asks for.
 
-    Replicas reserve CPUs only (`ray_actor_options={"num_cpus": ...}`); an openai-backend generator
-    calls a server outside Ray, and vLLM/faiss-GPU replicas use the GPU of the node they land on.
+    Replicas reserve `serve.*_cpus` and `serve.*_gpus` (`ray_actor_options`); an openai-backend
+    generator calls a server outside Ray.
     """
     s = cfg.serve
     out = [{"app": "retriever", "route": "/retrieve", "replicas": s.retriever_replicas,
-            "cpus_per_replica": s.retriever_cpus, "gpus_per_replica": 0,
+            "cpus_per_replica": s.retriever_cpus, "gpus_per_replica": s.retriever_gpus,
             "max_ongoing_requests": s.max_ongoing_requests}]
     if generator:
         out.append({"app": "generator", "route": "/generator/answer", "replicas": s.generator_replicas,
-                    "cpus_per_replica": s.generator_cpus, "gpus_per_replica": 0,
+                    "cpus_per_replica": s.generator_cpus, "gpus_per_replica": s.generator_gpus,
                     "max_ongoing_requests": s.max_ongoing_requests})
     if copilot is not None:
         out.append({"app": "copilot", "route": "/copilot/search", "replicas": s.copilot_replicas,
-                    "cpus_per_replica": s.copilot_cpus, "gpus_per_replica": 0,
+                    "cpus_per_replica": s.copilot_cpus, "gpus_per_replica": s.copilot_gpus,
                     "model": copilot or cfg.searcher.model, "max_ongoing_requests": s.max_ongoing_requests})
     return out
 
@@ -171,11 +171,13 @@ def serve_entry(cfg: S3Config, plan: Plan, generator: bool = True, copilot: str 
     if copilot is not None:
         apps[-1]["model_source"] = model_entry(copilot or cfg.searcher.model, "copilot model", plan)
     return {"http": f"http://{cfg.serve.host}:{cfg.serve.port}", "apps": apps,
-            "total_cpus": round(sum(a["replicas"] * a["cpus_per_replica"] for a in apps), 3)}
+            "total_cpus": round(sum(a["replicas"] * a["cpus_per_replica"] for a in apps), 3),
+            "total_gpus": round(sum(a["replicas"] * a["gpus_per_replica"] for a in apps), 3)}
 
 
 def cuda_visible() -> int:
-    """GPUs this process sees; jobs/train.py asks one GPU per worker exactly when this is > 0."""
+    """GPUs this process sees; with `train.gpus_per_worker` unset, jobs/train.py asks one GPU per
+    worker exactly when this is > 0."""
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -183,7 +185,7 @@ def cuda_visible() -> int:
 
 def train_workers(cfg: S3Config) -> dict[str, Any]:
     t = cfg.train
-    gpus = 1 if cuda_visible() else 0
+    gpus = t.gpus_per_worker if t.gpus_per_worker is not None else (1 if cuda_visible() else 0)
     return {"num_workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker, "gpus_per_worker": gpus,
             "total_cpus": t.num_workers * t.cpus_per_worker, "total_gpus": t.num_workers * gpus,
             "strategy": ("fsdp" if gpus else "ddp") if t.num_workers > 1 else "single process"}

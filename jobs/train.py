@@ -42,14 +42,17 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
         # the warmed-up policy, kept beside the run's checkpoints so a resumed run finds its KL reference
         "reference_dir": str(Path(cfg.run_dir, "ray", name, "warmup_reference").resolve()),
     }
-    use_gpu = torch.cuda.is_available()
+    gpus = cfg.train.gpus_per_worker
+    if gpus is None:  # auto: what the submitting process sees (a CPU head node sees none: set it)
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    use_gpu = gpus > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if use_gpu else {})},
         ),
         run_config=RunConfig(
             name=name,

@@ -142,6 +142,9 @@ class TrainConfig(_Strict):
     lam: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs per Train worker; None: 1 when the submitting process sees CUDA, else 0 "
+                                "(set it on a cluster whose head node has no GPU).")
     checkpoint_every: int = Field(2, ge=1)
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1)
@@ -214,13 +217,16 @@ class ServeConfig(_Strict):
     max_text_chars: int = Field(4096, ge=16, description="Longest query or question accepted over HTTP.")
     retriever_replicas: int = Field(1, ge=1)
     retriever_cpus: float = Field(0.25, gt=0)
+    retriever_gpus: float = Field(0.0, ge=0, description="GPUs per retriever replica (dense encoder, faiss GPU).")
     generator_replicas: int = Field(1, ge=1)
     generator_cpus: float = Field(0.5, gt=0)
+    generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica (transformers/vLLM on GPU).")
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     copilot_replicas: int = Field(1, ge=1, description="Replicas of the searcher (copilot) app.")
     copilot_cpus: float = Field(0.5, gt=0, description="CPUs reserved per copilot replica.")
+    copilot_gpus: float = Field(0.0, ge=0, description="GPUs reserved per copilot (searcher) replica.")
     copilot_max_batch_size: int = Field(8, ge=1, description="Most concurrent searches merged into one rollout.")
     copilot_batch_wait_timeout_s: float = Field(
         0.05, ge=0, description="How long a copilot replica waits for more requests to join a rollout."

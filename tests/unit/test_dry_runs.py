@@ -154,3 +154,33 @@ def test_trial_metrics_keep_finite_numbers() -> None:
     from jobs.sweep_trials import scalars
 
     assert scalars({"reward": 0.5, "step": 2, "note": "x", "kl": float("nan"), "ok": True}) == {"reward": 0.5, "step": 2.0}
+
+
+def test_gpu_requests_come_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CPU-only submitting process still plans GPU workers and GPU replicas when the config asks."""
+    rc, out = _dry("train", ["train.num_workers=2", "train.gpus_per_worker=1", "serve.retriever_gpus=0.5",
+                             "serve.generator_gpus=1"], capsys)
+    plan = out["plan"]
+    assert rc == 0
+    assert plan["train_workers"]["gpus_per_worker"] == 1 and plan["train_workers"]["total_gpus"] == 2
+    assert plan["train_workers"]["strategy"] == "fsdp"
+    apps = {a["app"]: a for a in plan["serve"]["apps"]}
+    assert apps["retriever"]["gpus_per_replica"] == 0.5 and apps["generator"]["gpus_per_replica"] == 1
+    assert plan["serve"]["total_gpus"] == pytest.approx(1.5)
+
+
+def test_serve_apps_request_the_configured_gpus() -> None:
+    from deployments.copilot import CopilotAppArgs
+    from deployments.copilot import build_app as build_copilot
+    from deployments.generator import GeneratorAppArgs
+    from deployments.generator import build_app as build_generator
+    from deployments.retriever import RetrieverAppArgs
+    from deployments.retriever import build_app as build_retriever
+    from s3_ray.config import load_config
+
+    cfg = load_config(CONFIGS / "demo.yaml", ["serve.retriever_gpus=0.5", "serve.generator_gpus=1",
+                                               "serve.copilot_gpus=0.25"])
+    apps = [build_retriever(RetrieverAppArgs.from_config(cfg)), build_generator(GeneratorAppArgs.from_config(cfg)),
+            build_copilot(CopilotAppArgs.from_config(cfg))]
+    gpus = [app._bound_deployment.ray_actor_options["num_gpus"] for app in apps]
+    assert gpus == [0.5, 1, 0.25]
