@@ -7,7 +7,7 @@ Measures, on whatever machine runs it:
    100k passages (the embedded corpus repeated): queries/s at batch 1 and batch 64 with one call at
    a time, and at batch 64 with 4 requests in flight (a loaded server); p50/p99 latency with 32
    concurrent HTTP clients on the 100k index;
-2. bm25s vs rank-bm25 (`pip install rank-bm25`; benchmark only) queries/s on the same corpus;
+2. bm25s vs rank-bm25 (`pip install -e .[bench]`; benchmark only) queries/s on the same corpus;
 3. BM25 index build time and memory per 100k passages (the embedded corpus repeated);
 4. faiss Flat vs HNSW vs IVF-PQ on 100k synthetic 384-dim unit vectors with cluster structure
    (random, not encoded text: encoding 100k passages with MiniLM on a small CPU takes ~1 h):
