@@ -1,0 +1,97 @@
+"""How often does a searcher's sampling find something Gain Beyond RAG rewards? (RL's raw signal)
+
+    python benchmarks/exploration_probe.py CHECKPOINT [--questions 16] [--group 8] [--temperature 1.0]
+
+Samples `group` episodes per question from a searcher checkpoint for the first `questions`
+embedded training questions that naive RAG gets wrong (s3's filter), scores them with the frozen
+generator (SmolLM2, in-process, cached) against the naive-RAG baseline, and reports what GRPO
+would see: trajectories with a positive / negative reward, groups whose rewards differ (the only
+ones that produce a gradient), and trajectories whose context holds the bridge question's second
+supporting passage (the document the answer needs). Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/exploration_probe.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="searcher checkpoint (HF folder) or registered model name")
+    p.add_argument("--questions", type=int, default=16)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "exploration.json"))
+    args = p.parse_args(argv)
+
+    from s3_ray.agent.policy import HFPolicy
+    from s3_ray.agent.rollout import rollout_stats, run_rollout
+    from s3_ray.clients.generator import GeneratorClient
+    from s3_ray.clients.retriever import RetrieverClient
+    from s3_ray.config import DataConfig, RewardConfig, RolloutConfig, SearcherConfig
+    from s3_ray.data.corpus import read_corpus
+    from s3_ray.data.embedded import embedded_dir, load_split
+    from s3_ray.generation import CachedGenerator, ResponseCache, TransformersGenerator
+    from s3_ray.models import load_causal_lm
+    from s3_ray.retrieval import BM25Retriever
+    from s3_ray.reward import BaselineCache, BaselineSettings, RewardScorer, precompute_baseline
+    from s3_ray.reward.baseline import filter_unanswered
+
+    t0 = time.perf_counter()
+    retriever = BM25Retriever.build(read_corpus(embedded_dir() / "corpus.jsonl"))
+    gen = TransformersGenerator("smollm2-135m-instruct", num_threads=args.threads, max_new_tokens=32)
+    with tempfile.TemporaryDirectory() as tmp:
+        cached = GeneratorClient.in_process(CachedGenerator(gen, ResponseCache(Path(tmp) / "cache.sqlite")))
+        baseline = BaselineCache(Path(tmp) / "baseline.jsonl",
+                                 BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded"))
+        pool = load_split(DataConfig(train_limit=4 * args.questions), "train")
+        precompute_baseline(pool, retriever, cached, 3, baseline, batch_size=16, progress=False)
+        items = filter_unanswered(pool, baseline)[0][:args.questions]
+        model, tok = load_causal_lm(args.checkpoint, num_threads=args.threads)
+        scfg = SearcherConfig(model=args.checkpoint, max_new_tokens=40, temperature=args.temperature,
+                              max_prompt_tokens=1024)
+        batch = [it for it in items for _ in range(args.group)]
+        trajs = run_rollout(batch, HFPolicy(model, tok, scfg), tok, RetrieverClient.in_process(retriever),
+                            RolloutConfig(), scfg)
+        rewards = RewardScorer(cached, baseline, RewardConfig()).score(trajs)
+    groups: dict[str, list[float]] = {}
+    for t, r in zip(trajs, rewards):
+        groups.setdefault(t.item.id, []).append(r)
+    bridge = [t for t in trajs if t.item.meta.get("type") == "bridge" and len(t.item.meta.get("support", [])) > 1]
+    found = sum(1 for t in bridge if t.item.meta["support"][1] in {p.id for p in t.context})
+    queries = [turn.query for t in trajs for turn in t.turns if turn.query]
+    report: dict[str, Any] = {
+        "checkpoint": args.checkpoint, "questions": len(items), "group": args.group,
+        "temperature": args.temperature, "trajectories": len(trajs),
+        "positive": sum(1 for r in rewards if r > 0), "negative": sum(1 for r in rewards if r < 0),
+        "groups_with_signal": sum(1 for g in groups.values() if max(g) > min(g)), "groups": len(groups),
+        "bridge_trajectories": len(bridge), "bridge_second_hop_in_context": found,
+        "distinct_queries": len(set(queries)), "example_queries": sorted(set(queries))[:8],
+        **{k: v for k, v in rollout_stats(trajs).items() if k in ("searches_mean", "malformed_rate")},
+        "seconds": round(time.perf_counter() - t0, 1), "load_avg_1m_end": os.getloadavg()[0],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print("| trajectories | reward > 0 | reward < 0 | groups with signal | bridge 2nd hop found | searches | malformed |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {report['trajectories']} | {report['positive']} | {report['negative']} | "
+          f"{report['groups_with_signal']} of {report['groups']} | {found} of {len(bridge)} | "
+          f"{report['searches_mean']:.2f} | {100 * report['malformed_rate']:.0f}% |")
+    print(f"example queries: {report['example_queries']}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
