@@ -323,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = workdir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump()))
     build_bench_index(cfg)
-    report: dict[str, Any] = {"machine": machine(), "workdir": str(workdir),
-                              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "keep")}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "keep")}
+    if Path(settings["config"]).resolve().is_relative_to(REPO):
+        settings["config"] = str(Path(settings["config"]).resolve().relative_to(REPO))
+    report: dict[str, Any] = {"machine": machine(), "settings": settings}
+    if args.keep:  # otherwise the folder is gone when the report is read
+        report["workdir"] = str(workdir)
     start_ray()
     import ray
     from ray import serve

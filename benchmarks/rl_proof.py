@@ -128,6 +128,21 @@ def run_seed(cfg: Any, retriever: Any, generator: Any) -> dict[str, Any]:
             "reused_finished_work": reused}
 
 
+def repo_relative(value: Any) -> Any:
+    """Paths below the repository written relative to it, so a report does not name the machine.
+
+    >>> repo_relative({"a": str(REPO / "runs" / "x"), "b": [1, "/elsewhere"]})
+    {'a': 'runs/x', 'b': [1, '/elsewhere']}
+    """
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith(f"{REPO}/"):
+        return value[len(str(REPO)) + 1:]
+    return value
+
+
 def aggregate(seeds: list[dict[str, Any]], oracle: dict[str, float]) -> dict[str, Any]:
     """Mean and spread per method, and the verdict against the goal.
 
@@ -209,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime.log(f"seed {seed}: {json.dumps(seeds[-1]['genacc'])}")
         # written after every seed, so a stopped run still reports the seeds it finished
         report = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0]},
-                  "config": {k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout", "train")},
+                  "config": repo_relative({k: base.model_dump()[k]
+                                           for k in ("data", "searcher", "generator", "rollout", "train")}),
                   "seeds_planned": args.seeds, "oracle": oracle, "seeds": seeds,
                   "aggregate": aggregate(seeds, oracle), "total_s": round(time.perf_counter() - t0, 1)}
         out.write_text(json.dumps(report, indent=2, default=str))

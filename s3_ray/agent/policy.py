@@ -85,6 +85,18 @@ def stop_length(tokenizer: Any, ids: Sequence[int]) -> int | None:
     return None
 
 
+def check_seqs(seqs: Sequence[Sequence[int]]) -> None:
+    """Every policy input must hold at least its prompt.
+
+    >>> check_seqs([[1], []])
+    Traceback (most recent call last):
+    ValueError: seqs[1] is empty; every sequence needs at least its prompt
+    """
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            raise ValueError(f"seqs[{i}] is empty; every sequence needs at least its prompt")
+
+
 def strip_trailing(ids: list[int], drop: set[int]) -> list[int]:
     """Remove trailing ids in `drop` (pad / eos).
 
@@ -150,9 +162,7 @@ class HFPolicy:
 
         if not seqs:
             return []
-        for i, s in enumerate(seqs):
-            if len(s) == 0:
-                raise ValueError(f"seqs[{i}] is empty; every sequence needs at least its prompt")
+        check_seqs(seqs)
         t0 = time.perf_counter()
         ids, mask = self._batch(seqs)
         prompt_len = ids.shape[1]

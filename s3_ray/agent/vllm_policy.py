@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from s3_ray.agent.policy import PolicyStats, stop_length, strip_trailing
+from s3_ray.agent.policy import PolicyStats, check_seqs, stop_length, strip_trailing
 from s3_ray.config import SearcherConfig
 
 STOP_STRINGS = ("</query>", "</search_complete>")
@@ -202,9 +202,7 @@ class VLLMPolicy:
         """One turn for every sequence (token ids, without trailing pad / eos)."""
         if not seqs:
             return []
-        for i, s in enumerate(seqs):
-            if len(s) == 0:
-                raise ValueError(f"seqs[{i}] is empty; every sequence needs at least its prompt")
+        check_seqs(seqs)
         t0 = time.perf_counter()
         limit = self.cfg.max_prompt_tokens
         prompts = [list(s[-limit:]) for s in seqs]

@@ -97,7 +97,8 @@ def merged_state_dict(model: Any) -> dict[str, Tensor]:
         if getattr(layer, "merged", False):
             continue  # the delta is in the base weight already
         if getattr(layer, "use_dora", {}).get(ADAPTER_NAME, False):
-            raise NotImplementedError(f"{name}: merging DoRA adapters is not supported")
+            # train.lora_* never builds DoRA; a model that arrives with one cannot be merged here
+            raise ValueError(f"{name}: DoRA adapters cannot be merged; train with plain LoRA (train.lora_rank)")
         key = f"{name}.weight"
         weight = out[key]
         delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
