@@ -74,7 +74,8 @@ def run_one(model: str, n: int, threads: int, retriever: BM25Retriever, workdir:
     gen = TransformersGenerator(model, num_threads=threads)
     gen.generate([[{"role": "user", "content": "warm up"}]])
     trajs = make_trajectories(retriever, n)
-    settings = BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded")
+    settings = BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded",
+                                backend="transformers", decoding=str(gen.decoding))
     baseline = BaselineCache(workdir / f"{model}-baseline.jsonl", settings)
     t0 = time.perf_counter()
     precompute_baseline([t.item for t in trajs], retriever, GeneratorClient.in_process(gen), 3, baseline,
@@ -147,7 +148,8 @@ def grpo_run(searcher: str, generator: str, questions: int, group: int, threads:
     gen = TransformersGenerator(generator, num_threads=threads)
     cached_gen = CachedGenerator(gen, ResponseCache(workdir / "grpo-cache.sqlite"))
     cached = GeneratorClient.in_process(cached_gen)
-    settings = BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded")
+    settings = BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded",
+                                backend="transformers", decoding=str(gen.decoding))
     baseline = BaselineCache(workdir / "grpo-baseline.jsonl", settings)
     precompute_baseline(items, retriever, cached, 3, baseline, batch_size=16, progress=False)
     hits_before, misses_before = cached_gen.hits, cached_gen.misses

@@ -12,7 +12,8 @@ from s3_ray.config import GeneratorConfig
 
 from s3_ray.generation.base import Generator, Messages, validate_prompts
 from s3_ray.generation.cache import CachedGenerator, ResponseCache, cache_key
-from s3_ray.generation.hf import PromptTooLongError, TransformersGenerator
+from s3_ray.generation.fit import PromptTooLongError, context_fit_mode
+from s3_ray.generation.hf import TransformersGenerator
 from s3_ray.generation.openai_compat import OpenAICompatError, OpenAICompatGenerator
 from s3_ray.generation.prompt import (
     build_answer_messages,
@@ -28,6 +29,7 @@ __all__ = [
     "PromptTooLongError",
     "TransformersGenerator",
     "build_generator",
+    "context_fit_mode",
     "Generator",
     "Messages",
     "ResponseCache",
@@ -51,7 +53,8 @@ def build_generator(cfg: GeneratorConfig, base_dir: str | Path | None = None) ->
             raise ValueError("generator.base_url must be set for generator.backend='openai' "
                              "(e.g. http://127.0.0.1:8000/v1)")
         gen = OpenAICompatGenerator(cfg.model, cfg.base_url, api_key_env=cfg.api_key_env,
-                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens,
+                                    temperature=cfg.temperature,
                                     request_timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries,
                                     max_concurrency=cfg.max_concurrency)
     elif cfg.temperature != 0.0:

@@ -12,11 +12,9 @@ import time
 from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
-from s3_ray.generation.prompt import replace_context, split_context
+from s3_ray.generation.fit import ChatTemplateCounter, PromptTooLongError, fit_prompt
 
-
-class PromptTooLongError(ValueError):
-    """A prompt exceeds max_context_tokens even with all of its contexts removed."""
+__all__ = ["PromptTooLongError", "TransformersGenerator"]
 
 
 class TransformersGenerator:
@@ -54,39 +52,11 @@ class TransformersGenerator:
         s["prompts_per_s"] = s["prompts"] / secs if secs else 0.0
         return s
 
-    def _render(self, messages: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def fit(self, messages: Messages) -> tuple[list[int], bool]:
-        """Token ids of the rendered prompt, with the contexts cut from their end until it fits.
-
-        Later passages are lower ranked, so they lose text first. Returns (ids, was_cut).
-        """
-        ids = self._render(messages)
-        if len(ids) <= self.max_context_tokens:
-            return ids, False
-        found = split_context(messages)
-        if found is None:
-            raise PromptTooLongError(
-                f"prompt of {len(ids)} tokens exceeds max_context_tokens={self.max_context_tokens} "
-                "and has no contexts to cut"
-            )
-        index, docs = found
-        doc_ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
-        keep = len(doc_ids) - (len(ids) - self.max_context_tokens)
-        while keep > 0:
-            ids = self._render(replace_context(messages, index, self.tokenizer.decode(doc_ids[:keep])))
-            if len(ids) <= self.max_context_tokens:
-                return ids, True
-            keep -= max(1, len(ids) - self.max_context_tokens)  # re-tokenising across the cut can add a token
-        ids = self._render(replace_context(messages, index, ""))
-        if len(ids) > self.max_context_tokens:
-            raise PromptTooLongError(
-                f"prompt of {len(ids)} tokens without any contexts still exceeds "
-                f"max_context_tokens={self.max_context_tokens}"
-            )
-        return ids, True
+        """Token ids of the rendered prompt, with the contexts cut from their end until it fits
+        (`s3_ray.generation.fit.fit_prompt`). Returns (ids, was_cut)."""
+        fitted = fit_prompt(messages, self.max_context_tokens, ChatTemplateCounter(self.tokenizer))
+        return list(fitted.tokens), fitted.cut
 
     def generate(self, prompts: list[Messages]) -> list[str]:
         """Greedy completions (first line, stripped), in the order of `prompts`."""

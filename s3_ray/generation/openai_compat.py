@@ -6,6 +6,11 @@ big batch: each prompt is one `POST {base_url}/chat/completions`, and a thread p
 5xx, dropped connections, timeouts) are retried with exponential backoff, honouring a numeric
 `Retry-After`; anything else fails at once with the server's message.
 
+Passages are cut so the prompt fits `max_context_tokens`, as the other backends cut them (later
+passages lose text first; `s3_ray.generation.fit`). Tokens are counted with the served model's
+tokenizer when one is on this machine (never downloaded), else estimated at one token per three
+characters, which over-counts English text; `decoding` records which count was used.
+
 The API key is read from the environment variable named in the config when a request is
 built. It is never stored in `model_id`, `decoding` (the response-cache key), error messages,
 `repr` or the pickled state.
@@ -20,6 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
+from s3_ray.generation.fit import (
+    FIT_TOKENIZER,
+    CharEstimateCounter,
+    ChatTemplateCounter,
+    TokenCounter,
+    context_fit_mode,
+    fit_prompt,
+    load_local_tokenizer,
+)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -67,19 +81,24 @@ class OpenAICompatGenerator:
     """Chat completions against `base_url` (which ends in `/v1` for most servers)."""
 
     def __init__(self, model: str, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 24,
-                 temperature: float = 0.0, request_timeout_s: float = 60.0, max_retries: int = 4,
-                 max_concurrency: int = 16, backoff_s: float = 0.5, max_backoff_s: float = 8.0) -> None:
+                 max_context_tokens: int = 768, temperature: float = 0.0, request_timeout_s: float = 60.0,
+                 max_retries: int = 4, max_concurrency: int = 16, backoff_s: float = 0.5,
+                 max_backoff_s: float = 8.0) -> None:
         if not model:
             raise ValueError("generator.model must name the served model for the openai backend")
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"generator.base_url must be an http(s) URL for the openai backend, got {base_url!r}")
-        if max_new_tokens < 1 or max_concurrency < 1 or max_retries < 0 or request_timeout_s <= 0 or temperature < 0:
-            raise ValueError("max_new_tokens and max_concurrency must be >= 1, max_retries >= 0, "
-                             "request_timeout_s > 0 and temperature >= 0")
+        if (max_new_tokens < 1 or max_context_tokens < 1 or max_concurrency < 1 or max_retries < 0
+                or request_timeout_s <= 0 or temperature < 0):
+            raise ValueError("max_new_tokens, max_context_tokens and max_concurrency must be >= 1, "
+                             "max_retries >= 0, request_timeout_s > 0 and temperature >= 0")
         self._model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.max_new_tokens = max_new_tokens
+        self.max_context_tokens = max_context_tokens
+        # decided once (and pickled), so `decoding` never changes under a cache
+        self.context_fit = context_fit_mode("openai", model)
         self.temperature = temperature
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
@@ -90,10 +109,12 @@ class OpenAICompatGenerator:
 
     def _init_runtime(self) -> None:
         self._client: Any = None
+        self._counter: TokenCounter | None = None  # the tokenizer loads on first use
         self._lock = threading.Lock()
         self._latencies: list[float] = []
         self._stats: dict[str, float] = {"calls": 0, "prompts": 0, "requests": 0, "retries": 0, "prompt_tokens": 0,
-                                         "completion_tokens": 0, "responses_without_usage": 0, "seconds": 0.0,
+                                         "completion_tokens": 0, "responses_without_usage": 0, "truncated_prompts": 0,
+                                         "seconds": 0.0,
                                          "max_in_flight": 0}
         self._in_flight = 0
 
@@ -105,19 +126,35 @@ class OpenAICompatGenerator:
     @property
     def decoding(self) -> dict[str, Any]:
         return {"backend": "openai", "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
-                "first_line": True}
+                "max_context_tokens": self.max_context_tokens, "context_fit": self.context_fit, "first_line": True}
 
     def __repr__(self) -> str:
         return f"OpenAICompatGenerator(model={self._model!r}, base_url={self.base_url!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_model", "base_url", "api_key_env", "max_new_tokens", "temperature", "request_timeout_s",
-                "max_retries", "max_concurrency", "backoff_s", "max_backoff_s")
+        keep = ("_model", "base_url", "api_key_env", "max_new_tokens", "max_context_tokens", "context_fit",
+                "temperature", "request_timeout_s", "max_retries", "max_concurrency", "backoff_s", "max_backoff_s")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_runtime()
+
+    # context budget -------------------------------------------------------------------------
+    def _token_counter(self) -> TokenCounter:
+        with self._lock:
+            if self._counter is None:
+                self._counter = (ChatTemplateCounter(load_local_tokenizer(self._model))
+                                 if self.context_fit == FIT_TOKENIZER else CharEstimateCounter())
+            return self._counter
+
+    def fit(self, messages: Messages) -> tuple[Messages, bool]:
+        """The messages to send, with the contexts cut until the prompt fits `max_context_tokens`.
+
+        Returns (messages, was_cut); PromptTooLongError when even the bare prompt is too long.
+        """
+        fitted = fit_prompt(messages, self.max_context_tokens, self._token_counter())
+        return fitted.messages, fitted.cut
 
     # HTTP -----------------------------------------------------------------------------------
     def _http(self) -> Any:
@@ -213,12 +250,15 @@ class OpenAICompatGenerator:
         if not prompts:
             return []
         start = time.perf_counter()
+        fitted = [self.fit(m) for m in prompts]
+        to_send = [m for m, _ in fitted]
         if len(prompts) == 1 or self.max_concurrency == 1:
-            out = [self._complete(m) for m in prompts]
+            out = [self._complete(m) for m in to_send]
         else:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-                out = list(pool.map(self._complete, prompts))
+                out = list(pool.map(self._complete, to_send))
         with self._lock:
+            self._stats["truncated_prompts"] += sum(1 for _, cut in fitted if cut)
             self._stats["calls"] += 1
             self._stats["prompts"] += len(prompts)
             self._stats["seconds"] += time.perf_counter() - start

@@ -20,7 +20,7 @@ from s3_ray.generation.hf import TransformersGenerator
 class VLLMGenerator:
     """A vLLM `LLM` engine answering chat prompts greedily."""
 
-    # Same context fitting as the transformers backend; it needs `_render`, `tokenizer`, `max_context_tokens`.
+    # Same context fitting as the transformers backend; it needs `tokenizer` and `max_context_tokens`.
     fit = TransformersGenerator.fit
 
     def __init__(self, model_name: str, max_new_tokens: int = 24, max_context_tokens: int = 768,
@@ -57,10 +57,6 @@ class VLLMGenerator:
         # Numerics differ from the transformers backend (kernels, dtype), so the cache keeps them apart.
         return {"backend": "vllm", "greedy": True, "max_new_tokens": self.max_new_tokens, "max_context_tokens": self.max_context_tokens,
                 "first_line": True}
-
-    def _render(self, messages: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: list[Messages]) -> list[str]:
         """Greedy completions (first line, stripped), in the order of `prompts`."""

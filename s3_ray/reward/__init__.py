@@ -14,6 +14,7 @@ from s3_ray.reward.baseline import (
     open_baseline,
     precompute_baseline,
     precompute_split,
+    summarize_split,
     retriever_fingerprint,
 )
 from s3_ray.reward.gain import RewardScorer, gain_beyond_baseline
@@ -39,6 +40,7 @@ __all__ = [
     "normalize_answer",
     "precompute_baseline",
     "precompute_split",
+    "summarize_split",
     "retriever_fingerprint",
     "span_match",
 ]

@@ -14,11 +14,11 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from s3_ray.config import S3Config
+from s3_ray.config import GeneratorConfig, S3Config
 from s3_ray.reward.metrics import exact_match, genacc
 from s3_ray.types import Passage, QAItem, SearchHit
 
@@ -39,13 +39,22 @@ class BaselineMissing(KeyError):
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    """Everything the baseline accuracy depends on; a mismatch invalidates the file."""
+    """Everything the baseline accuracy depends on; a mismatch invalidates the file.
+
+    `backend` and `decoding` are required keywords: the same model name answers differently
+    behind another backend, token budget or temperature, and no default could know which.
+    """
 
     generator: str       # generator model id
     init_k: int          # documents retrieved for the bare question
     retriever: str       # retriever / corpus fingerprint
     method: str = "naive_rag"
     judge: bool = False  # whether GenAcc consulted the LLM judge
+    backend: str = field(kw_only=True)   # generator.backend: transformers | vllm | openai
+    decoding: str = field(kw_only=True)  # `decoding_fingerprint`: budgets, temperature, context fit
+
+
+_NOT_RECORDED = "<not recorded>"  # a header key missing from a file written by an older version
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,18 @@ class BaselineCache:
             first = f.readline()
         try:
             header = json.loads(first)
-            settings = BaselineSettings(**header["settings"])
+            found = header["settings"]
+            missing = [f.name for f in fields(BaselineSettings) if f.name not in found]
         except (ValueError, KeyError, TypeError) as err:
+            raise BaselineError(f"{p}:1: not a baseline header ({err})") from err
+        if missing:
+            raise BaselineError(
+                f"{p} was made without recording {', '.join(missing)} (an older version); "
+                "delete the file or point to another one, then rerun `python -m jobs.precompute`"
+            )
+        try:
+            settings = BaselineSettings(**found)
+        except TypeError as err:
             raise BaselineError(f"{p}:1: not a baseline header ({err})") from err
         return cls(p, settings)
 
@@ -149,10 +168,13 @@ class BaselineCache:
         if header.get("version") != FORMAT_VERSION:
             raise BaselineError(f"{self.path}:1: format version {header.get('version')!r}, expected {FORMAT_VERSION}")
         found = header["settings"]
+        if not isinstance(found, dict):
+            raise BaselineError(f"{self.path}:1: header 'settings' must be an object")
         for key, expected in asdict(self.settings).items():
-            if found.get(key) != expected:
+            if found.get(key, _NOT_RECORDED) != expected:
+                was = f"{found[key]!r}" if key in found else _NOT_RECORDED
                 raise BaselineError(
-                    f"{self.path} was made with {key}={found.get(key)!r} but {key}={expected!r} is expected; "
+                    f"{self.path} was made with {key}={was} but {key}={expected!r} is expected; "
                     "delete the file or point to another one, then rerun `python -m jobs.precompute`"
                 )
 
@@ -274,11 +296,27 @@ def retriever_fingerprint(cfg: S3Config) -> str:
     return f"{m.backend} {json.dumps(m.params, sort_keys=True)} corpus-sha256:{m.corpus_sha256[:16]}"
 
 
+def decoding_fingerprint(gen: GeneratorConfig) -> str:
+    """The generator settings besides model and backend that change its answers, as one string.
+
+    `fit` is how contexts are counted when cut to `max_context_tokens`: "tokenizer" (exact), or
+    "chars/3" for an openai backend without a local tokenizer for the served model.
+
+    >>> decoding_fingerprint(GeneratorConfig(max_new_tokens=16))
+    'max_new_tokens=16 max_context_tokens=768 temperature=0.0 fit=tokenizer'
+    """
+    from s3_ray.generation.fit import context_fit_mode
+
+    return (f"max_new_tokens={gen.max_new_tokens} max_context_tokens={gen.max_context_tokens} "
+            f"temperature={gen.temperature} fit={context_fit_mode(gen.backend, gen.model)}")
+
+
 def baseline_settings(cfg: S3Config) -> BaselineSettings:
     """The settings a run with `cfg` expects its baseline file to have been made with."""
     return BaselineSettings(generator=cfg.generator.model, init_k=cfg.rollout.init_k,
                             retriever=retriever_fingerprint(cfg), method=cfg.reward.baseline,
-                            judge=cfg.reward.use_judge)
+                            judge=cfg.reward.use_judge, backend=cfg.generator.backend,
+                            decoding=decoding_fingerprint(cfg.generator))
 
 
 def baseline_path(cfg: S3Config, split: str) -> Path:
@@ -305,14 +343,26 @@ def precompute_split(cfg: S3Config, split: str, retriever: _Retriever, generator
     cache = open_baseline(cfg, split)  # checks the settings before any work
     counts = precompute_baseline(items, retriever, generator, cfg.rollout.init_k, cache,
                                  batch_size=batch_size, progress=progress)
+    log(f"baseline {split} ({cache.path}): {counts['total']} questions, {counts['computed']} computed, "
+        f"{counts['skipped']} already stored")
+    return {"split": split, "path": str(cache.path), **counts, **summarize_split(cfg, split, log)}
+
+
+def summarize_split(cfg: S3Config, split: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Naive-RAG accuracy of a finished split and what s3's training filter keeps; logged and returned.
+
+    Every question of the split must have a record (else BaselineMissing naming it).
+    Returns `{"genacc", "em", "kept", "dropped"}`.
+    """
+    from s3_ray.data.embedded import load_split
+
+    items = load_split(cfg.data, split)
+    cache = open_baseline(cfg, split)
     records = [cache.get(it.id) for it in items]
     n = max(len(records), 1)
     kept, dropped = filter_unanswered(items, cache)
-    out: dict[str, Any] = {"split": split, "path": str(cache.path), **counts,
-                           "genacc": sum(r.genacc for r in records) / n, "em": sum(r.em for r in records) / n,
-                           "kept": len(kept), "dropped": dropped}
-    log(f"baseline {split} ({cache.path}): {counts['total']} questions, {counts['computed']} computed, "
-        f"{counts['skipped']} already stored")
+    out = {"genacc": sum(r.genacc for r in records) / n, "em": sum(r.em for r in records) / n,
+           "kept": len(kept), "dropped": dropped}
     log(f"naive RAG (init_k={cfg.rollout.init_k}, {cfg.generator.model}): genacc={out['genacc']:.3f} "
         f"em={out['em']:.3f}")
     log(f"s3 training filter keeps {len(kept)} of {len(items)} ({dropped} answered by naive RAG or yes/no)")

@@ -72,7 +72,7 @@ def test_batch_genacc_judge_yes_and_no() -> None:
 def test_baseline_and_reward_with_judge_through_the_client(tmp_path) -> None:
     gen = JudgingGenerator(ANSWERS, accept={"eighteen seventy-nine"})
     client = GeneratorClient.in_process(CachedGenerator(gen, ResponseCache(tmp_path / "c.sqlite")))
-    settings = BaselineSettings("judge-gen", 1, "idx", judge=True)
+    settings = BaselineSettings("judge-gen", 1, "idx", judge=True, backend="transformers", decoding="greedy")
     cache = BaselineCache(tmp_path / "b.jsonl", settings)
     precompute_baseline(ITEMS, Retriever(), client, 1, cache, batch_size=8, progress=False)
     assert [cache.get(i.id).genacc for i in ITEMS] == [1.0, 1.0, 0.0]
@@ -99,7 +99,8 @@ def test_judge_replies_are_cached_like_answers(tmp_path) -> None:
 
 
 def test_judge_setting_must_match_the_baseline(tmp_path) -> None:
-    cache = BaselineCache(tmp_path / "b.jsonl", BaselineSettings("judge-gen", 1, "idx", judge=False))
+    settings = BaselineSettings("judge-gen", 1, "idx", judge=False, backend="transformers", decoding="greedy")
+    cache = BaselineCache(tmp_path / "b.jsonl", settings)
     client = GeneratorClient.in_process(JudgingGenerator(ANSWERS, accept=set()))
     with pytest.raises(ValueError, match="use_judge=True"):
         RewardScorer(client, cache, RewardConfig(use_judge=True))

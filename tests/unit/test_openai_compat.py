@@ -20,10 +20,14 @@ from s3_ray.generation import (
     CachedGenerator,
     OpenAICompatError,
     OpenAICompatGenerator,
+    PromptTooLongError,
     ResponseCache,
     build_generator,
     cache_key,
 )
+from s3_ray.generation.fit import CharEstimateCounter, ChatTemplateCounter, load_local_tokenizer
+from s3_ray.generation.prompt import build_answer_messages, split_context
+from s3_ray.types import Passage
 
 KEY = "sk-test-SECRET-9f8e7d"
 
@@ -213,3 +217,53 @@ def test_build_generator_openai_and_validation(server, tmp_path) -> None:
         OpenAICompatGenerator("m", "127.0.0.1:8000")
     with pytest.raises(ValueError, match="temperature=0.5 is only supported by the openai backend"):
         build_generator(GeneratorConfig(temperature=0.5))
+
+
+# context budget ---------------------------------------------------------------------------------
+QUESTION = "Who founded the river company?"
+LONG = [Passage(str(i), f'"Doc{i}"\n' + "river town company founder " * 40) for i in range(4)]
+
+
+def test_long_context_is_cut_by_the_estimate_without_a_tokenizer(server) -> None:
+    fake, url = server
+    msgs = build_answer_messages(QUESTION, LONG)
+    gen = make(url, max_context_tokens=300)
+    assert gen.decoding["context_fit"] == "chars/3"
+    assert gen.generate([msgs]) == [f"echo:{QUESTION}"]
+    sent = fake.bodies[-1]["messages"]
+    assert sent[1]["content"] == QUESTION
+    assert len(sent[0]["content"]) < len(msgs[0]["content"]) and split_context(sent) is not None
+    assert "Doc 1 (Title: Doc0)" in sent[0]["content"] and "Doc 4 (Title: Doc3)" not in sent[0]["content"]
+    assert len(CharEstimateCounter().render(sent)) <= 300 < len(CharEstimateCounter().render(msgs))
+    assert gen.stats()["truncated_prompts"] == 1
+    roomy = make(url, max_context_tokens=100_000)
+    roomy.generate([msgs])
+    assert fake.bodies[-1]["messages"] == msgs and roomy.stats()["truncated_prompts"] == 0
+    with pytest.raises(PromptTooLongError, match="max_context_tokens=300 and has no contexts"):
+        gen.generate([user("word " * 400)])
+    assert len(fake.bodies) == 2  # the over-long prompt never reached the server
+
+
+def test_long_context_is_cut_with_a_local_tokenizer(server) -> None:
+    fake, url = server
+    gen = OpenAICompatGenerator("tiny-random", url, max_context_tokens=160)
+    assert gen.decoding["context_fit"] == "tokenizer"
+    msgs = build_answer_messages(QUESTION, LONG)
+    assert gen.generate([msgs]) == [f"echo:{QUESTION}"]
+    sent = fake.bodies[-1]["messages"]
+    counter = ChatTemplateCounter(load_local_tokenizer("tiny-random"))
+    assert len(counter.render(sent)) <= 160 < len(counter.render(msgs))
+    assert sent[1]["content"] == QUESTION and "Important: You MUST directly answer" in sent[0]["content"]
+
+
+def test_decoding_and_pickle_carry_max_context_tokens(server) -> None:
+    _, url = server
+    a, b = make(url, max_context_tokens=256), make(url, max_context_tokens=512)
+    assert a.decoding["max_context_tokens"] == 256 and b.decoding["max_context_tokens"] == 512
+    assert cache_key(a.model_id, a.decoding, user("q")) != cache_key(b.model_id, b.decoding, user("q"))
+    assert pickle.loads(pickle.dumps(a)).decoding == a.decoding
+    built = build_generator(GeneratorConfig(backend="openai", model="served-model", base_url=url, cache_path=None,
+                                            max_context_tokens=96))
+    assert built.decoding["max_context_tokens"] == 96
+    with pytest.raises(ValueError, match="max_context_tokens"):
+        make(url, max_context_tokens=0)

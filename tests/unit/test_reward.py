@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +25,8 @@ from s3_ray.reward import (
 )
 from s3_ray.types import Passage, QAItem, SearchHit, Trajectory
 
-SETTINGS = BaselineSettings(generator="fake-gen", init_k=2, retriever="fake-index")
+SETTINGS = BaselineSettings(generator="fake-gen", init_k=2, retriever="fake-index", backend="transformers",
+                            decoding="max_new_tokens=24 max_context_tokens=768 temperature=0.0 fit=tokenizer")
 
 
 class FakeRetriever:
@@ -92,7 +94,7 @@ def _traj(it: QAItem, context: list[Passage]) -> Trajectory:
 
 def _scorer_setup(tmp_path, judge: bool = False) -> tuple[list[QAItem], BaselineCache]:
     qs = items(4)
-    cache = BaselineCache(tmp_path / "b.jsonl", BaselineSettings("fake-gen", 2, "fake-index", judge=judge))
+    cache = BaselineCache(tmp_path / "b.jsonl", replace(SETTINGS, judge=judge))
     cache.append([rec("q0", 0.0), rec("q1", 1.0), rec("q2", 0.0), rec("q3", 1.0)])
     return qs, cache
 
@@ -149,11 +151,34 @@ def test_baseline_settings_mismatch_names_the_setting(tmp_path) -> None:
     BaselineCache(path, SETTINGS).append([rec("q0", 1.0)])
     assert BaselineCache(path, SETTINGS).get("q0").genacc == 1.0
     with pytest.raises(BaselineError, match="init_k=2 but init_k=5"):
-        BaselineCache(path, BaselineSettings("fake-gen", 5, "fake-index"))
+        BaselineCache(path, replace(SETTINGS, init_k=5))
     with pytest.raises(BaselineError, match="generator='fake-gen' but generator='other'"):
-        BaselineCache(path, BaselineSettings("other", 2, "fake-index"))
+        BaselineCache(path, replace(SETTINGS, generator="other"))
     loaded = BaselineCache.load(path)
     assert loaded.settings == SETTINGS and loaded.ids() == ["q0"]
+
+
+def test_baseline_settings_mismatch_on_backend_and_decoding(tmp_path) -> None:
+    path = tmp_path / "b.jsonl"
+    BaselineCache(path, SETTINGS).append([rec("q0", 1.0)])
+    with pytest.raises(BaselineError, match="backend='transformers' but backend='openai' is expected"):
+        BaselineCache(path, replace(SETTINGS, backend="openai"))
+    with pytest.raises(BaselineError, match=r"decoding='max_new_tokens=24 .*' but decoding='max_new_tokens=8 "):
+        BaselineCache(path, replace(SETTINGS, decoding="max_new_tokens=8 max_context_tokens=768 temperature=0.0"))
+
+
+def test_baseline_header_of_an_older_version_is_refused_naming_the_key(tmp_path) -> None:
+    path = tmp_path / "old.jsonl"
+    old = {"generator": "fake-gen", "init_k": 2, "retriever": "fake-index", "method": "naive_rag", "judge": False}
+    path.write_text(json.dumps({"type": "header", "version": 1, "settings": old}) + "\n"
+                    + json.dumps(rec("q0", 1.0).__dict__) + "\n")
+    with pytest.raises(BaselineError, match=r"made with backend=<not recorded> but backend='transformers' is "
+                                            r"expected; delete the file .*rerun `python -m jobs.precompute`"):
+        BaselineCache(path, SETTINGS)
+    with pytest.raises(BaselineError, match=r"made without recording backend, decoding .*jobs\.precompute"):
+        BaselineCache.load(path)
+    with pytest.raises(TypeError, match="backend"):
+        BaselineSettings("fake-gen", 2, "fake-index")  # type: ignore[call-arg]  # no silent default
 
 
 def test_baseline_rejects_corrupt_and_duplicate_lines(tmp_path) -> None:
@@ -220,7 +245,7 @@ def test_precompute_checks_k_and_generator(tmp_path) -> None:
     cache = BaselineCache(tmp_path / "b.jsonl", SETTINGS)
     with pytest.raises(BaselineError, match="k=3"):
         precompute_baseline(items(1), FakeRetriever(), FakeClient({}), 3, cache, progress=False)
-    other = BaselineCache(tmp_path / "c.jsonl", BaselineSettings("gen-x", 2, "fake-index"))
+    other = BaselineCache(tmp_path / "c.jsonl", replace(SETTINGS, generator="gen-x"))
     with pytest.raises(BaselineError, match="gen-x"):
         precompute_baseline(items(1), FakeRetriever(), FakeClient({}), 2, other, progress=False)
 
@@ -264,7 +289,12 @@ def small_run(tmp_path):
 def test_settings_from_config_track_index_and_budget(small_run) -> None:
     cfg = small_run
     s = baseline_settings(cfg)
-    assert (s.generator, s.init_k, s.method, s.judge) == ("tiny-random", 2, "naive_rag", False)
+    assert (s.generator, s.init_k, s.method, s.judge, s.backend) == ("tiny-random", 2, "naive_rag", False,
+                                                                      "transformers")
+    assert s.decoding == "max_new_tokens=4 max_context_tokens=768 temperature=0.0 fit=tokenizer"
+    served = cfg.with_overrides({"generator.backend": "openai", "generator.model": "hosted-model-without-tokenizer"})
+    assert baseline_settings(served).decoding.endswith("fit=chars/3")
+    assert baseline_settings(cfg.with_overrides({"generator.max_context_tokens": 512})).decoding != s.decoding
     assert s.retriever.startswith("bm25 ") and "corpus-sha256:" in s.retriever
     cache = open_baseline(cfg, "train")
     assert cache.path == cfg.path("baseline", "train.jsonl")
@@ -273,6 +303,10 @@ def test_settings_from_config_track_index_and_budget(small_run) -> None:
         open_baseline(cfg.with_overrides({"rollout.init_k": 5}), "train")
     with pytest.raises(BaselineError, match="generator"):
         open_baseline(cfg.with_overrides({"generator.model": "smollm2-135m-instruct"}), "train")
+    with pytest.raises(BaselineError, match="backend='transformers' but backend='openai'"):
+        open_baseline(cfg.with_overrides({"generator.backend": "openai"}), "train")
+    with pytest.raises(BaselineError, match="decoding=.*max_new_tokens=4 .* but decoding=.*max_new_tokens=9 "):
+        open_baseline(cfg.with_overrides({"generator.max_new_tokens": 9}), "train")
 
 
 def test_precompute_job_in_process_then_resume(small_run, tmp_path, capsys) -> None:
