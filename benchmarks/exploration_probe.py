@@ -1,6 +1,11 @@
 """How often does a searcher's sampling find something Gain Beyond RAG rewards? (RL's raw signal)
 
     python benchmarks/exploration_probe.py CHECKPOINT [--questions 16] [--group 8] [--temperature 1.0]
+        [--warmup-steps N --follow F]
+
+With `--warmup-steps N` the checkpoint first gets N steps of the format warm-up in-process
+(`s3_ray.rl.warmup`, on the filtered training questions after the probed ones), with a share `--follow`
+of its search demonstrations querying a name read in the initial documents.
 
 Samples `group` episodes per question from a searcher checkpoint for the first `questions`
 embedded training questions that naive RAG gets wrong (s3's filter), scores them with the frozen
@@ -23,6 +28,32 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def warm_up(model: Any, tok: Any, retriever: Any, pool: list[Any], args: Any) -> list[float]:
+    """`args.warmup_steps` supervised steps of the format warm-up on `pool`, in place."""
+    import random
+
+    import torch
+
+    from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
+    from s3_ray.config import RolloutConfig
+    from s3_ray.rl.warmup import format_demonstrations, sft_step
+
+    rng, budget = random.Random(args.seed), RolloutConfig()
+    model.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.warmup_lr)
+    losses = []
+    for _ in range(args.warmup_steps):
+        batch = rng.sample(pool, args.warmup_batch)
+        init = [[h.passage for h in row] for row in retriever.search([q.question for q in batch], budget.init_k)]
+        targets = format_demonstrations(batch, init, budget, rng, follow_fraction=args.follow)
+        prompts = [encode_prompt(tok, build_searcher_messages(q.question, d, budget)) for q, d in zip(batch, init)]
+        losses.append(sft_step(model, tok, prompts, targets, opt))
+    model.eval()
+    model.requires_grad_(False)
+    return losses
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/exploration_probe.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--warmup-batch", type=int, default=4)
+    p.add_argument("--warmup-lr", type=float, default=1e-4)
+    p.add_argument("--follow", type=float, default=0.0, help="train.warmup_follow_fraction of the warm-up")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "exploration.json"))
     args = p.parse_args(argv)
 
@@ -53,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cached = GeneratorClient.in_process(CachedGenerator(gen, ResponseCache(Path(tmp) / "cache.sqlite")))
         baseline = BaselineCache(Path(tmp) / "baseline.jsonl",
-                                 BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded"))
+                                 BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded",
+                                                  backend="transformers", decoding=str(gen.decoding)))
         pool = load_split(DataConfig(train_limit=4 * args.questions), "train")
         precompute_baseline(pool, retriever, cached, 3, baseline, batch_size=16, progress=False)
         items = filter_unanswered(pool, baseline)[0][:args.questions]
         model, tok = load_causal_lm(args.checkpoint, num_threads=args.threads)
+        if args.warmup_steps:
+            warm_pool = [it for it in load_split(DataConfig(), "train") if it.id not in {i.id for i in items}]
+            warm_losses = warm_up(model, tok, retriever, warm_pool, args)
         scfg = SearcherConfig(model=args.checkpoint, max_new_tokens=40, temperature=args.temperature,
                               max_prompt_tokens=1024)
         batch = [it for it in items for _ in range(args.group)]
@@ -71,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     found = sum(1 for t in bridge if t.item.meta["support"][1] in {p.id for p in t.context})
     queries = [turn.query for t in trajs for turn in t.turns if turn.query]
     report: dict[str, Any] = {
-        "checkpoint": args.checkpoint, "questions": len(items), "group": args.group,
+        "checkpoint": args.checkpoint, "warmup_steps": args.warmup_steps, "follow": args.follow,
+        "warmup_final_loss": warm_losses[-1] if args.warmup_steps else None, "questions": len(items), "group": args.group,
         "temperature": args.temperature, "trajectories": len(trajs),
         "positive": sum(1 for r in rewards if r > 0), "negative": sum(1 for r in rewards if r < 0),
         "groups_with_signal": sum(1 for g in groups.values() if max(g) > min(g)), "groups": len(groups),

@@ -149,6 +149,9 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1)
     warmup_lr: float = Field(5e-5, gt=0)
+    warmup_follow_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
+                                     "documents (label-free second-hop demonstrations; 0 = query the question).")
     micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")

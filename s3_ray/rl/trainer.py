@@ -168,7 +168,8 @@ class SearcherTrainer:
             items = stream.take(self.cfg.train.warmup_batch)
             hits = self.retriever.search([q.question for q in items], self.cfg.rollout.init_k)
             init = [[h.passage for h in row] for row in hits]
-            targets = format_demonstrations(items, init, self.cfg.rollout, rng)
+            targets = format_demonstrations(items, init, self.cfg.rollout, rng,
+                                            follow_fraction=self.cfg.train.warmup_follow_fraction)
             prompts = [encode_prompt(self.tokenizer, build_searcher_messages(q.question, docs, self.cfg.rollout))
                        for q, docs in zip(items, init)]
             loss = sft_step(self.model, self.tokenizer, prompts, targets, optimizer)

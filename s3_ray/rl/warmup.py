@@ -3,6 +3,12 @@
 The demonstrations teach the shape of a turn and nothing about the task: the query is the
 question itself (or its first clause), never an answer-bearing rewrite, and the selected ids are
 random. RL then has a policy whose turns parse, and learns *what* to search from the reward.
+
+With `follow_fraction` > 0 some search turns instead query a *name read in the initial documents*
+(a capitalised span of their text that the question does not contain), picked at random. No label
+is used: the demonstration shows the move a multi-hop question needs (search the entity a passage
+points to), not which entity is right, so a small searcher samples second-hop queries often enough
+for Gain Beyond RAG to tell good ones from bad ones.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from s3_ray.config import RolloutConfig
 from s3_ray.types import Passage, QAItem
 
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
+_NAME = re.compile(r"[A-Z][\w'-]*(?:\s+(?:of\s+)?[A-Z][\w'-]*)*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\(\s*)$")
 
 
 def first_clause(question: str, min_words: int = 3) -> str:
@@ -31,6 +39,32 @@ def first_clause(question: str, min_words: int = 3) -> str:
     """
     head = _CLAUSE_SPLIT.split(question.strip(), maxsplit=1)[0].strip()
     return head if len(head.split()) >= min_words else question.strip()
+
+
+def document_names(passages: Sequence[Passage], question: str) -> list[str]:
+    """Capitalised names in the passages' text (title lines skipped) that the question lacks.
+
+    A lone capitalised word that starts a sentence is skipped ("The", "Records"); names the
+    question already contains are skipped (searching them again finds the same passages).
+    Order of first appearance, no duplicates.
+
+    >>> docs = [Passage("a", '"Thaevdunport"\\nThaevdunport is a town in Qlaikeim Vale. '
+    ...                       'Records go back to 1316. The mayor is Anselm Dreilthairk.')]
+    >>> document_names(docs, "In which year was the mayor of Thaevdunport born?")
+    ['Qlaikeim Vale', 'Anselm Dreilthairk']
+    """
+    asked = question.lower()
+    names: list[str] = []
+    for p in passages:
+        body = p.contents.split("\n", 1)[1] if "\n" in p.contents else p.contents
+        for m in _NAME.finditer(body):
+            name = m.group(0).strip()
+            if " " not in name and _SENTENCE_START.search(body[: m.start()]):
+                continue
+            if name.lower() in asked or name in names:
+                continue
+            names.append(name)
+    return names
 
 
 def search_turn(query: str) -> str:
@@ -52,31 +86,49 @@ def final_turn(ids: Sequence[int]) -> str:
     return f"<important_info>[{', '.join(str(i) for i in ids)}]</important_info>\n<search_complete>True</search_complete>"
 
 
+def follow_turn(ids: Sequence[int], query: str) -> str:
+    """A demonstration that keeps documents of the last block and searches a name read there.
+
+    >>> print(follow_turn([1], "Anselm Dreilthairk"))
+    <important_info>[1]</important_info>
+    <query>{"query": "Anselm Dreilthairk"}</query>
+    """
+    return f"<important_info>[{', '.join(str(i) for i in ids)}]</important_info>\n{search_turn(query)}"
+
+
 def format_demonstrations(
     items: Sequence[QAItem],
     init_passages: Sequence[Sequence[Passage]],
     budget: RolloutConfig,
     rng: random.Random,
     stop_fraction: float = 0.25,
+    follow_fraction: float = 0.0,
 ) -> list[str]:
     """One target turn per item, to follow that item's first searcher prompt.
 
     Mostly a search turn (the query is the question or its first clause); with probability
     `stop_fraction` a stopping turn that keeps 1..`budget.keep_per_turn` random documents of the
-    init block (ids 1..len(init block)), so both endings of an episode are seen.
+    init block (ids 1..len(init block)), so both endings of an episode are seen. Of the search
+    turns, a share `follow_fraction` keeps random documents and queries a random name from
+    `document_names` instead (when the init block has one).
     """
     if len(items) != len(init_passages):
         raise ValueError(f"{len(items)} items but {len(init_passages)} init-passage lists")
     if not 0.0 <= stop_fraction <= 1.0:
         raise ValueError(f"stop_fraction must be in [0, 1], got {stop_fraction}")
+    if not 0.0 <= follow_fraction <= 1.0:
+        raise ValueError(f"follow_fraction must be in [0, 1], got {follow_fraction}")
     targets = []
     for item, docs in zip(items, init_passages):
         if not item.question.strip():
             raise ValueError(f"item {item.id!r} has an empty question")
+        k = min(budget.keep_per_turn, len(docs))
+        kept = sorted(rng.sample(range(1, len(docs) + 1), rng.randint(1, k) if k > 0 else 0))
+        names = document_names(docs, item.question) if follow_fraction > 0 else []
         if rng.random() < stop_fraction:
-            k = min(budget.keep_per_turn, len(docs))
-            n = rng.randint(1, k) if k > 0 else 0
-            targets.append(final_turn(sorted(rng.sample(range(1, len(docs) + 1), n))))
+            targets.append(final_turn(kept))
+        elif names and rng.random() < follow_fraction:
+            targets.append(follow_turn(kept, rng.choice(names)))
         else:
             query = item.question.strip() if rng.random() < 0.5 else first_clause(item.question)
             targets.append(search_turn(query))

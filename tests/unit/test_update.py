@@ -12,7 +12,7 @@ from s3_ray.config import RolloutConfig, TrainConfig
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.batch import collate, token_logprobs
 from s3_ray.rl.update import PolicyUpdater
-from s3_ray.rl.warmup import first_clause, format_demonstrations, sft_step
+from s3_ray.rl.warmup import document_names, first_clause, follow_turn, format_demonstrations, sft_step
 from s3_ray.types import Passage, QAItem, Trajectory
 
 torch.set_num_threads(1)
@@ -244,6 +244,32 @@ def test_format_demonstrations_teach_format_not_answers():
         ids = [int(x) for x in t.split("[")[1].split("]")[0].split(",")]
         assert 1 <= len(ids) <= 2 and all(1 <= i <= 3 for i in ids)
     assert first_clause("Hi, there") == "Hi, there"
+
+
+def test_follow_demonstrations_query_names_from_documents_never_answers():
+    items = [QAItem(f"q{i}", f"In which year was the mayor of Town{i} born?", ("1798",)) for i in range(60)]
+    docs = [[Passage("a", f'"Town{i}"\nTown{i} lies in Qlai Vale. The mayor is Anselm Dreil, born 1798.'),
+             Passage("b", '"Other"\nNothing capitalised here.')] for i in range(60)]
+    targets = format_demonstrations(items, docs, RolloutConfig(keep_per_turn=2), random.Random(1),
+                                    stop_fraction=0.0, follow_fraction=0.5)
+    follows = [t for t in targets if t.startswith("<important_info>")]
+    plain = [t for t in targets if t.startswith("<query>")]
+    assert follows and plain and len(follows) + len(plain) == len(targets)
+    for t in follows:  # keeps documents of the init block, then searches a name the question lacks
+        ids = [int(x) for x in t.split("[")[1].split("]")[0].split(",")]
+        assert 1 <= len(ids) <= 2 and all(1 <= i <= 2 for i in ids)
+        assert t.endswith('{"query": "Anselm Dreil"}</query>') or t.endswith('{"query": "Qlai Vale"}</query>')
+    assert all("1798" not in t for t in targets)
+    assert "Town" not in " ".join(document_names(docs[0], items[0].question))
+    with pytest.raises(ValueError, match="follow_fraction"):
+        format_demonstrations(items, docs, RolloutConfig(), random.Random(0), follow_fraction=1.5)
+
+
+def test_follow_turn_parses_as_a_search_that_keeps_documents():
+    from s3_ray.agent.protocol import parse_turn
+
+    turn = parse_turn(follow_turn([2, 1], 'Anselm "Dreil"'), block_size=3)
+    assert turn.query == 'Anselm "Dreil"' and list(turn.selected) == [2, 1] and not turn.complete and turn.malformed is None
 
 
 def test_sft_step_lowers_target_loss_and_ignores_prompt(model_tok):
