@@ -17,7 +17,7 @@ in <run_dir>/eval/<split>/. Otherwise every listed set (FlashRAG JSONL, s3 parqu
 or by name from the hub), sampled to `eval.limit`, results in <run_dir>/eval/<dataset>/<method>.jsonl
 and a per-data-set + average report in <run_dir>/eval/report/. An interrupted run resumes where
 it stopped. `--dry-run` resolves and prints the whole plan (config, data sets, methods, paths)
-without starting Ray or loading models; it exits 2 when something in the plan is missing.
+without starting Ray or loading models; it lists missing inputs and exits 2 on contradictions.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,18 +133,21 @@ def _counter(cfg: S3Config) -> Any:
     return token_counter(cfg.eval.context_tokenizer) if cfg.eval.context_tokenizer else None
 
 
-def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Everything the run would use, and what is missing; loads no model and touches no network."""
+def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(plan, missing, problems): everything the run would use, the inputs not there yet (an
+    index, a data file, a checkpoint) and contradictions that fail whatever exists. Loads no
+    model and touches no network."""
     from s3_ray.data.datasets import infer_format
     from s3_ray.data.embedded import resolve_paths
     from s3_ray.eval.methods import BASELINES, METHODS
 
     problems: list[str] = []
+    missing: list[str] = []
 
     def check(path: str | Path, what: str) -> dict[str, Any]:
         exists = Path(path).exists()
         if not exists:
-            problems.append(f"{what}: {path} does not exist")
+            missing.append(f"{what}: {path} does not exist")
         return {"path": str(path), "exists": exists}
 
     datasets = []
@@ -184,7 +188,7 @@ def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list
     r, g = cfg.retrieval, cfg.generator
     retrieval = {"backend": r.backend, "index_dir": r.index_dir, "index_built": (Path(r.index_dir) / "manifest.json").is_file()}
     if not retrieval["index_built"]:
-        problems.append(f"retrieval.index_dir: no index at {r.index_dir}; build it with `python -m jobs.build_index`")
+        missing.append(f"retrieval.index_dir: no index at {r.index_dir}; build it with `python -m jobs.build_index`")
     if r.backend != "bm25":
         retrieval.update(encoder=r.encoder, index_type=r.index_type)
     generator = {"backend": g.backend, "model": g.model, "max_context_tokens": g.max_context_tokens}
@@ -199,7 +203,7 @@ def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list
                          "keep_per_turn": cfg.rollout.keep_per_turn, "max_turns": cfg.rollout.max_turns},
              "context_size": f"tokens ({cfg.eval.context_tokenizer})" if cfg.eval.context_tokenizer else "words",
              "judge": cfg.reward.use_judge,
-             "report_dir": str(report)}, problems)
+             "report_dir": str(report)}, missing, problems)
 
 
 def _methods(cfg: S3Config, retriever: Any, searchers: dict[str, str], map_fn: Any) -> list[Any]:
@@ -266,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.task_cpus <= 0:
         parser.error(f"--task-cpus must be > 0, got {args.task_cpus}")
 
-    if args.dry_run:
-        resolved, problems = plan(cfg, searchers)
-        print(json.dumps({"plan": resolved, "problems": problems}, indent=2))
+    if args.dry_run:  # the same shape and exit status as every job's --dry-run (jobs/plan.py)
+        resolved, missing, problems = plan(cfg, searchers)
+        print(json.dumps({"job": "evaluate", "plan": resolved, "missing": missing, "problems": problems}, indent=2))
+        if problems:
+            print(f"[s3-ray] dry run of evaluate: {len(problems)} problem(s)", file=sys.stderr)
         return 2 if problems else 0
 
     runtime.init_ray()

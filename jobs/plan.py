@@ -188,7 +188,8 @@ def train_workers(cfg: S3Config) -> dict[str, Any]:
     gpus = t.gpus_per_worker if t.gpus_per_worker is not None else (1 if cuda_visible() else 0)
     return {"num_workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker, "gpus_per_worker": gpus,
             "total_cpus": t.num_workers * t.cpus_per_worker, "total_gpus": t.num_workers * gpus,
-            "strategy": ("fsdp" if gpus else "ddp") if t.num_workers > 1 else "single process"}
+            # what s3_ray/rl/worker.py does: every worker holds a full copy of the policy
+            "strategy": ("ddp (nccl)" if gpus else "ddp (gloo)") if t.num_workers > 1 else "single process"}
 
 
 def training_entry(cfg: S3Config) -> dict[str, Any]:
@@ -196,7 +197,8 @@ def training_entry(cfg: S3Config) -> dict[str, Any]:
     return {"algorithm": t.algorithm, "steps": t.steps, "questions_per_step": t.questions_per_step,
             "group_size": t.group_size, "trajectories_per_step": t.questions_per_step * t.group_size,
             "lr": t.lr, "kl_coef": t.kl_coef, "kl_target": t.kl_target, "lora_rank": t.lora_rank,
-            "warmup_steps": t.warmup_steps, "checkpoint_every": t.checkpoint_every}
+            "warmup_steps": t.warmup_steps, "checkpoint_every": t.checkpoint_every,
+            "keep_checkpoints": t.keep_checkpoints}
 
 
 def budgets(cfg: S3Config) -> dict[str, int]:
@@ -235,12 +237,10 @@ def demo_plan(cfg: S3Config) -> Plan:
     plan = train_plan(cfg, name="demo", job="demo", made_here=True)
     plan.add("data", data_entry(cfg, plan, ["train", cfg.eval.split], corpus=True))
     plan.add("baseline", [baseline_entry(cfg, plan, s, required=False) for s in ("train", cfg.eval.split)])
-    evaluation, eval_problems = eval_plan(cfg, {})
-    for p in eval_problems:  # index, data and generator are checked above; the demo builds the index
-        if p.startswith("eval.methods"):
-            plan.problems.append(p)
-        elif p.startswith("checkpoint"):
-            plan.missing.append(p)
+    evaluation, eval_missing, eval_problems = eval_plan(cfg, {})
+    # index, data and generator are checked above (the demo builds the index)
+    plan.problems.extend(p for p in eval_problems if p.startswith("eval.methods"))
+    plan.missing.extend(m for m in eval_missing if m.startswith("checkpoint"))
     trained = [{"name": "s3_trained", "kind": "s3", "model": "the run's last checkpoint"}]
     if cfg.train.warmup_steps > 0:
         trained.insert(0, {"name": "s3_warmup_only", "kind": "s3", "model": "the step-0 checkpoint"})

@@ -58,8 +58,10 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
             name=name,
             storage_path=str(Path(cfg.run_dir, "ray").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
-            # every checkpoint is kept; ranking by reward makes Result.best_checkpoints meaningful
-            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="reward", checkpoint_score_order="max"),
+            # ranked by reward: Result.best_checkpoints is meaningful, and keep_checkpoints drops the
+            # lowest-reward ones (Ray always keeps the latest, so a restart resumes where it stopped)
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute="reward", checkpoint_score_order="max"),
         ),
     )
     return trainer.fit()

@@ -146,6 +146,10 @@ class TrainConfig(_Strict):
         None, ge=0, description="GPUs per Train worker; None: 1 when the submitting process sees CUDA, else 0 "
                                 "(set it on a cluster whose head node has no GPU).")
     checkpoint_every: int = Field(2, ge=1)
+    keep_checkpoints: int | None = Field(
+        None, ge=1, description="Checkpoints kept on disk: this many with the highest training reward, plus the "
+                                "latest (for resume) when it is not among them. None: all. The warm-up "
+                                "checkpoint (reward NaN) is the first to go.")
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1)
     warmup_lr: float = Field(5e-5, gt=0)

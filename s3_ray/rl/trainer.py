@@ -62,8 +62,9 @@ class SearcherTrainer:
     """Owns the policy, its updater and the question stream of one training process."""
 
     def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
-                 scorer: Any, items: list[QAItem]) -> None:
+                 scorer: Any, items: list[QAItem], rank: int = 0) -> None:
         self.cfg = cfg
+        self.rank = rank  # offsets the vLLM engine's sampling seed, as torch's is offset per worker
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.scorer = scorer
@@ -107,7 +108,7 @@ class SearcherTrainer:
         if self.cfg.searcher.backend != "vllm":
             return make_policy(bare, self.tokenizer, self.cfg.searcher)
         if self._engine is None:
-            self._engine = make_policy(bare, self.tokenizer, self.cfg.searcher, seed=self.cfg.seed)
+            self._engine = make_policy(bare, self.tokenizer, self.cfg.searcher, seed=self.cfg.seed + self.rank)
             self._engine_stale = False  # built with the current weights
         self.sync_rollout_weights()
         return self._engine

@@ -113,7 +113,8 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
 
     cfg = _cfg(tmp_path, **{"train.steps": 3, "train.lora_rank": 4, "train.warmup_steps": 1,
                             "train.warmup_batch": 2, "train.algorithm": "rloo", "train.kl_target": 0.01,
-                            "train.gradient_checkpointing": True, "train.micro_batch": 1})
+                            "train.gradient_checkpointing": True, "train.micro_batch": 1,
+                            "train.keep_checkpoints": 2})
     result = run_training(cfg, load_split(cfg.data, "train"), _retriever(cfg), ToyScorer(), name="crash",
                           fail_at_step=1, max_failures=1)
     assert result.error is None
@@ -129,6 +130,10 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
     rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
     coefs = [r["kl_coef"] for r in rows if "kl_coef" in r]
     assert len(coefs) == 3 and coefs[0] == pytest.approx(0.01) and len(set(coefs)) == 3  # adapted, carried over
+    # 4 checkpoints were written (steps 0-3); keep_checkpoints=2 keeps the 2 best by reward plus the
+    # latest when it is not among them
+    kept = sorted(p for p in (Path(cfg.run_dir) / "ray" / "crash").glob("checkpoint_*") if p.is_dir())
+    assert 2 <= len(kept) <= 3 and ckpt in kept
 
 
 def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):

@@ -63,7 +63,7 @@ def test_train_plan_resources_follow_the_config(capsys: pytest.CaptureFixture[st
     plan = out["plan"]
     assert rc == 0
     assert plan["train_workers"]["num_workers"] == 2 and plan["train_workers"]["total_cpus"] == 1.0
-    assert plan["train_workers"]["strategy"] in ("ddp", "fsdp")
+    assert plan["train_workers"]["strategy"] in ("ddp (gloo)", "ddp (nccl)")
     apps = {a["app"]: a for a in plan["serve"]["apps"]}
     assert apps["retriever"]["replicas"] == 3 and apps["generator"]["cpus_per_replica"] == 1.5
     assert plan["serve"]["total_cpus"] == pytest.approx(3 * 0.25 + 1.5)
@@ -163,7 +163,7 @@ def test_gpu_requests_come_from_the_config(capsys: pytest.CaptureFixture[str]) -
     plan = out["plan"]
     assert rc == 0
     assert plan["train_workers"]["gpus_per_worker"] == 1 and plan["train_workers"]["total_gpus"] == 2
-    assert plan["train_workers"]["strategy"] == "fsdp"
+    assert plan["train_workers"]["strategy"] == "ddp (nccl)"
     apps = {a["app"]: a for a in plan["serve"]["apps"]}
     assert apps["retriever"]["gpus_per_replica"] == 0.5 and apps["generator"]["gpus_per_replica"] == 1
     assert plan["serve"]["total_gpus"] == pytest.approx(1.5)

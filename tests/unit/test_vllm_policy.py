@@ -289,11 +289,12 @@ def test_trainer_pushes_updated_weights_into_the_engine(fake_vllm, tiny, lora_ra
     model, ref = build_policy(copy.deepcopy(base), train)
     items = [QAItem("q1", "Where does the river Wend flow?", ("Alder Town",)),
              QAItem("q2", "Who founded the company?", ("Clara Holt",))]
-    trainer = SearcherTrainer(cfg, model, ref, tok, FakeRetriever(), AlternatingScorer(), items)
+    trainer = SearcherTrainer(cfg, model, ref, tok, FakeRetriever(), AlternatingScorer(), items, rank=3)
     assert fake_vllm.engines == []  # the engine starts with the first rollout
 
     metrics = trainer.train_step()
     (engine,) = fake_vllm.engines
+    assert engine.kwargs["seed"] == cfg.seed + 3  # each Train worker samples differently
     before, after = engine.worker.loaded  # at engine start, then after the update
     now = merged_state_dict(model) if lora_rank else model.state_dict()
     assert after.keys() == now.keys() and all(torch.equal(after[k], v) for k, v in now.items())
