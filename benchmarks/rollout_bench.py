@@ -8,7 +8,9 @@ embedded corpus, it measures:
    for every live episode) vs a per-episode loop (`run_rollout` on one question at a time);
 2. tokens per episode with and without tag stops (`HFPolicy(stop_at_tags=False)`): tokens the
    model decoded (what costs time) and tokens kept in the trajectory (what the protocol needs),
-   and the decode steps each variant ran.
+   and the decode steps each variant ran;
+3. both rollouts again without keeping the KV cache between turns (`HFPolicy(reuse_cache=False)`:
+   every turn re-reads the whole episode), and the prompt positions each variant fed the model.
 Prints a table and writes everything to JSON.
 """
 
@@ -46,7 +48,7 @@ class DecodeCounter:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.inner(*args, **kwargs)
-        new = out[:, kwargs["input_ids"].shape[1]:]
+        new = out.sequences[:, kwargs["input_ids"].shape[1]:]
         self.steps += int(new.shape[1])
         self.tokens += int((new != self.pad_id).sum())
         return out
@@ -62,7 +64,7 @@ def timed_rollout(groups: list[list[QAItem]], policy: HFPolicy, tok: Any, retrie
                   scfg: SearcherConfig, counter: DecodeCounter) -> dict[str, Any]:
     """Run each group as one rollout; returns throughput and token counts over all episodes."""
     counter.reset()
-    calls_before = policy.stats.calls
+    calls_before, fed_before = policy.stats.calls, policy.prefill_tokens
     trajs, start = [], time.perf_counter()
     for group in groups:
         trajs.extend(run_rollout(group, policy, tok, retriever, budget, scfg))
@@ -74,6 +76,7 @@ def timed_rollout(groups: list[list[QAItem]], policy: HFPolicy, tok: Any, retrie
         "seconds": seconds,
         "episodes_per_s": n / seconds,
         "policy_calls": policy.stats.calls - calls_before,
+        "prefill_positions": policy.prefill_tokens - fed_before,
         "decode_steps": counter.steps,
         "decoded_tokens_per_episode": counter.tokens / n,
         "kept_tokens_per_episode": sum(sum(t.loss_mask) for t in trajs) / n,
@@ -107,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         budget = RolloutConfig(init_k=3, top_k=3, keep_per_turn=2, max_turns=args.max_turns)
         counter = DecodeCounter(model, tok.pad_token_id)
         stopping, no_stop = HFPolicy(model, tok, scfg), HFPolicy(model, tok, scfg, stop_at_tags=False)
+        no_reuse = HFPolicy(model, tok, scfg, reuse_cache=False)
         run_rollout(items[:1], stopping, tok, retriever, budget, scfg)  # warm-up (allocator, kernels)
         t0 = time.perf_counter()
         batched = timed_rollout([items], stopping, tok, retriever, budget, scfg, counter)
         loop = timed_rollout([[it] for it in items], stopping, tok, retriever, budget, scfg, counter)
         unstopped = timed_rollout([items], no_stop, tok, retriever, budget, scfg, counter)
+        batched_full = timed_rollout([items], no_reuse, tok, retriever, budget, scfg, counter)
+        loop_full = timed_rollout([[it] for it in items], no_reuse, tok, retriever, budget, scfg, counter)
         total = time.perf_counter() - t0
         counter.restore()
 
@@ -125,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         "batched": batched,
         "per_episode_loop": loop,
         "batched_no_stop": unstopped,
+        "batched_no_kv_reuse": batched_full,
+        "per_episode_loop_no_kv_reuse": loop_full,
         "speedup_batched_vs_loop": batched["episodes_per_s"] / loop["episodes_per_s"],
+        "speedup_batched_vs_naive_loop": batched["episodes_per_s"] / loop_full["episodes_per_s"],
+        "speedup_kv_reuse_batched": batched["episodes_per_s"] / batched_full["episodes_per_s"],
+        "same_tokens_with_and_without_kv_reuse": batched["contexts"] == batched_full["contexts"]
+        and batched["kept_tokens_per_episode"] == batched_full["kept_tokens_per_episode"],
         "speedup_stop_vs_no_stop": batched["episodes_per_s"] / unstopped["episodes_per_s"],
         "same_context_batched_vs_loop": same,
         "seconds_total": total,
@@ -140,21 +152,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(r: dict[str, Any]) -> str:
     rows = [("batched rollout", r["batched"]), ("per-episode loop", r["per_episode_loop"]),
-            ("batched, no tag stops", r["batched_no_stop"])]
+            ("batched, no tag stops", r["batched_no_stop"]), ("batched, no KV reuse", r["batched_no_kv_reuse"]),
+            ("per-episode loop, no KV reuse", r["per_episode_loop_no_kv_reuse"])]
     lines = [f"model {r['model']}, {r['questions']} questions, budget top_k={r['budget']['top_k']} "
              f"keep={r['budget']['keep_per_turn']} max_turns={r['budget']['max_turns']}, "
              f"max_new_tokens={r['max_new_tokens']}, greedy",
              "",
-             "| variant | episodes/s | seconds | policy calls | decode steps | decoded tok/episode "
-             "| kept tok/episode | searches/episode |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | episodes/s | seconds | policy calls | prefill positions | decode steps "
+             "| decoded tok/episode | kept tok/episode | searches/episode |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in rows:
         lines.append(f"| {name} | {v['episodes_per_s']:.3f} | {v['seconds']:.1f} | {v['policy_calls']} "
-                     f"| {v['decode_steps']} | {v['decoded_tokens_per_episode']:.1f} "
+                     f"| {v['prefill_positions']} | {v['decode_steps']} | {v['decoded_tokens_per_episode']:.1f} "
                      f"| {v['kept_tokens_per_episode']:.1f} | {v['searches_mean']:.2f} |")
     lines += ["",
               f"batched vs loop: {r['speedup_batched_vs_loop']:.2f}x episodes/s "
               f"({r['same_context_batched_vs_loop']}/{r['questions']} identical contexts)",
+              f"batched vs a per-episode loop without KV reuse: {r['speedup_batched_vs_naive_loop']:.2f}x",
+              f"KV reuse across turns (batched): {r['speedup_kv_reuse_batched']:.2f}x, same tokens: "
+              f"{r['same_tokens_with_and_without_kv_reuse']}",
               f"tag stops vs none: {r['speedup_stop_vs_no_stop']:.2f}x episodes/s"]
     return "\n".join(lines)
 

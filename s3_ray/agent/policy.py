@@ -126,9 +126,12 @@ def _stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
 class HFPolicy:
     """Batched sampling from a transformers causal LM with left padding and tag stops."""
 
-    def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig, stop_at_tags: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig, stop_at_tags: bool = True,
+                 reuse_cache: bool = True) -> None:
         """`stop_at_tags=False` decodes every row to `max_new_tokens` (or eos) and only cuts the
-        turn afterwards: same turns, more decoding; kept to measure what early stopping saves."""
+        turn afterwards: same turns, more decoding; kept to measure what early stopping saves.
+        `reuse_cache` keeps the batch's KV cache from one turn to the next (`turn_cache`), so a
+        turn feeds only the tokens added since; call `reset_cache()` after changing the weights."""
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before building HFPolicy")
         self.model = model
@@ -136,6 +139,9 @@ class HFPolicy:
         self.cfg = cfg
         self.stats = PolicyStats()
         self.stop_at_tags = stop_at_tags
+        self.reuse_cache = reuse_cache
+        self._cache: Any = None  # TurnCache of the last call, or None
+        self.prefill_tokens = 0  # rows x positions fed before decoding, padding included (what reuse saves)
         eos = tokenizer.eos_token_id
         self._drop = {tokenizer.pad_token_id} | ({eos} if eos is not None else set())
 
@@ -155,23 +161,50 @@ class HFPolicy:
         device = getattr(self.model, "device", torch.device("cpu"))
         return ids.to(device), mask.to(device)
 
+    def reset_cache(self) -> None:
+        """Drop the kept KV cache (frees its memory; the next call prefills in full)."""
+        self._cache = None
+
+    def _inputs(self, seqs: list[list[int]]) -> tuple[Any, Any, Any, bool]:
+        """(ids, mask, past, cacheable): a continuation of the kept cache when every sequence
+        extends one of its rows, else a fresh left-padded batch."""
+        limit = self.cfg.max_prompt_tokens
+        cacheable = self.reuse_cache and all(len(s) <= limit for s in seqs)
+        cache, self._cache = self._cache, None  # consumed either way
+        if cacheable and cache is not None:
+            cont = cache.extend(seqs, self.tokenizer.pad_token_id, max_width=2 * limit)
+            if cont is not None:
+                ids, mask, past = cont
+                self.prefill_tokens += int(ids.shape[0]) * (int(ids.shape[1]) - cache.width)
+                return ids, mask, past, True
+        ids, mask = self._batch(seqs)
+        self.prefill_tokens += int(ids.numel())
+        return ids, mask, None, cacheable
+
     def generate(self, seqs: list[list[int]]) -> list[list[int]]:
         """One turn for every sequence (token ids, without trailing pad / eos)."""
         import torch
         from transformers import StoppingCriteriaList
 
+        from s3_ray.agent.turn_cache import after_generate
+
         if not seqs:
             return []
         check_seqs(seqs)
         t0 = time.perf_counter()
-        ids, mask = self._batch(seqs)
+        ids, mask, past, cacheable = self._inputs(seqs)
+        device = getattr(self.model, "device", torch.device("cpu"))
+        ids, mask = ids.to(device), mask.to(device)
         prompt_len = ids.shape[1]
         sample = self.cfg.temperature > 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.cfg.max_new_tokens,
             "do_sample": sample,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "return_dict_in_generate": True,
         }
+        if past is not None:
+            kwargs["past_key_values"] = past
         if self.stop_at_tags:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len)])
         if sample:
@@ -185,11 +218,14 @@ class HFPolicy:
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         finally:
             self.model.train(was_training)
+        generated = out.sequences[:, prompt_len:]
         results: list[list[int]] = []
-        for row in out[:, prompt_len:].tolist():
+        for row in generated.tolist():
             cut = stop_length(self.tokenizer, row)
             row = row[:cut] if cut is not None else row
             results.append(strip_trailing(row, self._drop))
+        if cacheable:
+            self._cache = after_generate(getattr(out, "past_key_values", None), ids, mask, seqs, results, generated)
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
         return results
 

@@ -78,27 +78,32 @@ def run_rollout(
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     max_generations = budget.max_turns + 2  # == Episode.max_generations
-    for _ in range(max_generations):
-        active = [i for i, ep in enumerate(episodes) if not ep.done]
-        if not active:
-            break
-        limit = searcher_cfg.max_prompt_tokens
-        outputs = policy.generate([(trajs[i].prompt_ids + trajs[i].response_ids)[-limit:] for i in active])
-        if len(outputs) != len(active):
-            raise ValueError(f"policy returned {len(outputs)} turns for {len(active)} sequences")
-        searching: list[tuple[int, str]] = []
-        for i, ids in zip(active, outputs):
-            append(i, list(ids), 1)
-            query = episodes[i].step(tokenizer.decode(list(ids), skip_special_tokens=True))
-            if query is not None:
-                searching.append((i, query))
-            elif episodes[i].needs_nudge:
-                append(i, env_ids(episodes[i].nudge()), 0)
-        if searching:
-            k = max(episodes[i].retrieval_k for i, _ in searching)
-            hits = _search(retriever, [q for _, q in searching], k)
-            for (i, _), episode_hits in zip(searching, hits):
-                append(i, env_ids(episodes[i].observe(episode_hits)), 0)
+    try:
+        for _ in range(max_generations):
+            active = [i for i, ep in enumerate(episodes) if not ep.done]
+            if not active:
+                break
+            limit = searcher_cfg.max_prompt_tokens
+            outputs = policy.generate([(trajs[i].prompt_ids + trajs[i].response_ids)[-limit:] for i in active])
+            if len(outputs) != len(active):
+                raise ValueError(f"policy returned {len(outputs)} turns for {len(active)} sequences")
+            searching: list[tuple[int, str]] = []
+            for i, ids in zip(active, outputs):
+                append(i, list(ids), 1)
+                query = episodes[i].step(tokenizer.decode(list(ids), skip_special_tokens=True))
+                if query is not None:
+                    searching.append((i, query))
+                elif episodes[i].needs_nudge:
+                    append(i, env_ids(episodes[i].nudge()), 0)
+            if searching:
+                k = max(episodes[i].retrieval_k for i, _ in searching)
+                hits = _search(retriever, [q for _, q in searching], k)
+                for (i, _), episode_hits in zip(searching, hits):
+                    append(i, env_ids(episodes[i].observe(episode_hits)), 0)
+    finally:  # a policy may keep state (a KV cache) for the episodes of this batch only
+        release = getattr(policy, "reset_cache", None)
+        if callable(release):
+            release()
 
     for ep, traj in zip(episodes, trajs):
         if not ep.done:

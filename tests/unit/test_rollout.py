@@ -264,3 +264,37 @@ def test_hf_policy_random_model_generates_and_rollout_terminates(tiny):
         for mask, ids in _segments(t):
             if mask == 0:
                 assert env_text.fullmatch(tok.decode(ids))
+
+
+def test_kv_cache_reuse_across_turns_changes_speed_not_tokens(tiny):
+    """A rollout that keeps the KV cache between turns writes exactly the tokens of one that
+    re-reads every episode in full each turn, and feeds the model far fewer prompt positions."""
+    model, tok = tiny
+    cfg = SEARCHER.model_copy(update={"max_new_tokens": 12})
+    runs = {}
+    for reuse in (False, True):
+        policy = HFPolicy(model, tok, cfg, reuse_cache=reuse)
+        trajs = run_rollout(ITEMS, policy, tok, FakeRetriever(), BUDGET, cfg)
+        runs[reuse] = (trajs, policy)
+    (plain, p0), (cached, p1) = runs[False], runs[True]
+    assert p0.stats.calls == p1.stats.calls >= 3  # several turns: the cache had something to reuse
+    for a, b in zip(plain, cached):
+        assert a.response_ids == b.response_ids and a.loss_mask == b.loss_mask
+    assert p1.prefill_tokens < 0.6 * p0.prefill_tokens
+    assert p1._cache is None  # released when the rollout ends
+
+
+def test_turn_cache_falls_back_to_a_full_prefill(tiny):
+    """Sequences that extend no cached row (a new batch) or a layout grown too wide start over."""
+    model, tok = tiny
+    policy = HFPolicy(model, tok, SEARCHER.model_copy(update={"max_new_tokens": 4}))
+    first = policy.generate([[5, 6, 7], [8, 9]])
+    assert policy._cache is not None and policy._cache.rows[0][:3] == [5, 6, 7]
+    fed = policy.prefill_tokens
+    policy.generate([[5, 6, 7] + first[0] + [11, 12]])  # extends row 0: only the new tokens are fed
+    assert policy.prefill_tokens - fed <= 2 + len(first[0])
+    fed = policy.prefill_tokens
+    policy.generate([[1, 2, 3, 4]])  # a new batch
+    assert policy.prefill_tokens - fed == 4
+    cache = policy._cache
+    assert cache.extend([cache.rows[0] + [3]], tok.pad_token_id, max_width=cache.width) is None

@@ -184,7 +184,7 @@ class PlannedHFModel:
             rows.append(plan)
         width = max(len(r) for r in rows)
         new = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long)
-        return torch.cat([input_ids, new], dim=1)
+        return types.SimpleNamespace(sequences=torch.cat([input_ids, new], dim=1), past_key_values=None)
 
 
 def test_turns_end_exactly_where_hfpolicy_ends_them(fake_vllm, tiny) -> None:
