@@ -26,14 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-PROOF_DEFAULTS = ["data.train_limit=200", "data.test_limit=40", "train.steps=8", "train.questions_per_step=2",
-                  "train.group_size=4", "train.checkpoint_every=4"]
+PROOF_DEFAULTS = ["data.train_limit=200", "data.test_limit=40", "train.steps=10", "train.questions_per_step=2",
+                  "train.group_size=4", "train.checkpoint_every=5", "train.lr=2e-5",
+                  # label-free second-hop demonstrations: without them the 135M searcher never samples a
+                  # rewarded episode (benchmarks/exploration_probe.py), so RL has no signal at all
+                  "train.warmup_steps=24", "train.warmup_batch=4", "train.warmup_follow_fraction=0.5"]
 
 
 def oracle_script(items: dict[str, Any], titles: dict[str, str]) -> Any:
@@ -92,7 +96,26 @@ def finished_training(cfg: Any) -> dict[str, str] | None:
     return out
 
 
-def run_seed(cfg: Any, retriever: Any, generator: Any) -> dict[str, Any]:
+def reuse_deterministic_evals(cfg: Any, first: Path | None) -> list[str]:
+    """Copy the first seed's finished naive-RAG and untrained-searcher evaluations into this seed.
+
+    Both are deterministic (greedy decoding, the same model and test questions, no training), so
+    every seed would recompute identical files; the evaluation resumes from copied pair files.
+    """
+    if first is None:
+        return []
+    copied = []
+    for name in ("naive_rag.jsonl", "s3_untrained.jsonl"):
+        src = first / "eval" / cfg.eval.split / name
+        dst = cfg.path("eval", cfg.eval.split, name)
+        if src.is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            copied.append(name.removesuffix(".jsonl"))
+    return copied
+
+
+def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None) -> dict[str, Any]:
     from jobs.demo import warmup_checkpoint
     from jobs.evaluate import evaluate
     from jobs.train import run_training, training_items
@@ -116,6 +139,7 @@ def run_seed(cfg: Any, retriever: Any, generator: Any) -> dict[str, Any]:
         if warm is not None:
             searchers["s3_warmup_only"] = warm
     t_train = time.perf_counter() - t0
+    copied = reuse_deterministic_evals(cfg, first)
     summaries, _ = evaluate(cfg, retriever, generator, searchers)
     rl = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup" and "reward" in r]
     return {"seed": cfg.seed, "train_questions": len(items), "dropped": dropped,
@@ -125,7 +149,7 @@ def run_seed(cfg: Any, retriever: Any, generator: Any) -> dict[str, Any]:
             "mean_searches": statistics.mean(r.get("searches_mean", r.get("searches", 0.0)) for r in rl) if rl else 0.0,
             "malformed_rate": statistics.mean(r.get("malformed_rate", 0.0) for r in rl) if rl else 0.0,
             "train_s": round(t_train, 1), "seed_s": round(time.perf_counter() - t0, 1),
-            "reused_finished_work": reused}
+            "reused_finished_work": reused, "evals_copied_from_first_seed": copied}
 
 
 def repo_relative(value: Any) -> Any:
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         cfg = base.with_overrides({"seed": seed, "run_dir": str(root / f"seed{seed}")})
-        seeds.append(run_seed(cfg, retriever, generator))
+        seeds.append(run_seed(cfg, retriever, generator, root / f"seed{args.seeds[0]}" if seeds else None))
         runtime.log(f"seed {seed}: {json.dumps(seeds[-1]['genacc'])}")
         # written after every seed, so a stopped run still reports the seeds it finished
         report = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0]},
