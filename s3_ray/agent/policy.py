@@ -109,16 +109,45 @@ def strip_trailing(ids: list[int], drop: set[int]) -> list[int]:
     return ids[:end]
 
 
+_CLOSING_IDS: dict[int, Any] = {}
+
+
+def closing_ids(tokenizer: Any) -> Any:
+    """Token ids whose text holds ">" (a LongTensor, computed once per tokenizer).
+
+    Every stop tag ends with ">", so a row can only have just finished its turn when its newest
+    token is one of these; the stopping criterion decodes only those rows (a superset: byte
+    tokens such as "<0x41>" and special tokens are in it too, which only costs a check).
+    """
+    import torch
+
+    key = id(tokenizer)
+    if key not in _CLOSING_IDS:
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        _CLOSING_IDS[key] = torch.tensor([i for i, t in enumerate(tokens) if t is not None and ">" in t],
+                                         dtype=torch.long)
+    return _CLOSING_IDS[key]
+
+
 def _stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
     """A per-row StoppingCriteria over the tokens generated after `prompt_len`."""
     import torch
     from transformers import StoppingCriteria
 
+    closing = closing_ids(tokenizer)
+
     class _TagStop(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            start = max(prompt_len, input_ids.shape[1] - TAIL_TOKENS)
-            tails = tokenizer.batch_decode(input_ids[:, start:].tolist(), skip_special_tokens=True)
-            return torch.tensor([has_stop(t) for t in tails], dtype=torch.bool, device=input_ids.device)
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if input_ids.shape[1] <= prompt_len:
+                return done
+            rows = torch.isin(input_ids[:, -1], closing.to(input_ids.device)).nonzero().flatten().tolist()
+            if rows:
+                start = max(prompt_len, input_ids.shape[1] - TAIL_TOKENS)
+                tails = tokenizer.batch_decode(input_ids[rows, start:].tolist(), skip_special_tokens=True)
+                for row, tail in zip(rows, tails):
+                    done[row] = has_stop(tail)
+            return done
 
     return _TagStop()
 

@@ -298,3 +298,15 @@ def test_turn_cache_falls_back_to_a_full_prefill(tiny):
     assert policy.prefill_tokens - fed == 4
     cache = policy._cache
     assert cache.extend([cache.rows[0] + [3]], tok.pad_token_id, max_width=cache.width) is None
+
+
+def test_closing_ids_hold_the_last_token_of_every_stop_tag(tiny):
+    from s3_ray.agent.policy import closing_ids
+
+    _, tok = tiny
+    ids = set(closing_ids(tok).tolist())
+    for text in ('<query>{"query": "x"}</query>', "<search_complete>True</search_complete>",
+                 "<search_complete> yes </search_complete>"):
+        assert tok.encode(text, add_special_tokens=False)[-1] in ids
+    assert tok.encode(" the", add_special_tokens=False)[-1] not in ids
+    assert 0 < len(ids) < len(tok) // 2
