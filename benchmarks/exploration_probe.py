@@ -34,9 +34,8 @@ def warm_up(model: Any, tok: Any, retriever: Any, pool: list[Any], args: Any) ->
 
     import torch
 
-    from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
     from s3_ray.config import RolloutConfig
-    from s3_ray.rl.warmup import format_demonstrations, sft_step
+    from s3_ray.rl.warmup import warmup_step
 
     rng, budget = random.Random(args.seed), RolloutConfig()
     model.requires_grad_(True)
@@ -45,10 +44,7 @@ def warm_up(model: Any, tok: Any, retriever: Any, pool: list[Any], args: Any) ->
     losses = []
     for _ in range(args.warmup_steps):
         batch = rng.sample(pool, args.warmup_batch)
-        init = [[h.passage for h in row] for row in retriever.search([q.question for q in batch], budget.init_k)]
-        targets = format_demonstrations(batch, init, budget, rng, follow_fraction=args.follow)
-        prompts = [encode_prompt(tok, build_searcher_messages(q.question, d, budget)) for q, d in zip(batch, init)]
-        losses.append(sft_step(model, tok, prompts, targets, opt))
+        losses.append(warmup_step(model, tok, retriever, batch, budget, rng, opt, follow_fraction=args.follow))
     model.eval()
     model.requires_grad_(False)
     return losses

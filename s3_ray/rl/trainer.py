@@ -154,8 +154,7 @@ class SearcherTrainer:
         """Supervised format warm-up (cfg.train.warmup_steps); teaches the tags, never answers."""
         import torch
 
-        from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
-        from s3_ray.rl.warmup import format_demonstrations, sft_step
+        from s3_ray.rl.warmup import warmup_step
 
         steps = self.cfg.train.warmup_steps
         if steps == 0:
@@ -167,13 +166,8 @@ class SearcherTrainer:
         losses = []
         for i in range(steps):
             items = stream.take(self.cfg.train.warmup_batch)
-            hits = self.retriever.search([q.question for q in items], self.cfg.rollout.init_k)
-            init = [[h.passage for h in row] for row in hits]
-            targets = format_demonstrations(items, init, self.cfg.rollout, rng,
-                                            follow_fraction=self.cfg.train.warmup_follow_fraction)
-            prompts = [encode_prompt(self.tokenizer, build_searcher_messages(q.question, docs, self.cfg.rollout))
-                       for q, docs in zip(items, init)]
-            loss = sft_step(self.model, self.tokenizer, prompts, targets, optimizer)
+            loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
+                               follow_fraction=self.cfg.train.warmup_follow_fraction)
             losses.append(loss)
             if log is not None:
                 log({"warmup/loss": loss}, i)

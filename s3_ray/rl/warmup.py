@@ -135,6 +135,20 @@ def format_demonstrations(
     return targets
 
 
+def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAItem], budget: RolloutConfig,
+                rng: random.Random, optimizer: torch.optim.Optimizer, follow_fraction: float = 0.0) -> float:
+    """One warm-up step on `items`: their initial documents (one retrieval call), one demonstration
+    each after the real first searcher prompt, one `sft_step`. Returns the loss."""
+    from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
+
+    hits = retriever.search([q.question for q in items], budget.init_k)
+    init = [[h.passage for h in row] for row in hits]
+    targets = format_demonstrations(items, init, budget, rng, follow_fraction=follow_fraction)
+    prompts = [encode_prompt(tokenizer, build_searcher_messages(q.question, docs, budget))
+               for q, docs in zip(items, init)]
+    return sft_step(model, tokenizer, prompts, targets, optimizer)
+
+
 def sft_step(
     model: Any,
     tokenizer: Any,
