@@ -141,6 +141,9 @@ class TrainConfig(_Strict):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(1, ge=1)
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the whole policy; fsdp: weights, gradients and optimizer state "
+                           "sharded over the workers (FSDP2; on GPU fp32 master weights, bf16 compute).")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per Train worker; None: 1 when the submitting process sees CUDA, else 0 "
@@ -168,6 +171,14 @@ class TrainConfig(_Strict):
         0.6, gt=0, le=1, description="Stop when this share of searcher turns is malformed (None: off).")
     guard_kl: float | None = Field(None, gt=0, description="Stop when the KL to the reference exceeds this (None: off).")
     guard_patience: int = Field(2, ge=1, description="Consecutive bad steps before the guard stops the run.")
+
+    @model_validator(mode="after")
+    def _parallel_fits(self) -> "TrainConfig":
+        if self.parallel == "fsdp" and self.lora_rank > 0:
+            raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0: a LoRA run trains a few "
+                             "MB of adapter over frozen base weights, which DDP replicates cheaply; use "
+                             "train.parallel=ddp with LoRA, or train.lora_rank=0 with FSDP")
+        return self
 
 
 class EvalDatasetConfig(_Strict):

@@ -106,13 +106,18 @@ def unpack_tensor(packed: tuple[str, str, list[int], bytes] | list[Any]) -> tupl
 
 
 def policy_state_dict(model: Any) -> dict[str, Any]:
-    """The plain-model weights a rollout engine needs: merged LoRA weights for a peft model,
-    else the (DDP-unwrapped) model's own state dict."""
+    """The plain-model weights a rollout engine needs: merged LoRA weights for a peft model, the
+    gathered weights of an FSDP-sharded one (a collective: every rank calls it), else the
+    (DDP-unwrapped) model's own state dict."""
     from s3_ray.rl.lora import is_lora, merged_state_dict
+    from s3_ray.rl.sharding import full_state_dict, is_sharded
 
     if is_lora(model):
         return merged_state_dict(model)
-    return getattr(model, "module", model).state_dict()
+    bare = getattr(model, "module", model)
+    if is_sharded(bare):
+        return full_state_dict(bare, cpu=False)
+    return bare.state_dict()
 
 
 def weight_buckets(packed: Iterable[tuple[str, str, list[int], bytes]],

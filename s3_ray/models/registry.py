@@ -133,22 +133,32 @@ def attention_kwargs() -> dict[str, Any]:
     return {"dtype": dtype, "attn_implementation": "sdpa"}
 
 
-def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool = False) -> tuple[Any, Any]:
-    """Load (model, tokenizer) on CPU or the first GPU, with left padding for batched generation."""
+def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool = False,
+                   device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) with left padding for batched generation.
+
+    On `device` (default: the first GPU, else CPU) and in `dtype` (default: bf16 on a GPU, fp32 on
+    CPU; FSDP training asks for fp32 master weights).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if num_threads:
         torch.set_num_threads(num_threads)
     path = resolve_model(name)
+    kwargs = attention_kwargs()
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **attention_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         known = ", ".join(sorted([*MODELS, *BUILDERS]))
         raise ModelError(f"cannot load model {name!r} (known names: {known}): {err}") from err
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device is not None:
+        model = model.to(device)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -12,6 +12,10 @@ The folder itself is always loadable with `load_causal_lm(path)` (evaluation, se
 run resumes from `adapter/` on top of its base weights, which stay exact: merging is only done
 for the exported copy, never to the model being trained.
 
+An FSDP-sharded policy (`train.parallel: fsdp`) is saved in the same plain layout: every rank
+gathers the weights and optimiser state (`s3_ray.rl.sharding`), rank 0 writes them, and loading
+cuts them back into each rank's shards, so a sharded run resumes with any number of workers.
+
 A checkpoint is written to a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written checkpoint that `latest_checkpoint` could pick. `trainer_state.pt` holds
 only tensors and plain Python containers, and is read with `torch.load(weights_only=True)`:
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from s3_ray.rl.sharding import is_sharded, load_full_state_dict, plain_class, tied_names
 
 FORMAT_VERSION = 1
 STATE_FILE = "trainer_state.pt"
@@ -92,20 +98,22 @@ def save_checkpoint(
     step: int,
     extra: dict[str, Any] | None = None,
     tokenizer: Any = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint to `directory` atomically (an existing one there is replaced).
 
     `optimizer_state` is a state dict or an object with `state_dict()` (a torch optimiser or a
     `PolicyUpdater`, which also carries the PPO value head). `extra` (e.g. the data cursor) must
-    hold only tensors, numbers, strings, None and lists/tuples/dicts of them.
-    Only one process (rank 0) should call this.
+    hold only tensors, numbers, strings, None and lists/tuples/dicts of them. `weights` is the
+    model's plain state dict when the model itself holds shards (`sharding.full_state_dict`, and
+    `optimizer_state` then the gathered state). Only one process (rank 0) should call this.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         bare = _unwrap(model)
-        lora = _save_model(tmp, bare)
+        lora = _save_model(tmp, bare, weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(
@@ -113,7 +121,7 @@ def save_checkpoint(
             tmp / STATE_FILE,
         )
         meta = {"format": FORMAT_VERSION, "step": int(step), "created": time.time(),
-                "model_class": type(bare.get_base_model() if lora else bare).__name__, "lora": lora}
+                "model_class": plain_class(bare.get_base_model() if lora else bare).__name__, "lora": lora}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{time.time_ns()}")
@@ -128,7 +136,17 @@ def save_checkpoint(
     return directory
 
 
-def _save_model(folder: Path, bare: Any) -> bool:
+def save_hf_folder(folder: str | Path, model: Any, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """`model.save_pretrained(folder)`, with `weights` as its state dict when given (a sharded
+    model's gathered weights). The config names the model's own class, not FSDP's wrapper class."""
+    model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+    cls = plain_class(model)
+    if cls is not type(model):
+        model.config.architectures = [cls.__name__]
+        model.config.save_pretrained(folder)
+
+
+def _save_model(folder: Path, bare: Any, weights: dict[str, torch.Tensor] | None = None) -> bool:
     """Write the HF folder (merged when LoRA) and, for LoRA, the adapter; returns whether it was LoRA."""
     from s3_ray.rl.lora import (
         ADAPTER_NAME,
@@ -138,7 +156,7 @@ def _save_model(folder: Path, bare: Any) -> bool:
     )
 
     if not is_lora(bare):
-        bare.save_pretrained(folder, safe_serialization=True)
+        save_hf_folder(folder, bare, weights)
         return False
     from safetensors.torch import save_file
 
@@ -179,6 +197,13 @@ def _load_weights(directory: Path, model: Any) -> None:
         load_adapter_state_dict(bare, _read_safetensors(adapter, "adapter_model"), where=str(adapter))
         return
     weights = _read_safetensors(directory, "model")
+    if is_sharded(bare):
+        missing = load_full_state_dict(bare, weights, where=str(directory))
+        tied = tied_names(bare)
+        untied = [k for k in missing if tied.get(k, k) not in weights]
+        if untied:
+            raise ValueError(f"{directory}: model weights missing from the checkpoint: {untied[:5]}")
+        return
     result = bare.load_state_dict(weights, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{directory}: weights not in the model: {result.unexpected_keys[:5]}")

@@ -20,6 +20,27 @@ def build_policy(plain: Any, tc: TrainConfig) -> tuple[Any, Any]:
     return policy, ref
 
 
+def inference_copy(plain: Any) -> Any:
+    """A frozen, unsharded copy of `plain` for rollouts while the trained policy is FSDP-sharded
+    (bf16 on a GPU); the trainer refreshes its weights after every update."""
+    import torch
+
+    out = copy.deepcopy(plain).eval().requires_grad_(False)
+    if next(out.parameters()).device.type == "cuda":
+        out = out.to(torch.bfloat16)
+    return out
+
+
+def shard_for_training(policy: Any, ref: Any) -> tuple[Any, Any]:
+    """FSDP-shard the policy and its frozen KL reference in place (`train.parallel: fsdp`)."""
+    from s3_ray.rl.sharding import shard_model
+
+    shard_model(policy)
+    if ref is not None:
+        shard_model(ref, trainable=False)
+    return policy, ref
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute activations in the backward pass instead of keeping them (less memory, slower).
 

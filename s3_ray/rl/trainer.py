@@ -62,8 +62,11 @@ class SearcherTrainer:
     """Owns the policy, its updater and the question stream of one training process."""
 
     def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
-                 scorer: Any, items: list[QAItem], rank: int = 0) -> None:
+                 scorer: Any, items: list[QAItem], rank: int = 0, rollout_model: Any = None) -> None:
+        """`rollout_model`: an unsharded copy that samples the rollouts while `model` is FSDP-sharded
+        (transformers backend); its weights follow `model` after every change."""
         self.cfg = cfg
+        self.rollout_model = rollout_model
         self.rank = rank  # offsets the vLLM engine's sampling seed, as torch's is offset per worker
         self.tokenizer = tokenizer
         self.retriever = retriever
@@ -87,26 +90,48 @@ class SearcherTrainer:
                                      micro_batch=self.cfg.train.micro_batch)
 
     def weights_changed(self) -> None:
-        """Note that the policy's weights moved outside `train_step` (warm-up, checkpoint load):
-        a vLLM rollout engine gets them before its next rollout."""
+        """Note that the policy's weights moved (an update, the warm-up, a checkpoint load): a vLLM
+        rollout engine or the rollout copy gets them before its next rollout."""
         self._engine_stale = True
 
     def sync_rollout_weights(self) -> float:
-        """Push the current weights into the vLLM engine if it holds older ones; returns seconds."""
-        if self._engine is None or not self._engine_stale:
+        """Push the current weights into the vLLM engine or the rollout copy if it holds older ones;
+        returns seconds. With a sharded policy this gathers its weights: every rank calls it."""
+        if not self._engine_stale or (self._engine is None and self.rollout_model is None):
             return 0.0
-        from s3_ray.agent.vllm_policy import policy_state_dict
+        from s3_ray.agent.vllm_policy import policy_state_dict  # imports no vLLM
 
-        seconds = self._engine.load_weights(policy_state_dict(self.model))
+        if self._engine is not None:
+            seconds = self._engine.load_weights(policy_state_dict(self.model))
+        else:
+            seconds = self._refresh_rollout_copy()
         self._engine_stale = False
         return seconds
+
+    def _refresh_rollout_copy(self) -> float:
+        """Copy the policy's weights into the rollout copy, one gathered tensor at a time."""
+        import torch
+
+        from s3_ray.rl.sharding import iter_full_state
+
+        t0 = time.perf_counter()
+        target = self.rollout_model.state_dict()
+        with torch.no_grad():
+            for name, full in iter_full_state(self.model, cpu=False):
+                if name not in target:
+                    raise ValueError(f"rollout copy: {name} is not in the model")
+                target[name].copy_(full)
+        return time.perf_counter() - t0
 
     def _rollout_policy(self, bare: Any) -> Any:
         """A fresh HFPolicy over the model, or the one vLLM engine holding the current weights."""
         from s3_ray.agent.policy import make_policy
 
         if self.cfg.searcher.backend != "vllm":
-            return make_policy(bare, self.tokenizer, self.cfg.searcher)
+            if self.rollout_model is None:
+                return make_policy(bare, self.tokenizer, self.cfg.searcher)
+            self.sync_rollout_weights()
+            return make_policy(self.rollout_model, self.tokenizer, self.cfg.searcher)
         if self._engine is None:
             self._engine = make_policy(bare, self.tokenizer, self.cfg.searcher, seed=self.cfg.seed + self.rank)
             self._engine_stale = False  # built with the current weights
@@ -139,7 +164,7 @@ class SearcherTrainer:
         metrics = dict(self.updater.step(trajs))
         t3 = time.perf_counter()
         self.weights_changed()
-        if self._engine is not None:
+        if self._engine is not None or self.rollout_model is not None:
             metrics["time/weight_sync_s"] = self.sync_rollout_weights()
         metrics.update(rollout_stats(trajs))
         metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))

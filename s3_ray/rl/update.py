@@ -9,12 +9,15 @@
    RLOO = reward minus the mean of the other samples of its group, broadcast likewise;
    PPO = GAE with the reward on the last searcher token, whitened over the batch;
 4. micro-batches with gradient accumulation: clipped PG + kl_coef * KL - entropy_coef * entropy
-   (+ vf_coef * value loss for PPO); DDP gradient sync only on the last micro-batch;
+   (+ vf_coef * value loss for PPO); gradients are reduced across workers only on the last one;
 5. gradient clipping and one AdamW step (skipped when the gradient is not finite);
 6. the KL controller sees the step's KL (fixed coefficient, or adaptive with `train.kl_target`).
 
 The model may be wrapped in DistributedDataParallel (Ray Train's `prepare_model`): forwards go
-through the wrapper so gradients are all-reduced; config lookups go to `.module`.
+through the wrapper so gradients are all-reduced; config lookups go to `.module`. Or it may be
+sharded with FSDP (`s3_ray.rl.sharding`): then parameters, gradients and the optimiser state are
+shards, and `state_dict()` / `load_state_dict()` gather and cut the optimiser state, so what a
+checkpoint holds is the same plain state as without sharding.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from s3_ray.rl.batch import (
     token_logprobs,
 )
 from s3_ray.rl.kl_control import KLController
+from s3_ray.rl import sharding
 from s3_ray.rl.losses import (
     clipped_policy_loss,
     kl_penalty,
@@ -58,8 +62,12 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def _is_ddp(model: Any) -> bool:
-    return isinstance(model, nn.parallel.DistributedDataParallel)
+def _is_distributed(model: Any) -> bool:
+    """Whether `model` trains across workers (DDP-wrapped or FSDP-sharded, in a live process group)."""
+    import torch.distributed as dist
+
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel) or sharding.is_sharded(model)
+    return wrapped and dist.is_available() and dist.is_initialized()
 
 
 def _hidden_size(model: Any) -> int:
@@ -164,8 +172,13 @@ class PolicyUpdater:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser, KL coefficient and value head (PPO): everything a resume needs beyond the policy."""
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "moved_from_ref": self.moved_from_ref,
+        """Optimiser, KL coefficient and value head (PPO): everything a resume needs beyond the policy.
+
+        With a sharded policy the optimiser state is gathered: a collective, every rank calls it.
+        """
+        optimizer = (sharding.full_optimizer_state(self.optimizer) if sharding.is_sharded(self.model)
+                     else self.optimizer.state_dict())
+        state: dict[str, Any] = {"optimizer": optimizer, "moved_from_ref": self.moved_from_ref,
                                  "kl_controller": self.kl_ctl.state_dict()}
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
@@ -180,7 +193,10 @@ class PolicyUpdater:
             self.value_head.load_state_dict(state["value_head"])
         if self.kl_ctl.adaptive and "kl_controller" not in state:
             raise KeyError("updater state has no 'kl_controller' entry, which an adaptive-KL run needs")
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if sharding.is_sharded(self.model):  # plain saved state -> this rank's shards
+            optimizer = sharding.shard_optimizer_state(self.optimizer, optimizer)
+        self.optimizer.load_state_dict(optimizer)
         self.moved_from_ref = bool(state.get("moved_from_ref", True))
         if self.kl_ctl.adaptive:
             self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -288,7 +304,7 @@ class PolicyUpdater:
     ) -> dict[str, float]:
         """Gradient accumulation over micro-batches, then one clipped optimiser step.
 
-        A non-finite gradient norm (identical on every DDP rank, as gradients are all-reduced)
+        A non-finite gradient norm (identical on every rank, as gradients are reduced across workers)
         skips the optimiser step, so a diverged batch never writes NaN into the weights.
         """
         cfg = self.cfg
@@ -303,8 +319,7 @@ class PolicyUpdater:
             width = mb.loss_mask.shape[1]
             mmask = mask[start:stop, :width]
             share = mmask.sum().item() / n_tok  # turns per-micro-batch means into batch means
-            sync = i == len(starts) - 1 or not _is_ddp(self.model)
-            with contextlib.nullcontext() if sync else self.model.no_sync():
+            with sharding.grad_sync(self.model, sync=i == len(starts) - 1):
                 logp, entropy, values = self._forward(mb, entropy_grad=cfg.entropy_coef > 0)
                 old = logp.detach() if old_logp is None else old_logp[start:stop, :width]
                 pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok)
@@ -328,7 +343,7 @@ class PolicyUpdater:
             sums["entropy"] += ent.item()
             sums["clip_frac"] += pg_stats["clip_frac"] * share
             sums["approx_kl"] += pg_stats["approx_kl"] * share
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm))
+        sums["grad_norm"] = sharding.total_norm(torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm))
         if self.value_head is not None:
             self._sync_value_head_grads()
             torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), cfg.max_grad_norm)
@@ -345,15 +360,15 @@ class PolicyUpdater:
         signal = torch.tensor([float(not bool((adv == 0).all()))])  # NaN counts as signal: it must surface
         import torch.distributed as dist
 
-        if _is_ddp(self.model) and dist.is_available() and dist.is_initialized():
+        if _is_distributed(self.model):
             dist.all_reduce(signal, op=dist.ReduceOp.MAX)  # every rank must take the same branch
         return bool(signal.item() > 0)
 
     def _mean_over_workers(self, value: float) -> float:
-        """`value` averaged over DDP ranks, so every rank's KL controller takes the same step."""
+        """`value` averaged over workers, so every rank's KL controller takes the same step."""
         import torch.distributed as dist
 
-        if not (_is_ddp(self.model) and dist.is_available() and dist.is_initialized()):
+        if not _is_distributed(self.model):
             return value
         t = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(t)
@@ -363,7 +378,7 @@ class PolicyUpdater:
         """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""
         import torch.distributed as dist
 
-        if self.value_head is None or not (_is_ddp(self.model) and dist.is_available() and dist.is_initialized()):
+        if self.value_head is None or not _is_distributed(self.model):
             return
         world = dist.get_world_size()
         for p in self.value_head.parameters():

@@ -3,9 +3,11 @@
 Everything Ray-specific about training lives here and in `jobs/train.py`; the step itself is
 `SearcherTrainer`. Each worker:
 
-1. loads the searcher (gradient checkpointing and a LoRA adapter when configured) and its KL
-   reference: a frozen copy, or with LoRA the same model with its adapter switched off; wraps the
-   policy for DDP (gloo on CPU) with `ray.train.torch.prepare_model`;
+1. loads the searcher on its own device (gradient checkpointing and a LoRA adapter when
+   configured) and its KL reference: a frozen copy, or with LoRA the same model with its adapter
+   switched off; wraps the policy for DDP (gloo on CPU) with `ray.train.torch.prepare_model`, or
+   with `train.parallel: fsdp` shards policy and reference over the workers (FSDP2) and keeps an
+   unsharded copy for the rollouts, refreshed after every update;
 2. resumes from the checkpoint Ray Train hands back after a failure, if any (weights or adapter,
    optimizer, KL coefficient, step, question cursor, guard streaks);
 3. otherwise runs the format warm-up, if any; with LoRA its adapter is merged into the base and a
@@ -23,18 +25,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s3_ray.config import S3Config, TrainConfig
+from s3_ray.config import S3Config
 from s3_ray.types import QAItem
 
 
-def _build_policy(base: Any, tc: TrainConfig, world: int) -> tuple[Any, Any]:
-    """(policy wrapped for DDP, KL reference or None) around the plain HF model `base`."""
+def _build_policy(base: Any, cfg: S3Config, world: int) -> tuple[Any, Any, Any]:
+    """(policy wrapped for DDP or sharded for FSDP, KL reference or None, rollout copy or None)
+    around the plain HF model `base`."""
     import ray.train.torch
 
-    from s3_ray.rl.policy_setup import build_policy
+    from s3_ray.rl.policy_setup import build_policy, inference_copy, shard_for_training
 
+    tc = cfg.train
+    if tc.parallel == "fsdp":
+        rollout = inference_copy(base) if cfg.searcher.backend == "transformers" else None
+        return (*shard_for_training(*build_policy(base, tc)), rollout)
     policy, ref = build_policy(base, tc)
-    return ray.train.torch.prepare_model(policy, parallel_strategy="ddp" if world > 1 else None), ref
+    return ray.train.torch.prepare_model(policy, parallel_strategy="ddp" if world > 1 else None), ref, None
+
+
+def _device() -> Any:
+    """This worker's device: its own GPU (Ray Train shares CUDA_VISIBLE_DEVICES among a node's
+    workers, so "cuda" alone would put every worker on the first one), else the CPU."""
+    import ray.train.torch
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = ray.train.torch.get_device()
+    torch.cuda.set_device(device)
+    return device
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -42,7 +62,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from s3_ray.models import load_causal_lm
-    from s3_ray.rl.checkpoint import load_checkpoint
+    from s3_ray.rl.checkpoint import load_checkpoint, save_hf_folder
+    from s3_ray.rl.sharding import full_state_dict, is_sharded
     from s3_ray.rl.guard import CollapseGuard
     from s3_ray.rl.lora import merge_lora
     from s3_ray.rl.policy_setup import enable_gradient_checkpointing
@@ -63,15 +84,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not ref_dir or not (Path(ref_dir) / "config.json").is_file():
             raise RuntimeError(f"resuming a warm-up run needs its warmed-up base at {ref_dir!r}, which is missing")
         base_name = ref_dir
-    base, tok = load_causal_lm(base_name, num_threads=cfg.searcher.num_threads, for_training=True)
+    device = _device()
+    # FSDP keeps float32 master weights (it computes in bf16 on a GPU); DDP trains in the load dtype.
+    dtype = torch.float32 if tc.parallel == "fsdp" else None
+    base, tok = load_causal_lm(base_name, num_threads=cfg.searcher.num_threads, for_training=True,
+                               device=device, dtype=dtype)
     if tc.gradient_checkpointing:
         enable_gradient_checkpointing(base)
-    model, ref = _build_policy(base, tc, world)
+    model, ref, rollout_model = _build_policy(base, cfg, world)
 
     items = [QAItem(id=d["id"], question=d["question"], golden_answers=tuple(d["golden_answers"]),
                     meta=d.get("meta", {})) for d in loop_config["items"]]
     trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], items[rank::world],
-                              rank=rank)
+                              rank=rank, rollout_model=rollout_model)
     guard = CollapseGuard(tc)
 
     start = 0
@@ -79,6 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d), unwrap(model), trainer.updater)
         start = int(state["step"])
+        trainer.weights_changed()
         trainer.load_state(state["extra"])
         if "guard" in state["extra"]:
             guard.load_state(state["extra"]["guard"])
@@ -94,14 +120,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # RL starts from the warmed-up policy, so that is what the KL term must hold it near.
         if tc.lora_rank > 0:
             warmed = merge_lora(unwrap(model))
-            model, ref = _build_policy(warmed, tc, world)
+            model, ref, _ = _build_policy(warmed, cfg, world)
             trainer.set_policy(model, ref)
         else:
             warmed = unwrap(model)
-            if ref is not None:
+            if ref is not None:  # sharded alike under FSDP, so shards copy onto shards
                 ref.load_state_dict(warmed.state_dict())
+        weights = full_state_dict(warmed) if is_sharded(warmed) else None  # collective
         if rank == 0 and ref_dir:
-            warmed.save_pretrained(ref_dir)
+            save_hf_folder(ref_dir, warmed, weights)
             tok.save_pretrained(ref_dir)
         # Checkpoint "step 0" = after the format warm-up, before any RL: evaluating it separates
         # what the warm-up taught from what RL taught. Its reward is unknown (NaN ranks it last).
@@ -145,18 +172,27 @@ def _agree_on_stop(reason: str | None, world: int) -> str | None:
 
 def _report(metrics: dict[str, Any], rank: int, model: Any, trainer: Any, tok: Any, step: int,
             checkpoint: bool, extra: dict[str, Any]) -> None:
-    """ray.train.report on every rank; rank 0 attaches the checkpoint when one is due."""
+    """ray.train.report on every rank; rank 0 attaches the checkpoint when one is due.
+
+    A sharded policy's weights and optimiser state are gathered on every rank first (collectives);
+    rank 0 writes them in the same plain layout as an unsharded run.
+    """
     import ray.train
 
     from s3_ray.rl.checkpoint import save_checkpoint
+    from s3_ray.rl.sharding import full_state_dict, is_sharded
     from s3_ray.rl.trainer import unwrap
 
+    bare = unwrap(model)
+    weights, optimizer_state = None, trainer.updater
+    if checkpoint and is_sharded(bare):
+        weights, optimizer_state = full_state_dict(bare), trainer.updater.state_dict()
     if not checkpoint or rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ckpt"
-        save_checkpoint(path, unwrap(model), trainer.updater, step, extra=extra, tokenizer=tok)
+        save_checkpoint(path, bare, optimizer_state, step, extra=extra, tokenizer=tok, weights=weights)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
 
 

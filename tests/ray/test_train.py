@@ -151,3 +151,32 @@ def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
     assert all(torch.isfinite(p).all() for p in trained.parameters())  # the NaN step was not applied
     summary = summarize(cfg, result)
     assert "non-finite loss" in summary["stop_reason"] and summary["best_checkpoint"] is None
+
+
+def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
+    """train.parallel=fsdp over 2 gloo workers: the warm-up, the rollout copy, collective
+    checkpoints, and a worker crash resumed from the sharded run's plain checkpoint."""
+    from jobs.train import run_training
+    from s3_ray.data.embedded import load_split
+    from s3_ray.models import load_causal_lm
+
+    cfg = _cfg(tmp_path, **{"train.parallel": "fsdp", "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+                            "train.steps": 2, "train.warmup_steps": 1, "train.warmup_batch": 2,
+                            "train.kl_coef": 0.01})
+    result = run_training(cfg, load_split(cfg.data, "train"), _retriever(cfg), ToyScorer(), name="fsdp",
+                          fail_at_step=1, max_failures=1)
+    assert result.error is None
+    rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # warm-up, step 1, crash, resumed step 2
+    assert (Path(cfg.run_dir) / "train" / ".injected_failure").exists()
+    # the rollout copy follows the sharded policy after every update
+    assert all(r["time/weight_sync_s"] >= 0 for r in rows[1:])
+    ckpt = Path(result.checkpoint.path)
+    assert json.loads((ckpt / "meta.json").read_text())["step"] == 2
+    assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    trained, _ = load_causal_lm(str(ckpt))
+    warmed, _ = load_causal_lm(str(Path(cfg.run_dir) / "ray" / "fsdp" / "warmup_reference"))
+    initial, _ = load_causal_lm("tiny-random")
+    moved = lambda a, b: max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))  # noqa: E731
+    assert moved(warmed, initial) > 0, "the sharded warm-up changed no weight"
+    assert moved(trained, warmed) > 0, "two sharded RL steps changed no weight"
