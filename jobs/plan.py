@@ -196,6 +196,7 @@ def training_entry(cfg: S3Config) -> dict[str, Any]:
     t = cfg.train
     return {"algorithm": t.algorithm, "steps": t.steps, "questions_per_step": t.questions_per_step,
             "group_size": t.group_size, "trajectories_per_step": t.questions_per_step * t.group_size,
+            "questions_per_worker": t.questions_per_step // t.num_workers,
             "lr": t.lr, "kl_coef": t.kl_coef, "kl_target": t.kl_target, "lora_rank": t.lora_rank,
             "warmup_steps": t.warmup_steps, "checkpoint_every": t.checkpoint_every,
             "keep_checkpoints": t.keep_checkpoints}

@@ -128,7 +128,8 @@ class TrainConfig(_Strict):
     algorithm: Literal["grpo", "ppo", "rloo"] = Field(
         "grpo", description="grpo/rloo: group-relative, no critic; ppo: value head + GAE (the paper's setting).")
     steps: int = Field(6, ge=0)
-    questions_per_step: int = Field(4, ge=1)
+    questions_per_step: int = Field(
+        4, ge=1, description="Questions per RL step over all workers (the global batch; each worker takes its share).")
     group_size: int = Field(2, ge=1, description="Trajectories per question (GRPO groups).")
     lr: float = Field(1e-5, gt=0)
     kl_coef: float = Field(0.01, ge=0)
@@ -154,7 +155,7 @@ class TrainConfig(_Strict):
                                 "latest (for resume) when it is not among them. None: all. The warm-up "
                                 "checkpoint (reward NaN) is the first to go.")
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
-    warmup_batch: int = Field(4, ge=1)
+    warmup_batch: int = Field(4, ge=1, description="Questions per warm-up step over all workers.")
     warmup_lr: float = Field(5e-5, gt=0)
     warmup_follow_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
@@ -174,6 +175,10 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _parallel_fits(self) -> "TrainConfig":
+        for key in ("questions_per_step", "warmup_batch"):
+            if getattr(self, key) % self.num_workers:
+                raise ValueError(f"train.{key}={getattr(self, key)} is the batch over all workers: it must be a "
+                                 f"multiple of train.num_workers={self.num_workers}")
         if self.parallel == "fsdp" and self.lora_rank > 0:
             raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0: a LoRA run trains a few "
                              "MB of adapter over frozen base weights, which DDP replicates cheaply; use "

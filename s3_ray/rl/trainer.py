@@ -62,12 +62,16 @@ class SearcherTrainer:
     """Owns the policy, its updater and the question stream of one training process."""
 
     def __init__(self, cfg: S3Config, model: Any, ref_model: Any, tokenizer: Any, retriever: Any,
-                 scorer: Any, items: list[QAItem], rank: int = 0, rollout_model: Any = None) -> None:
-        """`rollout_model`: an unsharded copy that samples the rollouts while `model` is FSDP-sharded
-        (transformers backend); its weights follow `model` after every change."""
+                 scorer: Any, items: list[QAItem], rank: int = 0, rollout_model: Any = None,
+                 world: int = 1) -> None:
+        """`items` are this worker's questions (of `world` workers); it takes its share of the
+        global `train.questions_per_step` / `warmup_batch`. `rollout_model`: an unsharded copy that
+        samples the rollouts while `model` is FSDP-sharded (transformers backend); its weights
+        follow `model` after every change."""
         self.cfg = cfg
         self.rollout_model = rollout_model
         self.rank = rank  # offsets the vLLM engine's sampling seed, as torch's is offset per worker
+        self.world = world
         self.tokenizer = tokenizer
         self.retriever = retriever
         self.scorer = scorer
@@ -151,11 +155,12 @@ class SearcherTrainer:
             bare.train(was_training)
 
     def train_step(self) -> dict[str, float]:
-        """One RL step over `questions_per_step` questions x `group_size` trajectories each."""
+        """One RL step over this worker's share of `questions_per_step` questions x `group_size`
+        trajectories each (gradients are averaged over the workers)."""
         from s3_ray.agent.rollout import rollout_stats
 
         t0 = time.perf_counter()
-        questions = self.stream.take(self.cfg.train.questions_per_step)
+        questions = self.stream.take(self.cfg.train.questions_per_step // self.world)
         batch = [q for q in questions for _ in range(self.cfg.train.group_size)]
         trajs = self.rollout(batch)
         t1 = time.perf_counter()
@@ -190,7 +195,7 @@ class SearcherTrainer:
         stream = QuestionStream(self.stream.items, seed=self.cfg.seed + 1)
         losses = []
         for i in range(steps):
-            items = stream.take(self.cfg.train.warmup_batch)
+            items = stream.take(self.cfg.train.warmup_batch // self.world)
             loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
                                follow_fraction=self.cfg.train.warmup_follow_fraction)
             losses.append(loss)

@@ -96,7 +96,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     items = [QAItem(id=d["id"], question=d["question"], golden_answers=tuple(d["golden_answers"]),
                     meta=d.get("meta", {})) for d in loop_config["items"]]
     trainer = SearcherTrainer(cfg, model, ref, tok, loop_config["retriever"], loop_config["scorer"], items[rank::world],
-                              rank=rank, rollout_model=rollout_model)
+                              rank=rank, world=world, rollout_model=rollout_model)
     guard = CollapseGuard(tc)
 
     start = 0

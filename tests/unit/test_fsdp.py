@@ -142,7 +142,7 @@ def test_sharded_update_and_checkpoint_match_the_unsharded_run(tmp_path):
     assert proc.returncode == 0 and "FSDP-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-def test_fsdp_refuses_lora_and_models_without_layer_classes():
+def test_config_refuses_fsdp_with_lora_uneven_batches_and_models_without_layer_classes():
     from torch import nn
 
     from s3_ray.config import ConfigError, load_config
@@ -150,5 +150,10 @@ def test_fsdp_refuses_lora_and_models_without_layer_classes():
 
     with pytest.raises(ConfigError, match="train.parallel=fsdp does not combine with train.lora_rank"):
         load_config(None, ["train.parallel=fsdp", "train.lora_rank=4"])
+    with pytest.raises(ConfigError, match="train.questions_per_step=3 is the batch over all workers"):
+        load_config(None, ["train.num_workers=2", "train.questions_per_step=3", "train.warmup_batch=2"])
+    with pytest.raises(ConfigError, match="train.warmup_batch=3 .* multiple of train.num_workers=2"):
+        load_config(None, ["train.num_workers=2", "train.questions_per_step=4", "train.warmup_batch=3"])
+    assert load_config(None, ["train.num_workers=2", "train.warmup_batch=2"]).train.questions_per_step == 4
     with pytest.raises(ValueError, match="_no_split_modules"):
         layer_classes(nn.Linear(2, 2))
