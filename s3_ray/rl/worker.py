@@ -63,10 +63,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from s3_ray.models import load_causal_lm
     from s3_ray.rl.checkpoint import load_checkpoint, save_hf_folder
-    from s3_ray.rl.sharding import full_state_dict, is_sharded
     from s3_ray.rl.guard import CollapseGuard
     from s3_ray.rl.lora import merge_lora
     from s3_ray.rl.policy_setup import enable_gradient_checkpointing
+    from s3_ray.rl.sharding import full_state_dict, is_sharded
     from s3_ray.rl.trainer import SearcherTrainer, unwrap
     from s3_ray.tracking import MetricsLogger
 

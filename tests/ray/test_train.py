@@ -169,6 +169,8 @@ def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
     rows = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]  # warm-up, step 1, crash, resumed step 2
     assert (Path(cfg.run_dir) / "train" / ".injected_failure").exists()
+    # the sharded reference took the warmed-up weights: no KL before the first RL update
+    assert rows[1]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["update_skipped"] == 0.0
     # the rollout copy follows the sharded policy after every update
     assert all(r["time/weight_sync_s"] >= 0 for r in rows[1:])
     ckpt = Path(result.checkpoint.path)
