@@ -119,8 +119,9 @@ def run_sweep(cfg: S3Config, retriever: Any, generator: Any, name: str | None = 
     if resume is None:
         resume = tune.Tuner.can_restore(str(path))
     if cfg.sweep.mode == "train":
-        if cfg.train.num_workers > 1:
-            runtime.log(f"train.num_workers={cfg.train.num_workers}: each training trial is one process")
+        if cfg.train.num_workers > 1 or cfg.train.parallel != "ddp":
+            runtime.log(f"train.num_workers={cfg.train.num_workers}, train.parallel={cfg.train.parallel}: each "
+                        "training trial is one unsharded process taking the whole batch")
         if scorer is None:  # fail before any trial starts when a baseline is missing or stale
             from jobs.sweep_trials import training_setup
 

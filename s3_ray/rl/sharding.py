@@ -155,10 +155,18 @@ def tied_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def full_state_dict(model: nn.Module, cpu: bool = True) -> dict[str, Tensor]:
-    """The plain state dict of a (possibly sharded) model; collective for a sharded one."""
+def full_state_dict(model: nn.Module, cpu: bool = True, keep: bool = True) -> dict[str, Tensor]:
+    """The plain state dict of a (possibly sharded) model; collective for a sharded one.
+
+    `keep=False` takes part in the gathers but keeps nothing (returns {}): the ranks that do not
+    write a checkpoint need not hold a whole copy of the model.
+    """
     if not is_sharded(model):
-        return {k: (v.detach().cpu() if cpu else v.detach()) for k, v in model.state_dict().items()}
+        return {k: (v.detach().cpu() if cpu else v.detach()) for k, v in model.state_dict().items()} if keep else {}
+    if not keep:
+        for _ in iter_full_state(model, cpu=False):
+            pass
+        return {}
     return dict(iter_full_state(model, cpu=cpu))
 
 
@@ -196,18 +204,20 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, Any]:
     """`optimizer.state_dict()` with every sharded entry gathered (collective), on CPU.
 
     The result has the plain, index-keyed layout of an unsharded optimiser, so a checkpoint reads
-    the same under DDP, FSDP or any number of workers.
+    the same under DDP, FSDP or any number of workers. `keep=False`: gather, keep nothing ({}).
     """
     state = optimizer.state_dict()
     out = {}
     for idx, entries in state["state"].items():
-        out[idx] = {k: (gather(v).cpu() if isinstance(v, Tensor) and is_sharded_tensor(v) else v)
-                    for k, v in entries.items()}
-    return {"state": out, "param_groups": state["param_groups"]}
+        full = {k: (gather(v).cpu() if isinstance(v, Tensor) and is_sharded_tensor(v) else v)
+                for k, v in entries.items()}
+        if keep:
+            out[idx] = full
+    return {"state": out, "param_groups": state["param_groups"]} if keep else {}
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:

@@ -171,12 +171,13 @@ class PolicyUpdater:
         self.optimizer = torch.optim.AdamW(groups)
 
     # ---------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, keep: bool = True) -> dict[str, Any]:
         """Optimiser, KL coefficient and value head (PPO): everything a resume needs beyond the policy.
 
-        With a sharded policy the optimiser state is gathered: a collective, every rank calls it.
+        With a sharded policy the optimiser state is gathered: a collective, every rank calls it;
+        `keep=False` (the ranks that write nothing) gathers without keeping the optimiser state.
         """
-        optimizer = (sharding.full_optimizer_state(self.optimizer) if sharding.is_sharded(self.model)
+        optimizer = (sharding.full_optimizer_state(self.optimizer, keep=keep) if sharding.is_sharded(self.model)
                      else self.optimizer.state_dict())
         state: dict[str, Any] = {"optimizer": optimizer, "moved_from_ref": self.moved_from_ref,
                                  "kl_controller": self.kl_ctl.state_dict()}

@@ -126,7 +126,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             warmed = unwrap(model)
             if ref is not None:  # sharded alike under FSDP, so shards copy onto shards
                 ref.load_state_dict(warmed.state_dict())
-        weights = full_state_dict(warmed) if is_sharded(warmed) else None  # collective
+        weights = full_state_dict(warmed, keep=rank == 0) if is_sharded(warmed) else None  # collective
         if rank == 0 and ref_dir:
             save_hf_folder(ref_dir, warmed, weights)
             tok.save_pretrained(ref_dir)
@@ -186,7 +186,8 @@ def _report(metrics: dict[str, Any], rank: int, model: Any, trainer: Any, tok: A
     bare = unwrap(model)
     weights, optimizer_state = None, trainer.updater
     if checkpoint and is_sharded(bare):
-        weights, optimizer_state = full_state_dict(bare), trainer.updater.state_dict()
+        keep = rank == 0  # every rank takes part in the gathers; only the writer keeps them
+        weights, optimizer_state = full_state_dict(bare, keep=keep), trainer.updater.state_dict(keep=keep)
     if not checkpoint or rank != 0:
         ray.train.report(metrics)
         return

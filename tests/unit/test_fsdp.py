@@ -68,7 +68,9 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
             model, up = fresh(sharded=True)
             assert is_sharded(model)
             m1 = up.step(step1)
-            after1, opt = full_state_dict(model), up.state_dict()  # collectives: every rank
+            # collectives: every rank gathers, only the writer keeps (as the Train worker does)
+            after1, opt = full_state_dict(model, keep=rank == 0), up.state_dict(keep=rank == 0)
+            assert bool(after1) == (rank == 0)
             ckpt = Path(tmp) / algo
             if rank == 0:
                 save_checkpoint(ckpt, model, opt, step=1, tokenizer=tok, weights=after1)
