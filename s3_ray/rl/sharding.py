@@ -69,7 +69,8 @@ def shard_model(model: nn.Module, *, mixed_precision: bool | None = None, traina
 
     `mixed_precision` (default: on CUDA) computes in bfloat16 over float32 master weights;
     the model must then hold float32 weights. `trainable=False` shards a frozen model (the KL
-    reference): it is only ever run forward, so its weights are freed again after each layer.
+    reference): it is only ever run forward, so every unit, the root included, frees its gathered
+    weights right after its forward.
     """
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -93,7 +94,9 @@ def shard_model(model: nn.Module, *, mixed_precision: bool | None = None, traina
     for module in list(model.modules()):
         if isinstance(module, classes):
             fully_shard(module, **kwargs)
-    fully_shard(model, **kwargs)
+    # FSDP2 keeps the root's weights (embeddings, head) gathered after a forward, for the backward
+    # that follows; a frozen model has no backward, so it frees them at once.
+    fully_shard(model, **kwargs, **({} if trainable else {"reshard_after_forward": True}))
     if not trainable:
         model.requires_grad_(False)
     return model
