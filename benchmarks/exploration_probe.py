@@ -4,8 +4,10 @@
         [--warmup-steps N --follow F]
 
 With `--warmup-steps N` the checkpoint first gets N steps of the format warm-up in-process
-(`s3_ray.rl.warmup`, on the filtered training questions after the probed ones), with a share `--follow`
-of its search demonstrations querying a name read in the initial documents.
+(`s3_ray.rl.warmup`), with a share `--follow` of its search demonstrations querying a name read in
+the initial documents. `--warmup-pool others` (default) warms up on training questions other than
+the probed ones; `--warmup-pool train` warms up as `jobs.train` does, on the questions the filter
+keeps from the first `--train-limit` training questions, the probed ones among them.
 
 Samples `group` episodes per question from a searcher checkpoint for the first `questions`
 embedded training questions that naive RAG gets wrong (s3's filter), scores them with the frozen
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-batch", type=int, default=4)
     p.add_argument("--warmup-lr", type=float, default=1e-4)
     p.add_argument("--follow", type=float, default=0.0, help="train.warmup_follow_fraction of the warm-up")
+    p.add_argument("--warmup-pool", choices=["others", "train"], default="others",
+                   help="warm up on questions other than the probed ones, or on the filtered training set")
+    p.add_argument("--train-limit", type=int, default=200, help="data.train_limit of --warmup-pool train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "exploration.json"))
     args = p.parse_args(argv)
@@ -87,12 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         baseline = BaselineCache(Path(tmp) / "baseline.jsonl",
                                  BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded",
                                                   backend="transformers", decoding=str(gen.decoding)))
-        pool = load_split(DataConfig(train_limit=4 * args.questions), "train")
+        limit = args.train_limit if args.warmup_pool == "train" else 4 * args.questions
+        pool = load_split(DataConfig(train_limit=limit), "train")
         precompute_baseline(pool, retriever, cached, 3, baseline, batch_size=16, progress=False)
-        items = filter_unanswered(pool, baseline)[0][:args.questions]
+        kept = filter_unanswered(pool, baseline)[0]
+        items = kept[:args.questions]  # a prefix of the split either way: the same questions
         model, tok = load_causal_lm(args.checkpoint, num_threads=args.threads)
         if args.warmup_steps:
-            warm_pool = [it for it in load_split(DataConfig(), "train") if it.id not in {i.id for i in items}]
+            if args.warmup_pool == "train":
+                warm_pool = kept
+            else:
+                warm_pool = [it for it in load_split(DataConfig(), "train") if it.id not in {i.id for i in items}]
             warm_losses = warm_up(model, tok, retriever, warm_pool, args)
         scfg = SearcherConfig(model=args.checkpoint, max_new_tokens=40, temperature=args.temperature,
                               max_prompt_tokens=1024)
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = [turn.query for t in trajs for turn in t.turns if turn.query]
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint, "warmup_steps": args.warmup_steps, "follow": args.follow,
+        "warmup_pool": args.warmup_pool, "probed_ids": [it.id for it in items],
         "warmup_final_loss": warm_losses[-1] if args.warmup_steps else None, "questions": len(items), "group": args.group,
         "temperature": args.temperature, "trajectories": len(trajs),
         "positive": sum(1 for r in rewards if r > 0), "negative": sum(1 for r in rewards if r < 0),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from isolated import run_isolated
 from s3_ray.config import TrainConfig
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -126,22 +127,8 @@ def _spawn(tmp: str) -> None:
 
 
 def test_sharded_update_and_checkpoint_match_the_unsharded_run(tmp_path):
-    # Process groups are process-global and gloo can block in native code, so the ranks run in
-    # their own interpreter under a hard deadline (as the DDP test does).
-    import os
-    import subprocess
-    import sys
-
-    here = Path(__file__).parent
-    code = (f"import sys; sys.path.insert(0, {str(here)!r}); import test_fsdp; "
-            f"test_fsdp._spawn({str(tmp_path)!r})")
-    env = os.environ | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                              env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"FSDP run did not finish in 300 s: {err.stderr}")
-    assert proc.returncode == 0 and "FSDP-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = run_isolated(__file__, f"_spawn({str(tmp_path)!r})", "FSDP-OK", timeout=300)
+    assert out.count("d1=") == 2  # GRPO and PPO both ran
 
 
 def test_config_refuses_fsdp_with_lora_uneven_batches_and_models_without_layer_classes():

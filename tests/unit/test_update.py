@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from isolated import run_isolated
 from s3_ray.config import RolloutConfig, TrainConfig
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.batch import collate, token_logprobs
@@ -200,22 +201,7 @@ def _ddp_child() -> None:
 
 
 def test_works_through_ddp_wrapper():
-    # A process group is process-global state and gloo blocks in native code if its rendezvous
-    # stalls, so the DDP run gets its own interpreter and a hard deadline.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    here = Path(__file__).parent
-    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_update; test_update._ddp_child()"
-    env = os.environ | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-                              env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"DDP run did not finish in 240 s: {err.stderr}")
-    assert proc.returncode == 0 and "DDP-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_isolated(__file__, "_ddp_child()", "DDP-OK", timeout=240)
 
 
 def test_bad_input_is_named():
