@@ -6,8 +6,9 @@
 With `--warmup-steps N` the checkpoint first gets N steps of the format warm-up in-process
 (`s3_ray.rl.warmup`), with a share `--follow` of its search demonstrations querying a name read in
 the initial documents. `--warmup-pool others` (default) warms up on training questions other than
-the probed ones; `--warmup-pool train` warms up as `jobs.train` does, on the questions the filter
-keeps from the first `--train-limit` training questions, the probed ones among them.
+the probed ones; `--warmup-pool train` warms up on the questions the filter keeps from the first
+`--train-limit` training questions, the probed ones among them (RL's own questions);
+`--warmup-pool dropped` on the ones it drops there (naive RAG already answers them).
 
 Samples `group` episodes per question from a searcher checkpoint for the first `questions`
 embedded training questions that naive RAG gets wrong (s3's filter), scores them with the frozen
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-batch", type=int, default=4)
     p.add_argument("--warmup-lr", type=float, default=1e-4)
     p.add_argument("--follow", type=float, default=0.0, help="train.warmup_follow_fraction of the warm-up")
-    p.add_argument("--warmup-pool", choices=["others", "train"], default="others",
-                   help="warm up on questions other than the probed ones, or on the filtered training set")
-    p.add_argument("--train-limit", type=int, default=200, help="data.train_limit of --warmup-pool train")
+    p.add_argument("--warmup-pool", choices=["others", "train", "dropped"], default="others",
+                   help="warm up on questions other than the probed ones, on the filtered training set, "
+                        "or on the questions the filter drops")
+    p.add_argument("--train-limit", type=int, default=200, help="data.train_limit of --warmup-pool train/dropped")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "exploration.json"))
     args = p.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = BaselineCache(Path(tmp) / "baseline.jsonl",
                                  BaselineSettings(generator=gen.model_id, init_k=3, retriever="bm25-embedded",
                                                   backend="transformers", decoding=str(gen.decoding)))
-        limit = args.train_limit if args.warmup_pool == "train" else 4 * args.questions
+        limit = 4 * args.questions if args.warmup_pool == "others" else args.train_limit
         pool = load_split(DataConfig(train_limit=limit), "train")
         precompute_baseline(pool, retriever, cached, 3, baseline, batch_size=16, progress=False)
         kept = filter_unanswered(pool, baseline)[0]
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup_steps:
             if args.warmup_pool == "train":
                 warm_pool = kept
+            elif args.warmup_pool == "dropped":
+                warm_pool = [it for it in pool if it.id not in {k.id for k in kept}]
             else:
                 warm_pool = [it for it in load_split(DataConfig(), "train") if it.id not in {i.id for i in items}]
             warm_losses = warm_up(model, tok, retriever, warm_pool, args)
