@@ -154,15 +154,16 @@ def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
 
 
 def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
-    """train.parallel=fsdp over 2 gloo workers: the warm-up, the rollout copy, collective
-    checkpoints, and a worker crash resumed from the sharded run's plain checkpoint."""
+    """train.parallel=fsdp over 2 gloo workers (with gradient checkpointing, as the paper config):
+    the warm-up, the rollout copy, collective checkpoints, and a worker crash resumed from the
+    sharded run's plain checkpoint."""
     from jobs.train import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
     cfg = _cfg(tmp_path, **{"train.parallel": "fsdp", "train.num_workers": 2, "train.cpus_per_worker": 0.5,
                             "train.steps": 2, "train.warmup_steps": 1, "train.warmup_batch": 2,
-                            "train.kl_coef": 0.01})
+                            "train.kl_coef": 0.01, "train.gradient_checkpointing": True})
     result = run_training(cfg, load_split(cfg.data, "train"), _retriever(cfg), ToyScorer(), name="fsdp",
                           fail_at_step=1, max_failures=1)
     assert result.error is None
