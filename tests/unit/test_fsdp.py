@@ -1,5 +1,6 @@
 """FSDP (train.parallel=fsdp) on 2 CPU ranks over gloo: the sharded update equals the unsharded
-one, and a sharded checkpoint resumes exactly, sharded again or in one plain process."""
+one, rollouts see the updated weights, and a sharded checkpoint resumes exactly, sharded again or
+in one plain process."""
 
 from __future__ import annotations
 
@@ -47,8 +48,12 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from s3_ray.rl.policy_setup import shard_for_training
-    from s3_ray.rl.sharding import full_state_dict, is_sharded
+    from s3_ray.agent.vllm_policy import policy_state_dict
+    from s3_ray.config import load_config
+    from s3_ray.rl.policy_setup import inference_copy, shard_for_training
+    from s3_ray.rl.sharding import full_state_dict, is_sharded, is_sharded_tensor
+    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.types import QAItem
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -76,6 +81,17 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
             if rank == 0:
                 save_checkpoint(ckpt, model, opt, step=1, tokenizer=tok, weights=after1)
             dist.barrier()
+            # what rollouts sample from: the trainer's unsharded copy, and a vLLM engine's weights
+            copy_model = inference_copy(initial)
+            trainer = SearcherTrainer(load_config(None, []), model, None, tok, None, None,
+                                      [QAItem("q", "q", ("a",))], rank=rank, world=world, rollout_model=copy_model)
+            trainer.weights_changed()
+            trainer.sync_rollout_weights()  # collective
+            engine_weights = policy_state_dict(model)  # collective
+            if rank == 0:
+                assert _max_diff(_plain(copy_model), after1) == 0.0
+                assert not any(is_sharded_tensor(v) for v in engine_weights.values())
+                assert _max_diff(engine_weights, after1) == 0.0
 
             resumed, up_resumed = fresh(sharded=True)
             load_checkpoint(ckpt, resumed, up_resumed)
