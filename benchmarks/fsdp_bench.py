@@ -101,11 +101,9 @@ def _run(rank: int, world: int, port: int, model_name: str, steps: int, out: str
             times.append(time.perf_counter() - t0)
         dist.barrier()
         t0 = time.perf_counter()
-        keep = rank == 0
-        if strategy == "fsdp":
-            full_state_dict(model, keep=keep), up.state_dict(keep=keep)
-        elif keep:
-            full_state_dict(model), up.state_dict()
+        if strategy == "fsdp" or rank == 0:  # sharded: every rank gathers, only rank 0 keeps
+            full_state_dict(model, keep=rank == 0)
+            up.state_dict(keep=rank == 0)
         gather_s = time.perf_counter() - t0
         row = {
             "params_mb": _bytes(model.parameters()) / 2**20,

@@ -18,8 +18,8 @@ touches sharded tensors is a *collective*: all ranks must call it, in the same o
   plain HF folder + optimiser state whatever the number of workers (resume with another count);
 * `full_optimizer_state` gathers the optimiser state into that plain, index-keyed form.
 
-Nothing here imports at package import time beyond torch; the functions are no-ops on models and
-tensors that are not sharded, so callers need no branches of their own.
+Nothing here imports at package import time beyond torch. `gather`, `iter_full_state`,
+`full_state_dict`, `grad_sync` and `total_norm` also take plain models and tensors.
 """
 
 from __future__ import annotations
@@ -244,14 +244,9 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any
 def grad_sync(model: Any, sync: bool) -> contextlib.AbstractContextManager[None]:
     """Context for one micro-batch's backward: gradients are reduced across workers only when
     `sync` (the last micro-batch); earlier ones accumulate locally (DDP's `no_sync`)."""
-    if sync:
-        if is_sharded(model):
-            model.set_requires_gradient_sync(True)
-        return contextlib.nullcontext()
     if is_sharded(model):
-        model.set_requires_gradient_sync(False)
-        return contextlib.nullcontext()
-    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model.set_requires_gradient_sync(sync)
+    elif not sync and isinstance(model, nn.parallel.DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
 
