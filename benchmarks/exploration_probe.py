@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = [it for it in items for _ in range(args.group)]
         trajs = run_rollout(batch, HFPolicy(model, tok, scfg), tok, RetrieverClient.in_process(retriever),
                             RolloutConfig(), scfg)
-        rewards = RewardScorer(cached, baseline, RewardConfig()).score(trajs)
+        rewards = [r.reward for r in RewardScorer(cached, baseline, RewardConfig()).score(trajs)]
     groups: dict[str, list[float]] = {}
     for t, r in zip(trajs, rewards):
         groups.setdefault(t.item.id, []).append(r)

@@ -67,7 +67,7 @@ def kill_and_rerun(cmd: list[str], files: list[Path], kill_after: int, env: dict
 
 
 def train_fault(cfg: Any) -> dict[str, Any]:
-    from jobs.train import run_training, training_items
+    from s3_ray.rl.launch import run_training, training_items
     from s3_ray.clients.generator import GeneratorClient
     from s3_ray.clients.retriever import RetrieverClient
     from s3_ray.reward.baseline import open_baseline

@@ -118,7 +118,7 @@ def run_one(model: str, n: int, threads: int, retriever: BM25Retriever, workdir:
         "prompt_tokens_per_s": delta(after, before, "prompt_tokens") / gen_s,
         "completion_tokens_per_s": delta(after, before, "completion_tokens") / gen_s,
         "mean_prompt_tokens": delta(after, before, "prompt_tokens") / n,
-        "mean_reward": sum(batched) / n,
+        "mean_reward": sum(r.reward for r in batched) / n,
         "baseline_genacc": baseline.accuracy(),
     }
 
@@ -176,7 +176,7 @@ def grpo_run(searcher: str, generator: str, questions: int, group: int, threads:
         "unique_contexts": len(set(zip((t.item.id for t in trajs), contexts))),
         "contexts_equal_to_naive": sum(1 for t, c in zip(trajs, contexts) if list(c) == naive[t.item.id]),
         "cache_hits": hits, "cache_misses": misses, "searches_mean": sum(t.num_searches for t in trajs) / len(trajs),
-        "mean_reward": sum(batched) / len(batched),
+        "mean_reward": sum(r.reward for r in batched) / len(batched),
     }
 
 

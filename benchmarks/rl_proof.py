@@ -74,10 +74,11 @@ def run_oracle(cfg: Any, retriever: Any, generator: Any) -> dict[str, float]:
     _, tok = load_causal_lm(cfg.searcher.model)
     policy = ScriptedPolicy(tok, oracle_script({it.question: it for it in items}, titles))
     trajs = run_rollout(items, policy, tok, retriever, cfg.rollout, cfg.searcher)
-    RewardScorer(generator, open_baseline(cfg, cfg.eval.split), cfg.reward).score(trajs)
+    results = RewardScorer(generator, open_baseline(cfg, cfg.eval.split), cfg.reward).score(trajs)
+    acc = {t.item.id: r.metrics["genacc"] for t, r in zip(trajs, results)}
     bridge = [t for t in trajs if t.item.meta.get("type") == "bridge"]
-    return {"n": len(trajs), "genacc": statistics.mean(t.metrics["genacc"] for t in trajs),
-            "bridge_genacc": statistics.mean(t.metrics["genacc"] for t in bridge) if bridge else 0.0,
+    return {"n": len(trajs), "genacc": statistics.mean(acc.values()),
+            "bridge_genacc": statistics.mean(acc[t.item.id] for t in bridge) if bridge else 0.0,
             "searches": statistics.mean(t.num_searches for t in trajs)}
 
 
@@ -118,7 +119,7 @@ def reuse_deterministic_evals(cfg: Any, first: Path | None) -> list[str]:
 def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None) -> dict[str, Any]:
     from jobs.demo import warmup_checkpoint
     from jobs.evaluate import evaluate
-    from jobs.train import run_training, training_items
+    from s3_ray.rl.launch import run_training, training_items
     from s3_ray.reward.baseline import open_baseline, precompute_split
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.tracking import read_metrics

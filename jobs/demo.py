@@ -37,7 +37,7 @@ class Stages:
 
 def run_demo(cfg: S3Config) -> dict[str, Any]:
     from jobs.evaluate import evaluate
-    from jobs.train import run_training, training_items
+    from s3_ray.rl.launch import run_training, training_items
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.report import plot_training, write_report
     from s3_ray.retrieval.index import build_index

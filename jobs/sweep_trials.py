@@ -14,7 +14,6 @@ step 0, while finished trials are kept as they are.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,41 +50,25 @@ def train_trial(trial: dict[str, Any], base: dict[str, Any], retriever: Any, gen
     import torch
     from ray import tune
 
-    from s3_ray.models import load_causal_lm
-    from s3_ray.rl.guard import CollapseGuard
-    from s3_ray.rl.lora import merge_lora
-    from s3_ray.rl.policy_setup import build_policy, enable_gradient_checkpointing
-    from s3_ray.rl.trainer import SearcherTrainer, unwrap
+    from s3_ray.rl.fit import FitHooks, fit
+    from s3_ray.rl.policy import SearcherPolicy
+    from s3_ray.rl.trainer import SearcherTrainer
 
     cfg = S3Config.model_validate(base).with_overrides(trial)
-    tc = cfg.train
+    if cfg.train.parallel != "ddp":  # one process: nothing to shard over
+        cfg = cfg.with_overrides({"train.parallel": "ddp"})
     torch.manual_seed(cfg.seed)
     items, scorer = training_setup(cfg, generator, scorer)
-    plain, tok = load_causal_lm(cfg.searcher.model, num_threads=cfg.searcher.num_threads, for_training=True)
-    if tc.gradient_checkpointing:
-        enable_gradient_checkpointing(plain)
-    model, ref = build_policy(plain, tc)
-    trainer = SearcherTrainer(cfg, model, ref, tok, retriever, scorer, items)
-    guard = CollapseGuard(tc)
-    if tc.warmup_steps > 0:
-        trainer.warmup()
-        # RL starts from the warmed-up policy, so that is what the KL term must hold it near.
-        if tc.lora_rank > 0:
-            trainer.set_policy(*build_policy(merge_lora(unwrap(model)), tc))
-        elif ref is not None:
-            ref.load_state_dict(unwrap(model).state_dict())
-    for step in range(tc.steps):
-        t0 = time.perf_counter()
-        metrics = trainer.train_step()
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["step"] = step + 1
-        reason = guard.update(metrics)
-        report: dict[str, Any] = scalars(metrics)
-        if reason is not None:
-            report["stop_reason"] = f"collapse guard: {reason}"
-        tune.report(report)
-        if reason is not None:
-            return
+    policy = SearcherPolicy.load(cfg)
+    trainer = SearcherTrainer(cfg, policy.model, policy.ref, policy.tokenizer, retriever, scorer, items)
+
+    def report(metrics: dict[str, Any], _checkpoint: Any) -> None:
+        out: dict[str, Any] = scalars(metrics)
+        if "stop_reason" in metrics:
+            out["stop_reason"] = f"collapse guard: {metrics['stop_reason']}"
+        tune.report(out)
+
+    fit(policy, trainer, FitHooks(report=report, checkpoints=False, report_warmup=False))
 
 
 def training_setup(cfg: S3Config, generator: Any, scorer: Any = None) -> tuple[list[Any], Any]:
@@ -94,7 +77,7 @@ def training_setup(cfg: S3Config, generator: Any, scorer: Any = None) -> tuple[l
 
     if scorer is not None:
         return load_split(cfg.data, "train"), scorer
-    from jobs.train import training_items
+    from s3_ray.rl.launch import training_items
     from s3_ray.reward.baseline import open_baseline
     from s3_ray.reward.gain import RewardScorer
 

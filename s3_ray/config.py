@@ -161,6 +161,19 @@ class TrainConfig(_Strict):
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
                                      "documents (label-free second-hop demonstrations; 0 = query the question).")
     micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
+    ppo_epochs: int = Field(
+        1, ge=1, description="Optimiser passes over each step's batch; 1 is on-policy (without a critic the "
+                             "ratio's old log-probs are then the same forward pass's, saving a pass).")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k3", description="KL(policy || reference) estimator per token: k1 = log ratio, k3 = Schulman's "
+                          "unbiased, always non-negative estimator.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy's parameters.")
+    value_lr: float | None = Field(None, gt=0, description="PPO value head's learning rate; None: 10 x lr.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the PPO value loss.")
+    value_clip: float = Field(0.5, gt=0, description="PPO value clipping range around the old values.")
+    max_seq_len: int | None = Field(
+        None, ge=2, description="Longest prompt + response the update feeds; longer prompts lose their oldest "
+                                "tokens (a response that alone does not fit is an error). None: no limit.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")
     lora_alpha: int = Field(16, ge=1)

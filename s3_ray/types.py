@@ -109,3 +109,13 @@ class Trajectory:
     @property
     def num_malformed(self) -> int:
         return sum(1 for t in self.turns if t.malformed is not None)
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """What a reward scorer returns for one trajectory: the reward and its parts (e.g. genacc,
+    baseline_genacc, gbr), for logging. Scorers never modify the trajectories they score."""
+
+    reward: float
+    metrics: dict[str, float] = field(default_factory=dict)
+

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from s3_ray.agent.policy import PolicyStats, check_seqs, stop_length, strip_trailing
+from s3_ray.agent.policy_api import PolicyStats, check_seqs, stop_length, strip_trailing
 from s3_ray.config import SearcherConfig
 
 STOP_STRINGS = ("</query>", "</search_complete>")
@@ -103,21 +103,6 @@ def unpack_tensor(packed: tuple[str, str, list[int], bytes] | list[Any]) -> tupl
     if not raw:
         return name, torch.empty(shape, dtype=dtype)
     return name, torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
-
-
-def policy_state_dict(model: Any) -> dict[str, Any]:
-    """The plain-model weights a rollout engine needs: merged LoRA weights for a peft model, the
-    gathered weights of an FSDP-sharded one (a collective: every rank calls it), else the
-    (DDP-unwrapped) model's own state dict."""
-    from s3_ray.rl.lora import is_lora, merged_state_dict
-    from s3_ray.rl.sharding import full_state_dict, is_sharded
-
-    if is_lora(model):
-        return merged_state_dict(model)
-    bare = getattr(model, "module", model)
-    if is_sharded(bare):
-        return full_state_dict(bare, cpu=False)
-    return bare.state_dict()
 
 
 def weight_buckets(packed: Iterable[tuple[str, str, list[int], bytes]],

@@ -104,6 +104,20 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def unwrap(model: Any) -> Any:
+    """The bare model inside a DistributedDataParallel wrapper (anything else is returned as is).
+
+    Generation, saving and config lookups need the bare model; forwards that must all-reduce
+    gradients go through the wrapper.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(1, 1)
+    >>> unwrap(lin) is lin
+    True
+    """
+    return getattr(model, "module", model)
+
+
 def flash_attention_available() -> bool:
     """FlashAttention-2 can run here: a CUDA device, and a flash_attn that transformers accepts and
     that actually imports (a wheel built for another torch/CUDA fails at import)."""

@@ -13,7 +13,7 @@ from typing import Protocol
 from s3_ray.config import RewardConfig
 from s3_ray.reward.baseline import BaselineCache, BaselineError, batch_genacc
 from s3_ray.reward.metrics import exact_match, f1
-from s3_ray.types import Passage, Trajectory
+from s3_ray.types import Passage, RewardResult, Trajectory
 
 
 def gain_beyond_baseline(acc: float, baseline_acc: float, add_accuracy: bool = False) -> float:
@@ -54,8 +54,8 @@ class RewardScorer:
         self.baseline = baseline
         self.cfg = cfg
 
-    def score(self, trajectories: list[Trajectory]) -> list[float]:
-        """Set `traj.reward` and `traj.metrics` for every trajectory; return the rewards in order.
+    def score(self, trajectories: list[Trajectory]) -> list[RewardResult]:
+        """One `RewardResult` per trajectory, in order; the trajectories are not modified.
 
         Baselines are looked up first, so a missing one fails before any generation is spent.
         """
@@ -65,13 +65,12 @@ class RewardScorer:
         answers = self.client.answer([t.item.question for t in trajectories], [t.context for t in trajectories])
         golds = [t.item.golden_answers for t in trajectories]
         accs = batch_genacc(answers, golds, judge_with=self.client if self.cfg.use_judge else None)
-        rewards: list[float] = []
+        out: list[RewardResult] = []
         for t, ans, acc, b in zip(trajectories, answers, accs, base):
-            gbr = gain_beyond_baseline(acc, b)
-            t.reward = gain_beyond_baseline(acc, b, add_accuracy=self.cfg.add_accuracy)
-            t.metrics.update({
-                "genacc": acc, "em": exact_match(ans, t.item.golden_answers), "f1": f1(ans, t.item.golden_answers),
-                "baseline_genacc": b, "gbr": gbr, "context_docs": float(len({p.id for p in t.context})),
-            })
-            rewards.append(t.reward)
-        return rewards
+            out.append(RewardResult(
+                reward=gain_beyond_baseline(acc, b, add_accuracy=self.cfg.add_accuracy),
+                metrics={"genacc": acc, "em": exact_match(ans, t.item.golden_answers),
+                         "f1": f1(ans, t.item.golden_answers), "baseline_genacc": b,
+                         "gbr": gain_beyond_baseline(acc, b), "context_docs": float(len({p.id for p in t.context}))},
+            ))
+        return out

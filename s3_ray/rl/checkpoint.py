@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from s3_ray.models import unwrap
 from s3_ray.rl.sharding import is_sharded, load_full_state_dict, plain_class, tied_names
 
 FORMAT_VERSION = 1
@@ -41,10 +42,6 @@ STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)
 
 
 def _state_of(optimizer: Any) -> dict[str, Any]:
@@ -112,7 +109,7 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        bare = _unwrap(model)
+        bare = unwrap(model)
         lora = _save_model(tmp, bare, weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -188,7 +185,7 @@ def _load_weights(directory: Path, model: Any) -> None:
     """
     from s3_ray.rl.lora import is_lora, load_adapter_state_dict
 
-    bare = _unwrap(model)
+    bare = unwrap(model)
     if is_lora(bare):
         adapter = directory / ADAPTER_DIR
         if not (adapter / ADAPTER_WEIGHTS).is_file():

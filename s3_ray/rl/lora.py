@@ -21,17 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from s3_ray.config import TrainConfig
+from s3_ray.models import unwrap
 
 ADAPTER_NAME = "default"
 
 
-def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)
-
-
 def is_lora(model: Any) -> bool:
     """Whether `model` (or the module inside a DDP wrapper) is a peft model."""
-    return hasattr(_unwrap(model), "peft_config")
+    return hasattr(unwrap(model), "peft_config")
 
 
 def apply_lora(model: nn.Module, cfg: TrainConfig) -> Any:
@@ -63,7 +60,7 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> Any:
 
 def merge_lora(model: Any) -> nn.Module:
     """Fold the adapter into the base weights and return the plain model (peft's merge_and_unload)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     if not is_lora(bare):
         raise ValueError(f"{type(bare).__name__} carries no LoRA adapter to merge")
     return bare.merge_and_unload()
@@ -84,7 +81,7 @@ def merged_state_dict(model: Any) -> dict[str, Tensor]:
     Keys lose peft's `.base_layer` and the `lora_*` entries; each adapted weight becomes
     W + scale * B A (computed in float32, returned in W's dtype).
     """
-    bare = _unwrap(model)
+    bare = unwrap(model)
     if not is_lora(bare):
         raise ValueError(f"{type(bare).__name__} carries no LoRA adapter")
     base = bare.get_base_model()
@@ -110,14 +107,14 @@ def adapter_state_dict(model: Any) -> dict[str, Tensor]:
     """Only the adapter's tensors (what a resume needs beyond the base), cloned to CPU."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(_unwrap(model)).items()}
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unwrap(model)).items()}
 
 
 def load_adapter_state_dict(model: Any, state: dict[str, Tensor], where: str = "adapter") -> None:
     """Load adapter tensors saved by `adapter_state_dict`; every adapter weight must be present."""
     from peft import set_peft_model_state_dict
 
-    bare = _unwrap(model)
+    bare = unwrap(model)
     expected = set(adapter_state_dict(bare))
     missing = sorted(expected - set(state))
     extra = sorted(set(state) - expected)
@@ -137,7 +134,7 @@ class AdapterOffReference:
     def __init__(self, policy: Any) -> None:
         if not is_lora(policy):
             raise ValueError("AdapterOffReference needs a LoRA (peft) policy")
-        self.policy = _unwrap(policy)
+        self.policy = unwrap(policy)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.policy.parameters()

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.types import QAItem, Trajectory
+from s3_ray.models import unwrap
+from s3_ray.rl.weight_sync import RolloutWeights, policy_state_dict
+from s3_ray.types import QAItem, RewardResult, Trajectory
 
 
 @dataclass
@@ -53,11 +55,6 @@ class QuestionStream:
         self._shuffle()
 
 
-def unwrap(model: Any) -> Any:
-    """The bare HF model inside a DDP/FSDP wrapper (generation and saving need it)."""
-    return getattr(model, "module", model)
-
-
 class SearcherTrainer:
     """Owns the policy, its updater and the question stream of one training process."""
 
@@ -76,7 +73,8 @@ class SearcherTrainer:
         self.retriever = retriever
         self.scorer = scorer
         self.stream = QuestionStream(items, seed=cfg.seed)
-        self._engine: Any = None  # the vLLM rollout engine (searcher.backend="vllm"), built lazily
+        # the vLLM engine (searcher.backend="vllm", built with the first rollout) or the rollout copy
+        self.rollout_weights = RolloutWeights(copy=rollout_model)
         self.set_policy(model, ref_model)
 
     def set_policy(self, model: Any, ref_model: Any) -> None:
@@ -90,57 +88,33 @@ class SearcherTrainer:
         self.model = model
         self.weights_changed()
         self.updater = PolicyUpdater(model, ref_model, self.cfg.train, pad_id=self.tokenizer.pad_token_id,
-                                     temperature=max(self.cfg.searcher.temperature, 1e-3),
-                                     micro_batch=self.cfg.train.micro_batch)
+                                     temperature=max(self.cfg.searcher.temperature, 1e-3))
 
     def weights_changed(self) -> None:
         """Note that the policy's weights moved (an update, the warm-up, a checkpoint load): a vLLM
         rollout engine or the rollout copy gets them before its next rollout."""
-        self._engine_stale = True
+        self.rollout_weights.mark_stale()
 
     def sync_rollout_weights(self) -> float:
         """Push the current weights into the vLLM engine or the rollout copy if it holds older ones;
         returns seconds. With a sharded policy this gathers its weights: every rank calls it."""
-        if not self._engine_stale or (self._engine is None and self.rollout_model is None):
-            return 0.0
-        from s3_ray.agent.vllm_policy import policy_state_dict  # imports no vLLM
-
-        if self._engine is not None:
-            seconds = self._engine.load_weights(policy_state_dict(self.model))
-        else:
-            seconds = self._refresh_rollout_copy()
-        self._engine_stale = False
-        return seconds
-
-    def _refresh_rollout_copy(self) -> float:
-        """Copy the policy's weights into the rollout copy, one gathered tensor at a time."""
-        import torch
-
-        from s3_ray.rl.sharding import iter_full_state
-
-        t0 = time.perf_counter()
-        target = self.rollout_model.state_dict()
-        with torch.no_grad():
-            for name, full in iter_full_state(self.model, cpu=False):
-                if name not in target:
-                    raise ValueError(f"rollout copy: {name} is not in the model")
-                target[name].copy_(full)
-        return time.perf_counter() - t0
+        return self.rollout_weights.push(self.model)
 
     def _rollout_policy(self, bare: Any) -> Any:
-        """A fresh HFPolicy over the model, or the one vLLM engine holding the current weights."""
+        """A fresh HFPolicy over the model (or its rollout copy), or the one vLLM engine holding the
+        current weights."""
         from s3_ray.agent.policy import make_policy
 
-        if self.cfg.searcher.backend != "vllm":
-            if self.rollout_model is None:
-                return make_policy(bare, self.tokenizer, self.cfg.searcher)
+        searcher = self.cfg.searcher
+        if searcher.backend != "vllm":
             self.sync_rollout_weights()
-            return make_policy(self.rollout_model, self.tokenizer, self.cfg.searcher)
-        if self._engine is None:
-            self._engine = make_policy(bare, self.tokenizer, self.cfg.searcher, seed=self.cfg.seed + self.rank)
-            self._engine_stale = False  # built with the current weights
+            return make_policy(self.rollout_model if self.rollout_model is not None else bare, self.tokenizer, searcher)
+        if self.rollout_weights.engine is None:
+            engine = make_policy(bare, self.tokenizer, searcher, seed=self.cfg.seed + self.rank,
+                                 weights=policy_state_dict(self.model))
+            self.rollout_weights.attach_engine(engine)  # built with the current weights
         self.sync_rollout_weights()
-        return self._engine
+        return self.rollout_weights.engine
 
     def rollout(self, items: list[QAItem]) -> list[Trajectory]:
         from s3_ray.agent.rollout import run_rollout
@@ -164,12 +138,12 @@ class SearcherTrainer:
         batch = [q for q in questions for _ in range(self.cfg.train.group_size)]
         trajs = self.rollout(batch)
         t1 = time.perf_counter()
-        rewards = self.scorer.score(trajs)
+        rewards = attach_rewards(trajs, self.scorer.score(trajs))
         t2 = time.perf_counter()
         metrics = dict(self.updater.step(trajs))
         t3 = time.perf_counter()
         self.weights_changed()
-        if self._engine is not None or self.rollout_model is not None:
+        if self.rollout_weights.needed:
             metrics["time/weight_sync_s"] = self.sync_rollout_weights()
         metrics.update(rollout_stats(trajs))
         metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
@@ -217,6 +191,17 @@ class SearcherTrainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.stream.load_state(state["stream"])
+
+
+def attach_rewards(trajs: list[Trajectory], results: list[RewardResult]) -> list[float]:
+    """Give each trajectory the reward the scorer returned for it (what the update trains on) and
+    its parts (for the step's metrics); returns the rewards in order."""
+    if len(results) != len(trajs):
+        raise ValueError(f"the reward scorer returned {len(results)} results for {len(trajs)} trajectories")
+    for t, r in zip(trajs, results):
+        t.reward = float(r.reward)
+        t.metrics.update(r.metrics)
+    return [t.reward for t in trajs]
 
 
 def _mean_metrics(trajs: list[Trajectory], keys: tuple[str, ...]) -> dict[str, float]:

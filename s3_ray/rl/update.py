@@ -23,13 +23,14 @@ checkpoint holds is the same plain state as without sharding.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from s3_ray.config import TrainConfig
+from s3_ray.models import unwrap
 from s3_ray.rl.advantages import (
     gae,
     group_relative_advantages,
@@ -47,7 +48,7 @@ from s3_ray.rl.batch import (
     token_logprobs,
 )
 from s3_ray.rl.kl_control import KLController
-from s3_ray.rl import sharding
+from s3_ray.rl import collectives, sharding
 from s3_ray.rl.losses import (
     clipped_policy_loss,
     kl_penalty,
@@ -58,25 +59,19 @@ from s3_ray.rl.losses import (
 from s3_ray.types import Trajectory
 
 
-def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)
-
-
 def _is_distributed(model: Any) -> bool:
     """Whether `model` trains across workers (DDP-wrapped or FSDP-sharded, in a live process group)."""
-    import torch.distributed as dist
-
     wrapped = isinstance(model, nn.parallel.DistributedDataParallel) or sharding.is_sharded(model)
-    return wrapped and dist.is_available() and dist.is_initialized()
+    return wrapped and collectives.active()
 
 
 def _hidden_size(model: Any) -> int:
-    config = _unwrap(model).config
+    config = unwrap(model).config
     size = getattr(config, "hidden_size", None)
     if size is None and hasattr(config, "get_text_config"):
         size = getattr(config.get_text_config(), "hidden_size", None)
     if size is None:
-        raise ValueError(f"cannot find hidden_size in the config of {type(_unwrap(model)).__name__}")
+        raise ValueError(f"cannot find hidden_size in the config of {type(unwrap(model)).__name__}")
     return int(size)
 
 
@@ -116,39 +111,19 @@ def last_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
 class PolicyUpdater:
     """Owns the AdamW optimiser (and, for PPO, the value head) of one training process."""
 
-    def __init__(
-        self,
-        model: Any,
-        ref_model: Any | None,
-        cfg: TrainConfig,
-        pad_id: int,
-        temperature: float = 1.0,
-        *,
-        micro_batch: int | None = None,
-        max_len: int | None = None,
-        ppo_epochs: int = 1,
-        kl_kind: Literal["k1", "k3"] = "k3",
-        weight_decay: float = 0.0,
-        value_lr: float | None = None,
-        value_clip: float = 0.5,
-        vf_coef: float = 0.5,
-    ) -> None:
+    def __init__(self, model: Any, ref_model: Any | None, cfg: TrainConfig, pad_id: int,
+                 temperature: float = 1.0) -> None:
+        """`temperature` is the rollout's sampling temperature: log-probs are taken at it, so the
+        ratio compares the same distributions the trajectories were sampled from."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        micro_batch = cfg.micro_batch if micro_batch is None else micro_batch
-        if micro_batch < 1 or ppo_epochs < 1:
-            raise ValueError(f"micro_batch and ppo_epochs must be >= 1, got {micro_batch} and {ppo_epochs}")
         self.model = model
         self.ref_model = ref_model
         self.cfg = cfg
         self.pad_id = int(pad_id)
         self.temperature = float(temperature)
-        self.micro_batch = micro_batch
-        self.max_len = max_len
-        self.ppo_epochs = ppo_epochs
-        self.kl_kind = kl_kind
-        self.value_clip = value_clip
-        self.vf_coef = vf_coef
+        self.micro_batch = cfg.micro_batch
+        self.ppo_epochs = cfg.ppo_epochs
         self.use_kl = cfg.kl_coef > 0 and ref_model is not None
         self.kl_ctl = KLController.from_config(cfg)
         # Whether the policy may differ from the reference (then a KL-only step still has a gradient).
@@ -156,14 +131,14 @@ class PolicyUpdater:
         self.policy_params = [p for p in model.parameters() if p.requires_grad]
         if not self.policy_params:
             raise ValueError("the policy has no trainable parameters (was it loaded with for_training=True?)")
-        groups: list[dict[str, Any]] = [{"params": self.policy_params, "lr": cfg.lr, "weight_decay": weight_decay}]
+        groups: list[dict[str, Any]] = [{"params": self.policy_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
         self.value_head: ValueHead | None = None
         if cfg.algorithm == "ppo":
             device = next(model.parameters()).device
             self.value_head = ValueHead(_hidden_size(model)).to(device)
             groups.append({
                 "params": list(self.value_head.parameters()),
-                "lr": value_lr if value_lr is not None else 10 * cfg.lr,
+                "lr": cfg.value_lr if cfg.value_lr is not None else 10 * cfg.lr,
                 "weight_decay": 0.0,
             })
         elif cfg.algorithm not in ("grpo", "rloo"):
@@ -249,7 +224,7 @@ class PolicyUpdater:
 
     def step(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """One update on `trajectories`; returns scalar metrics for logging."""
-        batch = collate(trajectories, self.pad_id, self.max_len)
+        batch = collate(trajectories, self.pad_id, self.cfg.max_seq_len)
         n_tok = batch.num_tokens
         if n_tok == 0:
             ids = sorted({t.item.id for t in trajectories})
@@ -327,15 +302,15 @@ class PolicyUpdater:
                 ent = masked_sum_mean(entropy, mmask, n_tok)
                 loss = pg - cfg.entropy_coef * ent
                 if ref_logp is not None:
-                    kl = kl_penalty(logp, ref_logp[start:stop, :width], mmask, self.kl_kind, n_tok)
+                    kl = kl_penalty(logp, ref_logp[start:stop, :width], mmask, cfg.kl_estimator, n_tok)
                     loss = loss + kl_coef * kl
                     sums["kl"] += kl.item()
                 if values is not None and old_values is not None and returns is not None:
                     vl, v_stats = value_loss(
                         values, old_values[start:stop, :width], returns[start:stop, :width], mmask,
-                        self.value_clip, n_tok,
+                        cfg.value_clip, n_tok,
                     )
-                    loss = loss + self.vf_coef * vl
+                    loss = loss + cfg.vf_coef * vl
                     sums["value_loss"] += vl.item()
                     sums["vf_clip_frac"] += v_stats["vf_clip_frac"] * share
                 loss.backward()
@@ -358,31 +333,24 @@ class PolicyUpdater:
         """False only when the step's loss is provably flat on every worker (then it is skipped)."""
         if self.value_head is not None or (self.use_kl and self.moved_from_ref):
             return True
-        signal = torch.tensor([float(not bool((adv == 0).all()))])  # NaN counts as signal: it must surface
-        import torch.distributed as dist
-
+        signal = float(not bool((adv == 0).all()))  # NaN counts as signal: it must surface
         if _is_distributed(self.model):
-            dist.all_reduce(signal, op=dist.ReduceOp.MAX)  # every rank must take the same branch
-        return bool(signal.item() > 0)
+            (signal,) = collectives.reduce_floats([signal], op="max")  # every rank must take the same branch
+        return signal > 0
 
     def _mean_over_workers(self, value: float) -> float:
         """`value` averaged over workers, so every rank's KL controller takes the same step."""
-        import torch.distributed as dist
-
         if not _is_distributed(self.model):
             return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item()) / dist.get_world_size()
+        (total,) = collectives.reduce_floats([value])
+        return total / collectives.world_size()
 
     def _sync_value_head_grads(self) -> None:
         """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""
-        import torch.distributed as dist
-
         if self.value_head is None or not _is_distributed(self.model):
             return
-        world = dist.get_world_size()
+        world = collectives.world_size()
         for p in self.value_head.parameters():
             if p.grad is not None:
-                dist.all_reduce(p.grad)
+                collectives.all_reduce_(p.grad)
                 p.grad /= world

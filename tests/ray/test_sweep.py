@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from s3_ray.config import load_config
-from s3_ray.types import Trajectory
+from s3_ray.types import RewardResult, Trajectory
 
 pytestmark = [pytest.mark.ray]
 
@@ -72,11 +72,8 @@ class LazyGenerator:
 class LengthScorer:
     """Reward = searcher tokens / 100: a trial with a larger token budget scores higher, every step."""
 
-    def score(self, trajs: list[Trajectory]) -> list[float]:
-        for t in trajs:
-            t.reward = len(t.response_ids) / 100
-            t.metrics["genacc"] = t.reward
-        return [t.reward for t in trajs]
+    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
+        return [RewardResult(len(t.response_ids) / 100, {"genacc": len(t.response_ids) / 100}) for t in trajs]
 
 
 def _setup(tmp_path: Path, **extra):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from s3_ray.config import load_config
-from s3_ray.types import Trajectory
+from s3_ray.types import RewardResult, Trajectory
 
 pytestmark = [pytest.mark.ray]
 
@@ -26,21 +26,18 @@ def _ship_this_module_by_value():
 class NaNScorer:
     """A diverged reward: the loss turns NaN and the collapse guard must stop the run at once."""
 
-    def score(self, trajs: list[Trajectory]) -> list[float]:
-        for t in trajs:
-            t.reward = float("nan")
-        return [t.reward for t in trajs]
+    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
+        return [RewardResult(float("nan")) for _ in trajs]
 
 
 class ToyScorer:
     """A reward that varies inside each group, so GRPO has a signal (no generator needed)."""
 
-    def score(self, trajs: list[Trajectory]) -> list[float]:
+    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
         out = []
         for t in trajs:
-            t.reward = float(sum(t.response_ids) % 7) / 7.0
-            t.metrics["genacc"] = t.reward
-            out.append(t.reward)
+            reward = float(sum(t.response_ids) % 7) / 7.0
+            out.append(RewardResult(reward, {"genacc": reward}))
         return out
 
 
@@ -76,7 +73,7 @@ def _retriever(cfg):
 
 
 def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_path):
-    from jobs.train import run_training, summarize
+    from s3_ray.rl.launch import run_training, summarize
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -107,7 +104,7 @@ def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_
 
 def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
     """With a LoRA format warm-up, RLOO and adaptive KL: the resumed run finds its merged base."""
-    from jobs.train import run_training
+    from s3_ray.rl.launch import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -137,7 +134,7 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
 
 
 def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
-    from jobs.train import run_training, summarize
+    from s3_ray.rl.launch import run_training, summarize
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -157,7 +154,7 @@ def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
     """train.parallel=fsdp over 2 gloo workers (with gradient checkpointing, as the paper config):
     the warm-up, the rollout copy, collective checkpoints, and a worker crash resumed from the
     sharded run's plain checkpoint."""
-    from jobs.train import run_training
+    from s3_ray.rl.launch import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 

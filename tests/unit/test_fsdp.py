@@ -48,9 +48,9 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from s3_ray.agent.vllm_policy import policy_state_dict
+    from s3_ray.rl.weight_sync import policy_state_dict
     from s3_ray.config import load_config
-    from s3_ray.rl.policy_setup import inference_copy, shard_for_training
+    from s3_ray.rl.policy import inference_copy, shard_for_training
     from s3_ray.rl.sharding import full_state_dict, is_sharded, is_sharded_tensor
     from s3_ray.rl.trainer import SearcherTrainer
     from s3_ray.types import QAItem
@@ -69,7 +69,7 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
                 ref = copy.deepcopy(initial).eval().requires_grad_(False)
                 if sharded:
                     shard_for_training(model, ref)
-                return model, PolicyUpdater(model, ref, cfg, pad_id=tok.pad_token_id, micro_batch=2)
+                return model, PolicyUpdater(model, ref, cfg, pad_id=tok.pad_token_id)
 
             model, up = fresh(sharded=True)
             assert is_sharded(model)

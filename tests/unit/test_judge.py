@@ -85,9 +85,9 @@ def test_baseline_and_reward_with_judge_through_the_client(tmp_path) -> None:
     gen.accept = {"eighteen seventy-nine", "Countess Lovelace"}
     ctx = [Passage("x", '"Ada"\nAda Lovelace.')]
     trajs = [Trajectory(item=it, prompt_ids=[1], context=ctx) for it in ITEMS]
-    rewards = RewardScorer(client, cache, RewardConfig(use_judge=True)).score(trajs)
-    assert rewards == [-1.0, 0.0, 1.0]
-    assert [t.metrics["genacc"] for t in trajs] == [0.0, 1.0, 1.0]
+    results = RewardScorer(client, cache, RewardConfig(use_judge=True)).score(trajs)
+    assert [r.reward for r in results] == [-1.0, 0.0, 1.0]
+    assert [r.metrics["genacc"] for r in results] == [0.0, 1.0, 1.0]
 
 
 def test_judge_replies_are_cached_like_answers(tmp_path) -> None:

@@ -19,7 +19,7 @@ from s3_ray.rl.lora import (
     merge_lora,
     merged_state_dict,
 )
-from s3_ray.rl.policy_setup import enable_gradient_checkpointing
+from s3_ray.rl.policy import enable_gradient_checkpointing
 from s3_ray.rl.update import PolicyUpdater
 from s3_ray.types import QAItem, Trajectory
 

@@ -105,27 +105,29 @@ def test_reward_scorer_values_signs_and_metrics(tmp_path) -> None:
                          "question 3?": "wrong"})
     ctx = [Passage("a", '"A"\nx'), Passage("b", '"B"\ny'), Passage("a", '"A"\nx')]
     trajs = [_traj(it, ctx) for it in qs]
-    rewards = RewardScorer(client, cache, RewardConfig()).score(trajs)
-    assert rewards == [1.0, 0.0, 0.0, -1.0]
+    results = RewardScorer(client, cache, RewardConfig()).score(trajs)
+    assert [r.reward for r in results] == [1.0, 0.0, 0.0, -1.0]
     assert client.answer_calls == 1 and client.answered == [it.question for it in qs]
     assert client.contexts[0] == ctx
-    m0, m3 = trajs[0].metrics, trajs[3].metrics
+    m0, m3 = results[0].metrics, results[3].metrics
     assert (m0["genacc"], m0["baseline_genacc"], m0["gbr"], m0["em"]) == (1.0, 0.0, 1.0, 0.0)
     assert m0["f1"] == pytest.approx(0.5) and m0["context_docs"] == 2.0
     assert (m3["genacc"], m3["baseline_genacc"], m3["gbr"]) == (0.0, 1.0, -1.0)
-    assert [t.reward for t in trajs] == rewards
+    # the reward is returned, never written into the trajectories
+    assert all(t.reward == 0.0 and t.metrics == {} for t in trajs)
     trajs2 = [_traj(it, ctx) for it in qs]
-    assert RewardScorer(client, cache, RewardConfig(add_accuracy=True)).score(trajs2) == [2.0, 1.0, 0.0, -1.0]
-    assert trajs2[0].metrics["gbr"] == 1.0  # gbr stays the pure difference
+    results2 = RewardScorer(client, cache, RewardConfig(add_accuracy=True)).score(trajs2)
+    assert [r.reward for r in results2] == [2.0, 1.0, 0.0, -1.0]
+    assert results2[0].metrics["gbr"] == 1.0  # gbr stays the pure difference
 
 
 def test_reward_scorer_judge_only_for_span_failures(tmp_path) -> None:
     qs, cache = _scorer_setup(tmp_path, judge=True)
     client = FakeClient({"question 0?": "gold0", "question 2?": "paraphrase"}, judge_says="Yes")
     trajs = [_traj(it, []) for it in qs]
-    RewardScorer(client, cache, RewardConfig(use_judge=True)).score(trajs)
+    results = RewardScorer(client, cache, RewardConfig(use_judge=True)).score(trajs)
     assert len(client.judge_prompts) == 3  # q1..q3 failed the span check, q0 did not
-    assert [t.metrics["genacc"] for t in trajs] == [1.0, 1.0, 1.0, 1.0]
+    assert [r.metrics["genacc"] for r in results] == [1.0, 1.0, 1.0, 1.0]
 
 
 def test_reward_scorer_missing_baseline_fails_before_generating(tmp_path) -> None:

@@ -13,7 +13,7 @@ from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.trainer import SearcherTrainer
-from s3_ray.types import QAItem, Trajectory
+from s3_ray.types import QAItem, RewardResult, Trajectory
 
 
 class LowTokenScorer:
@@ -25,12 +25,13 @@ class LowTokenScorer:
         self.half = vocab // 2
         self.low = low
 
-    def score(self, trajs: list[Trajectory]) -> list[float]:
+    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
+        out = []
         for t in trajs:
             own = [tok for tok, m in zip(t.response_ids, t.loss_mask) if m]
-            t.reward = sum((tok < self.half) == self.low for tok in own) / len(own) if own else 0.0
-            t.metrics["genacc"] = t.reward
-        return [t.reward for t in trajs]
+            reward = sum((tok < self.half) == self.low for tok in own) / len(own) if own else 0.0
+            out.append(RewardResult(reward, {"genacc": reward}))
+        return out
 
 
 def _run(steps: int, lr: float, low: bool = True) -> list[float]:

@@ -117,7 +117,7 @@ def test_micro_batching_matches_one_big_batch(tiny):
     results = []
     for mb in (1, 4):
         m = copy.deepcopy(model)
-        results.append(PolicyUpdater(m, None, _cfg(), pad_id=tok.pad_token_id, micro_batch=mb).step(trajs))
+        results.append(PolicyUpdater(m, None, _cfg(micro_batch=mb), pad_id=tok.pad_token_id).step(trajs))
     for key in ("loss", "pg_loss", "entropy", "grad_norm"):
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-4, abs=1e-6), key
 
@@ -163,7 +163,7 @@ def test_env_tokens_get_no_gradient_signal(tiny):
 def test_ppo_learns_and_trains_value_head(model_tok):
     model, tok = model_tok
     trajs = _group(tok)
-    up = PolicyUpdater(model, None, _cfg(algorithm="ppo"), pad_id=tok.pad_token_id, value_lr=0.05)
+    up = PolicyUpdater(model, None, _cfg(algorithm="ppo", value_lr=0.05), pad_id=tok.pad_token_id)
     assert up.value_head is not None
     before = _seq_logp(model, tok, trajs)
     for _ in range(4):
@@ -192,7 +192,7 @@ def _ddp_child() -> None:
         model, tok = load_causal_lm("tiny-random", for_training=True)
         ddp = DistributedDataParallel(model)
         for algo in ("grpo", "ppo"):
-            up = PolicyUpdater(ddp, None, _cfg(algorithm=algo), pad_id=tok.pad_token_id, micro_batch=2)
+            up = PolicyUpdater(ddp, None, _cfg(algorithm=algo, micro_batch=2), pad_id=tok.pad_token_id)
             metrics = up.step(_group(tok))
             assert metrics["grad_norm"] > 0, (algo, metrics)
     finally:

@@ -19,11 +19,11 @@ from s3_ray.agent.vllm_policy import (
     STOP_STRINGS,
     VLLMPolicy,
     WeightLoader,
-    policy_state_dict,
 )
 from s3_ray.config import S3Config, SearcherConfig, TrainConfig
 from s3_ray.models import load_causal_lm, resolve_model
-from s3_ray.types import QAItem
+from s3_ray.rl.weight_sync import policy_state_dict
+from s3_ray.types import QAItem, RewardResult
 
 torch.set_num_threads(1)
 
@@ -269,9 +269,7 @@ class AlternatingScorer:
     """Rewards 1, 0, 1, 0, ...: every GRPO group of two has a gradient."""
 
     def score(self, trajs):
-        for i, t in enumerate(trajs):
-            t.reward = float(i % 2 == 0)
-        return [t.reward for t in trajs]
+        return [RewardResult(float(i % 2 == 0)) for i in range(len(trajs))]
 
 
 @pytest.mark.parametrize("lora_rank", [0, 2])
@@ -279,7 +277,7 @@ def test_trainer_pushes_updated_weights_into_the_engine(fake_vllm, tiny, lora_ra
     import copy
 
     from s3_ray.rl.lora import merged_state_dict
-    from s3_ray.rl.policy_setup import build_policy
+    from s3_ray.rl.policy import build_policy
     from s3_ray.rl.trainer import SearcherTrainer
 
     base, tok = tiny
