@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3_ray.eval.methods import ContextMethod
+from s3_ray.eval.base import ContextMethod
 from s3_ray.generation.base import Answerer
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import QAItem
