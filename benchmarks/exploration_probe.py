@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from s3_ray.models import load_causal_lm
     from s3_ray.retrieval import BM25Retriever
     from s3_ray.reward import BaselineCache, BaselineSettings, RewardScorer, precompute_baseline
-    from s3_ray.reward.baseline import filter_unanswered
+    from s3_ray.reward.training_filter import filter_unanswered
 
     t0 = time.perf_counter()
     retriever = BM25Retriever.build(read_corpus(embedded_dir() / "corpus.jsonl"))

@@ -267,7 +267,7 @@ def retriever_fault(cfg: Any, items: list[Any], rounds: int, kill_round: int) ->
 # --------------------------------------------------------------------------------------------
 def generator_fault(cfg: Any, trajs: list[Any], rounds: int, kill_round: int) -> dict[str, Any]:
     from s3_ray.clients.generator import GeneratorClient
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
 
     killer = KillOnCall("generator", "GeneratorDeployment", kill_at=kill_round + 1, delay_s=0.1)

@@ -70,7 +70,7 @@ def train_fault(cfg: Any) -> dict[str, Any]:
     from s3_ray.rl.launch import run_training, training_items
     from s3_ray.clients.generator import GeneratorClient
     from s3_ray.clients.retriever import RetrieverClient
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
 
     tcfg = cfg.with_overrides({"searcher.max_new_tokens": 8, "searcher.max_prompt_tokens": 512,

@@ -66,7 +66,7 @@ def run_oracle(cfg: Any, retriever: Any, generator: Any) -> dict[str, float]:
     from s3_ray.data.corpus import read_corpus
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.models import load_causal_lm
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
 
     items = load_split(cfg.data, cfg.eval.split)
@@ -120,7 +120,8 @@ def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None
     from jobs.demo import warmup_checkpoint
     from jobs.evaluate import evaluate
     from s3_ray.rl.launch import run_training, training_items
-    from s3_ray.reward.baseline import open_baseline, precompute_split
+    from s3_ray.reward.fingerprint import open_baseline
+    from s3_ray.reward.precompute import precompute_split
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.tracking import read_metrics
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.init_ray()
     runtime.deploy_services(base)
     retriever, generator = runtime.clients(base)
-    from s3_ray.reward.baseline import precompute_split
+    from s3_ray.reward.precompute import precompute_split
 
     precompute_split(base, base.eval.split, retriever, generator, progress=False, log=runtime.log)
     oracle = run_oracle(base, retriever, generator)

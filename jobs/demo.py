@@ -41,7 +41,8 @@ def run_demo(cfg: S3Config) -> dict[str, Any]:
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.report import plot_training, write_report
     from s3_ray.retrieval.index import build_index
-    from s3_ray.reward.baseline import open_baseline, precompute_split
+    from s3_ray.reward.fingerprint import open_baseline
+    from s3_ray.reward.precompute import precompute_split
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.tracking import read_metrics
 

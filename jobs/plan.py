@@ -111,7 +111,8 @@ def data_entry(cfg: S3Config, plan: Plan, splits: list[str], corpus: bool = Fals
 def baseline_entry(cfg: S3Config, plan: Plan, split: str, required: bool) -> dict[str, Any]:
     """The naive-RAG baseline file of a split, checked against the config's settings when readable."""
     from s3_ray.retrieval.index import IndexMismatchError
-    from s3_ray.reward.baseline import BaselineError, baseline_path, open_baseline
+    from s3_ray.reward.baseline_file import BaselineError
+    from s3_ray.reward.fingerprint import baseline_path, open_baseline
 
     path = baseline_path(cfg, split)
     entry: dict[str, Any] = {"split": split, **(plan.file(path, f"baseline {split}",

@@ -44,11 +44,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def shard_task(cfg: S3Config, shard_file: str, items: list, serve: bool, batch_size: int) -> int:
     """One shard, run inside a Ray task: answer `items` into `shard_file`. Returns how many."""
-    from s3_ray.reward.baseline import (
-        BaselineCache,
-        baseline_settings,
-        precompute_baseline,
-    )
+    from s3_ray.reward.baseline_file import BaselineCache
+    from s3_ray.reward.fingerprint import baseline_settings
+    from s3_ray.reward.precompute import precompute_baseline
 
     retriever, generator = _backends(cfg, serve)
     cache = BaselineCache(shard_file, baseline_settings(cfg))
@@ -76,7 +74,7 @@ def run_sharded(cfg: S3Config, args: argparse.Namespace) -> dict:
     import ray
 
     from s3_ray.data.embedded import load_split
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.shards import precompute_sharded
 
     items = load_split(cfg.data, args.split)
@@ -137,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(cfg, args.split, args.serve, args.shards)
 
-    from s3_ray.reward.baseline import open_baseline, precompute_split, summarize_split
+    from s3_ray.reward.fingerprint import open_baseline
+    from s3_ray.reward.precompute import precompute_split
+    from s3_ray.reward.summary import summarize_split
 
     open_baseline(cfg, args.split)  # fail on a settings mismatch before loading any model
     if args.serve or args.shards > 1:

@@ -78,7 +78,7 @@ def training_setup(cfg: S3Config, generator: Any, scorer: Any = None) -> tuple[l
     if scorer is not None:
         return load_split(cfg.data, "train"), scorer
     from s3_ray.rl.launch import training_items
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
 
     baseline = open_baseline(cfg, "train")

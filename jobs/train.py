@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_dry_run(cfg)
 
-    from s3_ray.reward.baseline import open_baseline
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.rl.launch import run_training, summarize, training_items
 

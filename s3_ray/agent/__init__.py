@@ -4,7 +4,7 @@ from s3_ray.agent.episode import Episode, EpisodeError
 from s3_ray.agent.policy import HFPolicy, Policy, PolicyStats, ScriptedPolicy, make_policy
 from s3_ray.agent.prompt import MARKER, build_searcher_messages, encode_prompt
 from s3_ray.agent.protocol import MALFORMED_REASONS, NUDGE, ParsedTurn, parse_turn, render_information
-from s3_ray.agent.rollout import SearchBackend, initial_passages, rollout_stats, run_rollout
+from s3_ray.agent.rollout import initial_passages, rollout_stats, run_rollout
 
 __all__ = [
     "MALFORMED_REASONS",
@@ -17,7 +17,6 @@ __all__ = [
     "Policy",
     "PolicyStats",
     "ScriptedPolicy",
-    "SearchBackend",
     "build_searcher_messages",
     "encode_prompt",
     "initial_passages",

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3_ray.agent.policy import HFPolicy, Policy
-from s3_ray.agent.rollout import SearchBackend, run_rollout
+from s3_ray.agent.rollout import run_rollout
 from s3_ray.config import RolloutConfig, SearcherConfig
 from s3_ray.types import Passage, Trajectory, TurnRecord
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 
 class CopilotRequestError(ValueError):
@@ -132,7 +135,7 @@ class SearchCopilot:
     checkpoint) or a hub id. Use `SearchCopilot.with_policy` to supply an already built policy.
     """
 
-    def __init__(self, model: str, retriever: SearchBackend, rollout: RolloutConfig, searcher: SearcherConfig,
+    def __init__(self, model: str, retriever: Retriever, rollout: RolloutConfig, searcher: SearcherConfig,
                  max_batch: int = 16) -> None:
         from s3_ray.models import load_causal_lm
 
@@ -142,7 +145,7 @@ class SearchCopilot:
         self.model_id = model
 
     @classmethod
-    def with_policy(cls, policy: Policy, tokenizer: Any, retriever: SearchBackend, rollout: RolloutConfig,
+    def with_policy(cls, policy: Policy, tokenizer: Any, retriever: Retriever, rollout: RolloutConfig,
                     searcher: SearcherConfig, max_batch: int = 16, model_id: str = "custom") -> SearchCopilot:
         """A copilot over a given policy (tests, or a policy shared with a trainer)."""
         self = cls.__new__(cls)
@@ -151,7 +154,7 @@ class SearchCopilot:
         self.model_id = model_id
         return self
 
-    def _setup(self, policy: Policy, tokenizer: Any, retriever: SearchBackend, rollout: RolloutConfig,
+    def _setup(self, policy: Policy, tokenizer: Any, retriever: Retriever, rollout: RolloutConfig,
                searcher: SearcherConfig, max_batch: int) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")

@@ -10,7 +10,7 @@ environment's observations and nudges are tokenized and appended with loss_mask 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from s3_ray.agent.episode import Episode
 from s3_ray.agent.policy import Policy
@@ -18,15 +18,11 @@ from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
 from s3_ray.config import RolloutConfig, SearcherConfig
 from s3_ray.types import Passage, QAItem, SearchHit, Trajectory
 
-
-class SearchBackend(Protocol):
-    """Any batched retriever: one best-first hit list per query."""
-
-    def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
-        ...
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 
-def _search(retriever: SearchBackend, queries: list[str], k: int) -> list[list[SearchHit]]:
+def _search(retriever: Retriever, queries: list[str], k: int) -> list[list[SearchHit]]:
     """Call the retriever once and check that it answered every query."""
     results = retriever.search(queries, k)
     if len(results) != len(queries):
@@ -34,7 +30,7 @@ def _search(retriever: SearchBackend, queries: list[str], k: int) -> list[list[S
     return results
 
 
-def initial_passages(items: Sequence[QAItem], retriever: SearchBackend, k: int) -> list[list[Passage]]:
+def initial_passages(items: Sequence[QAItem], retriever: Retriever, k: int) -> list[list[Passage]]:
     """Naive top-k documents for every question, in one retriever call (empty lists when k == 0)."""
     if k == 0 or not items:
         return [[] for _ in items]
@@ -45,7 +41,7 @@ def run_rollout(
     items: list[QAItem],
     policy: Policy,
     tokenizer: Any,
-    retriever: SearchBackend,
+    retriever: Retriever,
     budget: RolloutConfig,
     searcher_cfg: SearcherConfig,
     init_passages: list[list[Passage]] | None = None,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from s3_ray.generation.base import Generator, Messages, validate_prompts
 from s3_ray.generation.prompt import build_answer_messages
+from s3_ray.retry import GiveUp, Retry, Transient
 from s3_ray.types import Passage
 
 _log = logging.getLogger(__name__)
@@ -135,19 +135,17 @@ class GeneratorClient:
             return []
         if self._generator is not None:
             return await asyncio.to_thread(self._generator.generate, prompts)
-        errors = _retryable()
-        for attempt in range(self.retries + 1):
+        errors = (*_retryable(), asyncio.TimeoutError)
+
+        async def attempt() -> list[str]:
             try:
                 return await asyncio.wait_for(self._get_handle().generate.remote(prompts), self.timeout_s)
-            except (*errors, asyncio.TimeoutError) as err:
-                if not _transient(err):
-                    raise GeneratorCallError(f"{self.where}: generate failed in the deployment: {err!r}") from err
-                self.failed_attempts += 1
-                _log.warning("%s: generate attempt %d of %d failed: %r", self.where, attempt + 1, self.retries + 1, err)
-                if attempt == self.retries:
-                    raise GeneratorCallError(f"{self.where}: generate failed after {attempt + 1} attempts: {err!r}") from err
-                await asyncio.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+            except errors as err:
+                raise self._classify("generate", err) from err
+
+        return await Retry(self.retries, self.backoff_s).acall(
+            attempt, what=f"{self.where}: generate", give_up=self._give_up("generate"), log=_log,
+            on_failure=self._count_failure)
 
     async def aanswer(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]]) -> list[str]:
         if len(questions) != len(contexts):
@@ -156,17 +154,29 @@ class GeneratorClient:
 
     def _call_remote(self, method: str, args: tuple[Any, ...]) -> Any:
         errors = _retryable()
-        for attempt in range(self.retries + 1):
+
+        def attempt() -> Any:
             try:
                 return getattr(self._get_handle(), method).remote(*args).result(timeout_s=self.timeout_s)
             except errors as err:
-                if not _transient(err):
-                    raise GeneratorCallError(f"{self.where}: {method} failed in the deployment: {err!r}") from err
-                self.failed_attempts += 1
-                _log.warning("%s: %s attempt %d of %d failed: %r", self.where, method, attempt + 1, self.retries + 1, err)
-                if attempt == self.retries:
-                    raise GeneratorCallError(
-                        f"{self.where}: {method} failed after {attempt + 1} attempts: {err!r}"
-                    ) from err
-                time.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+                raise self._classify(method, err) from err
+
+        return Retry(self.retries, self.backoff_s).call(
+            attempt, what=f"{self.where}: {method}", give_up=self._give_up(method), log=_log,
+            on_failure=self._count_failure)
+
+    # the retry policy's parts -----------------------------------------------------------------
+    def _classify(self, method: str, err: BaseException) -> Exception:
+        """A transient failure to retry, or the deployment's own error, which fails at once."""
+        if not _transient(err):
+            return GeneratorCallError(f"{self.where}: {method} failed in the deployment: {err!r}")
+        return Transient(repr(err))
+
+    def _count_failure(self, will_retry: bool) -> None:
+        self.failed_attempts += 1
+
+    def _give_up(self, method: str) -> GiveUp:
+        def error(attempts: int, err: Transient) -> GeneratorCallError:
+            return GeneratorCallError(f"{self.where}: {method} failed after {attempts} attempts: {err.cause}")
+
+        return error

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from s3_ray.retrieval.base import Retriever
+from s3_ray.retry import Retry, Transient
 from s3_ray.types import SearchHit
 
 _log = logging.getLogger(__name__)
@@ -22,10 +22,6 @@ _log = logging.getLogger(__name__)
 
 class RetrieverError(RuntimeError):
     """Retrieval failed for good (a rejected request, or retries exhausted)."""
-
-
-class _Transient(Exception):
-    """Internal marker: this attempt may succeed if repeated."""
 
 
 class _InProcess:
@@ -64,7 +60,7 @@ class _Handle:
         except transient as err:
             if self.app_name is not None:
                 self.handle = None
-            raise _Transient(f"{type(err).__name__}: {err}") from err
+            raise Transient(f"{type(err).__name__}: {err}") from err
 
     def describe(self) -> str:
         return f"Serve app {self.app_name!r}" if self.app_name else "Serve handle"
@@ -104,9 +100,9 @@ class _Http:
             resp = self._client.post(self.url, json={"queries": queries, "topk": k, "return_scores": True},
                                      headers=self._headers(), timeout=timeout_s)
         except httpx.TransportError as err:
-            raise _Transient(f"{type(err).__name__}: {err}") from err
+            raise Transient(f"{type(err).__name__}: {err}") from err
         if resp.status_code >= 500:
-            raise _Transient(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            raise Transient(f"HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code >= 400:
             raise RetrieverError(f"{self.url} rejected the request: HTTP {resp.status_code}: {resp.text[:500]}")
         try:
@@ -157,20 +153,16 @@ class RetrieverClient:
             raise TypeError("queries must be a list of strings")
         if not queries:
             return []
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._backend.call(list(queries), int(k), self.timeout_s)
-            except _Transient as err:
-                last = str(err)
-                self.failed_attempts += 1
-                if attempt < self.retries:
-                    delay = self.backoff_s * 2**attempt
-                    _log.warning("retrieval from %s failed (attempt %d of %d), retrying in %.2f s: %s",
-                                 self._backend.describe(), attempt + 1, self.retries + 1, delay, last)
-                    time.sleep(delay)
-        raise RetrieverError(f"retrieval from {self._backend.describe()} failed after {self.retries + 1} "
-                             f"attempts: {last}")
+        backend, where = self._backend, f"retrieval from {self._backend.describe()}"
+
+        def count(will_retry: bool) -> None:
+            self.failed_attempts += 1
+
+        def give_up(attempts: int, err: Transient) -> RetrieverError:
+            return RetrieverError(f"{where} failed after {attempts} attempts: {err.cause}")
+
+        return Retry(self.retries, self.backoff_s).call(lambda: backend.call(list(queries), int(k), self.timeout_s),
+                                                        what=where, give_up=give_up, log=_log, on_failure=count)
 
     def __repr__(self) -> str:
         return f"RetrieverClient({self._backend.describe()})"

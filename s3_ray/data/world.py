@@ -2,17 +2,14 @@
 
 A small LM cannot know these facts from pre-training, so answering needs retrieval, and bridge
 questions need a second, differently worded search. Deterministic for a seed (one
-`random.Random(seed)`, no global state). Questions are built in `world_qa.py`.
-
-Run: `python -m s3_ray.data.world --seed 0 --out s3_ray/data/embedded`
+`random.Random(seed)`, no global state). Questions are built, and the embedded data set is
+written, in `world_qa.py`: `python -m s3_ray.data.world_qa --seed 0 --out s3_ray/data/embedded`.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from s3_ray.data.corpus import make_contents
 from s3_ray.types import Passage
@@ -231,20 +228,3 @@ def _pick(rng: random.Random, pool: list[Entity], avoid: set[str], self_key: str
         cand = rng.choice(pool)
         if cand.key not in avoid and cand.key != self_key:
             return cand.name
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Generate the world and its QA splits and write them to `--out`."""
-    from s3_ray.data.world_qa import write_embedded
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "embedded")
-    args = ap.parse_args(argv)
-    manifest = write_embedded(args.out, seed=args.seed)
-    print({k: v for k, v in manifest.items() if k != "files"})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

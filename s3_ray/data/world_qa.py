@@ -3,10 +3,14 @@
 A bridge question names only the first-hop entity; its answer sits in the second-hop passage,
 which never mentions that entity, so one BM25 search on the question text rarely finds it.
 Every (entity, relation) pair is asked at most once, so no pair is shared between splits.
+
+Run: `python -m s3_ray.data.world_qa --seed 0 --out s3_ray/data/embedded` (writes the embedded
+data set: corpus, train/dev/test questions and manifest).
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +166,20 @@ def write_embedded(out: Path, seed: int = 0) -> dict[str, Any]:
                 "counts": counts, "question_types": types, "entities": len(world.entities)}
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the world and its QA splits and write them to `--out`."""
+    ap = argparse.ArgumentParser(prog="python -m s3_ray.data.world_qa",
+                                 description="Generate the embedded data set: a seeded fictional encyclopedia "
+                                             "(corpus.jsonl), its train/dev/test questions and manifest.json.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "embedded")
+    args = ap.parse_args(argv)
+    manifest = write_embedded(args.out, seed=args.seed)
+    print({k: v for k, v in manifest.items() if k != "files"})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

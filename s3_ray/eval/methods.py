@@ -7,31 +7,14 @@ differ in the context they produce. Registry: `METHODS` (name -> factory).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from s3_ray.config import RolloutConfig, SearcherConfig
-from s3_ray.eval.baselines.common import retrieval_query
-from s3_ray.types import Passage, QAItem, TurnRecord
+from s3_ray.eval.base import ContextMethod, MethodOutput
+from s3_ray.types import QAItem
 
-
-@dataclass
-class MethodOutput:
-    """The context of one question and what producing it cost.
-
-    `lm_calls` counts the generations the method's own LM (searcher or baseline) made for this
-    question; the frozen generator's calls are counted by the runner."""
-
-    passages: list[Passage]
-    trace: list[TurnRecord] = field(default_factory=list)
-    searches: int = 0
-    lm_calls: int = 0
-
-
-class ContextMethod(Protocol):
-    name: str
-
-    def contexts(self, items: list[QAItem]) -> list[MethodOutput]: ...
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 
 class NoRetrieval:
@@ -44,40 +27,25 @@ class NoRetrieval:
 
 
 class NaiveRAG:
-    """Top-k passages for the question itself (`meta["query"]` when set, e.g. MIRAGE without its
-    options): the baseline of Gain Beyond RAG."""
+    """Top-k passages for the question to search for (`QAItem.search_text`: `meta["query"]` when
+    set, e.g. MIRAGE without its options): the baseline of Gain Beyond RAG."""
 
     name = "naive_rag"
 
-    def __init__(self, retriever: Any, k: int) -> None:
+    def __init__(self, retriever: Retriever, k: int) -> None:
         self.retriever, self.k = retriever, k
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        hits = self.retriever.search([retrieval_query(q) for q in items], self.k)
+        hits = self.retriever.search([q.search_text for q in items], self.k)
         return [MethodOutput(passages=[h.passage for h in row], searches=1) for row in hits]
-
-
-def search_item(item: QAItem) -> QAItem:
-    """The item as a searcher should see it: the question to search for (`meta["query"]`, e.g.
-    MIRAGE without its options) in place of the full question. Only the frozen generator reads
-    the options; the runner hands it the original item's question.
-
-    >>> search_item(QAItem("m1", "Q?\\nOptions:\\nA. x", ("A",), {"query": "Q?"})).question
-    'Q?'
-    >>> q = QAItem("n1", "Who?", ("x",)); search_item(q) is q
-    True
-    """
-    query = retrieval_query(item)
-    if query == item.question:
-        return item
-    return QAItem(item.id, query, item.golden_answers, item.meta)
 
 
 class S3Searcher:
     """A (trained or untrained) searcher policy run through the s3 protocol. The searcher's prompt
-    and its initial retrieval use the question to search for (`search_item`)."""
+    and its initial retrieval use the question to search for (`QAItem.search_text`, as
+    `run_rollout` always does); only the frozen generator reads the full question."""
 
-    def __init__(self, model: str, retriever: Any, rollout: RolloutConfig, searcher: SearcherConfig,
+    def __init__(self, model: str, retriever: Retriever, rollout: RolloutConfig, searcher: SearcherConfig,
                  name: str = "s3", batch_size: int = 8) -> None:
         from s3_ray.models import load_causal_lm
 
@@ -93,7 +61,7 @@ class S3Searcher:
         policy = HFPolicy(self.model, self.tokenizer, self.searcher_cfg)
         out: list[MethodOutput] = []
         for i in range(0, len(items), self.batch_size):
-            batch = [search_item(q) for q in items[i : i + self.batch_size]]
+            batch = items[i : i + self.batch_size]
             trajs = run_rollout(batch, policy, self.tokenizer, self.retriever, self.rollout_cfg, self.searcher_cfg)
             out.extend(MethodOutput(passages=t.context, trace=t.turns, searches=t.num_searches, lm_calls=len(t.turns))
                        for t in trajs)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3_ray.eval.methods import ContextMethod
+from s3_ray.eval.base import ContextMethod
+from s3_ray.generation.base import Answerer
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import QAItem
 
@@ -27,7 +28,8 @@ def score_answer(answer: str, golds: tuple[str, ...]) -> dict[str, float]:
     return {"genacc": genacc(answer, list(golds)), "em": exact_match(answer, list(golds)), "f1": f1(answer, list(golds))}
 
 
-def score_answers(answers: list[str], golds: list[tuple[str, ...]], judge_with: Any = None) -> list[dict[str, Any]]:
+def score_answers(answers: list[str], golds: list[tuple[str, ...]],
+                  judge_with: Answerer | None = None) -> list[dict[str, Any]]:
     """GenAcc, span match, EM and F1 per answer. With `judge_with` (a generator client), GenAcc is
     span match OR the generator-as-judge, exactly as in the reward (`batch_genacc`: one batched judge
     call for the answers the span check rejects); `judged` says whether the judge was asked.
@@ -35,7 +37,7 @@ def score_answers(answers: list[str], golds: list[tuple[str, ...]], judge_with: 
     >>> score_answers(["It was Paris."], [("Paris",)])[0]["genacc"]
     1.0
     """
-    from s3_ray.reward.baseline import batch_genacc
+    from s3_ray.reward.judge import batch_genacc
     from s3_ray.reward.metrics import exact_match, f1, span_match
 
     accs = batch_genacc(answers, [list(g) for g in golds], judge_with=judge_with)
@@ -76,7 +78,7 @@ def token_counter(model: str) -> Callable[[str], int]:
     return TokenCounter(model)
 
 
-def evaluate_method(items: list[QAItem], method: ContextMethod, generator: Any, out_dir: str | os.PathLike[str],
+def evaluate_method(items: list[QAItem], method: ContextMethod, generator: Answerer, out_dir: str | os.PathLike[str],
                     batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
                     count_tokens: Callable[[str], int] | None = None, judge: bool = False) -> list[dict[str, Any]]:
     """Run `method` then the generator over `items`; returns one record per item (file order).
@@ -199,7 +201,7 @@ class PairJob:
     method: ContextMethod | MethodRef
     items: list[QAItem]
     out_dir: str
-    generator: Any
+    generator: Answerer
     batch_size: int = 8
     judge: bool = False
     count_tokens: Callable[[str], int] | None = None
@@ -256,7 +258,7 @@ def run_pairs(jobs: list[PairJob], map_fn: PairMap | None = None) -> dict[str, d
     return out
 
 
-def run_suite(methods: list[ContextMethod | MethodRef], items: list[QAItem], generator: Any,
+def run_suite(methods: list[ContextMethod | MethodRef], items: list[QAItem], generator: Answerer,
               out_dir: str | os.PathLike[str], batch_size: int = 8, log: Callable[[str], None] = print,
               count_tokens: Callable[[str], int] | None = None, judge: bool = False,
               map_fn: PairMap | None = None) -> dict[str, dict[str, float]]:
@@ -265,7 +267,7 @@ def run_suite(methods: list[ContextMethod | MethodRef], items: list[QAItem], gen
     return run_pairs(jobs, map_fn).get("", {})
 
 
-def run_datasets(methods: list[ContextMethod | MethodRef], datasets: dict[str, list[QAItem]], generator: Any,
+def run_datasets(methods: list[ContextMethod | MethodRef], datasets: dict[str, list[QAItem]], generator: Answerer,
                  out_dir: str | os.PathLike[str], batch_size: int = 8, log: Callable[[str], None] = print,
                  count_tokens: Callable[[str], int] | None = None, judge: bool = False,
                  map_fn: PairMap | None = None) -> dict[str, dict[str, dict[str, float]]]:

@@ -1,5 +1,5 @@
-"""Frozen answer generation: the Generator protocol, s3's prompts, the backends (transformers, vLLM,
-an OpenAI-compatible server), a response cache.
+"""Frozen answer generation: the Generator and Answerer protocols, s3's prompts, the backends
+(transformers, vLLM, an OpenAI-compatible server), a response cache.
 
 Importing this package loads no model and no torch; `build_generator` does.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from s3_ray.config import GeneratorConfig
 
-from s3_ray.generation.base import Generator, Messages, validate_prompts
+from s3_ray.generation.base import Answerer, Generator, Messages, validate_prompts
 from s3_ray.generation.cache import CachedGenerator, ResponseCache, cache_key
 from s3_ray.generation.fit import PromptTooLongError, context_fit_mode
 from s3_ray.generation.hf import TransformersGenerator
@@ -23,6 +23,7 @@ from s3_ray.generation.prompt import (
 )
 
 __all__ = [
+    "Answerer",
     "CachedGenerator",
     "OpenAICompatError",
     "OpenAICompatGenerator",

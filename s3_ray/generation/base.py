@@ -1,8 +1,13 @@
-"""The one interface every answer backend satisfies (transformers, a cache wrapper, a remote model)."""
+"""The two interfaces of the frozen generator: `Generator`, which every backend satisfies
+(transformers, vLLM, an OpenAI-compatible server, the cache wrapper), and `Answerer`, the client
+the reward and the evaluation call (`s3_ray.clients.GeneratorClient`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from s3_ray.types import Passage
 
 Messages = list[dict[str, str]]
 
@@ -21,6 +26,23 @@ class Generator(Protocol):
 
     @property
     def decoding(self) -> dict[str, Any]:
+        ...
+
+    def generate(self, prompts: list[Messages]) -> list[str]:
+        ...
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    """A generator that answers questions from passages with s3's answer prompt, and completes raw
+    chat prompts too (the LLM judge). `model_id` names the generator the answers come from.
+    """
+
+    @property
+    def model_id(self) -> str:
+        ...
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]]) -> list[str]:
         ...
 
     def generate(self, prompts: list[Messages]) -> list[str]:

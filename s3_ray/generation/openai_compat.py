@@ -34,6 +34,7 @@ from s3_ray.generation.fit import (
     fit_prompt,
     load_local_tokenizer,
 )
+from s3_ray.retry import Retry, Transient
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -51,19 +52,8 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRY_STATUS or 500 <= status <= 599
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, retry_after: str | None = None) -> float:
-    """Seconds to wait before retry `attempt` (0-based): base * 2**attempt, capped; a numeric
-    Retry-After header wins when it asks for longer (still capped).
-
-    >>> [backoff_delay(a, 0.5, 4.0) for a in range(5)]
-    [0.5, 1.0, 2.0, 4.0, 4.0]
-    >>> backoff_delay(0, 0.5, 4.0, retry_after="3"), backoff_delay(0, 0.5, 4.0, retry_after="soon")
-    (3.0, 0.5)
-    """
-    delay = min(max_s, base_s * 2**attempt)
-    if retry_after is not None and retry_after.strip().replace(".", "", 1).isdigit():  # not an HTTP date
-        delay = max(delay, min(max_s, float(retry_after)))
-    return delay
+class _RetryableStatus(Transient):
+    """The server answered with a status worth another try (`is_retryable_status`)."""
 
 
 def first_line(text: str) -> str:
@@ -183,47 +173,54 @@ class OpenAICompatGenerator:
         return OpenAICompatError(self._scrub(f"{self.base_url}/chat/completions (model {self._model!r}): {msg}"))
 
     def _complete(self, messages: Messages) -> str:
-        import httpx
-
+        """One chat completion, retrying transient failures (`s3_ray.retry`, capped backoff that
+        honours a numeric Retry-After); `stats()["retries"]` counts the retries."""
         body = {"model": self._model, "messages": messages, "max_tokens": self.max_new_tokens,
                 "temperature": self.temperature}
-        url = f"{self.base_url}/chat/completions"
-        client = self._http()
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            retry_after: str | None = None
-            with self._lock:
-                self._in_flight += 1
-                self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
-                self._stats["requests"] += 1
-            start = time.perf_counter()
-            try:
-                resp = client.post(url, json=body, headers=self._headers())
-            except httpx.TransportError as err:  # refused, reset, timed out
-                cause = f"{type(err).__name__}: {err}"
-                if last:
-                    raise self._fail(f"failed after {attempt + 1} attempts: {cause}") from None
-            else:
-                if resp.status_code == 200:
-                    with self._lock:
-                        self._latencies.append(time.perf_counter() - start)
-                    return self._parse(resp)
-                cause = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                if resp.status_code in (401, 403):
-                    raise self._fail(f"authentication failed (HTTP {resp.status_code}); check the key in "
-                                     f"${self.api_key_env}: {resp.text[:300]}")
-                if not is_retryable_status(resp.status_code):
-                    raise self._fail(cause)
-                if last:
-                    raise self._fail(f"failed after {attempt + 1} attempts, last {cause}")
-                retry_after = resp.headers.get("retry-after")
-            finally:
+
+        def count_retry(will_retry: bool) -> None:
+            if will_retry:
                 with self._lock:
-                    self._in_flight -= 1
+                    self._stats["retries"] += 1
+
+        def give_up(attempts: int, err: Transient) -> OpenAICompatError:
+            last = ", last " if isinstance(err, _RetryableStatus) else ": "
+            return self._fail(f"failed after {attempts} attempts{last}{err.cause}")
+
+        return Retry(self.max_retries, self.backoff_s, self.max_backoff_s).call(
+            lambda: self._attempt(body), what=f"{self.base_url}/chat/completions", give_up=give_up,
+            on_failure=count_retry)
+
+    def _attempt(self, body: dict[str, Any]) -> str:
+        """One request: the answer, or `Transient` (refused, reset or timed out; a retryable status),
+        or the error that no retry can change (authentication, another 4xx, a malformed reply)."""
+        import httpx
+
+        client = self._http()
+        with self._lock:
+            self._in_flight += 1
+            self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
+            self._stats["requests"] += 1
+        start = time.perf_counter()
+        try:
+            try:
+                resp = client.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers())
+            except httpx.TransportError as err:  # refused, reset, timed out
+                raise Transient(f"{type(err).__name__}: {err}") from None
+            if resp.status_code == 200:
+                with self._lock:
+                    self._latencies.append(time.perf_counter() - start)
+                return self._parse(resp)
+            cause = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code in (401, 403):
+                raise self._fail(f"authentication failed (HTTP {resp.status_code}); check the key in "
+                                 f"${self.api_key_env}: {resp.text[:300]}")
+            if not is_retryable_status(resp.status_code):
+                raise self._fail(cause)
+            raise _RetryableStatus(cause, retry_after=resp.headers.get("retry-after"))
+        finally:
             with self._lock:
-                self._stats["retries"] += 1
-            time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after))
-        raise AssertionError("unreachable")
+                self._in_flight -= 1
 
     def _parse(self, resp: Any) -> str:
         try:

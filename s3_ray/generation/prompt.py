@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from s3_ray.generation.base import Messages
 from s3_ray.types import Passage
-
-Messages = list[dict[str, str]]
 
 CONTEXT_HEAD = "Use the following contexts (some might be irrelevant) on demand:\nContexts:\n"
 CONTEXT_TAIL = "\nImportant: You MUST directly answer the question without any other text and thinking."

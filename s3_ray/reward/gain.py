@@ -7,13 +7,16 @@ training set (baseline always wrong) only rescales the reward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from s3_ray.config import RewardConfig
-from s3_ray.reward.baseline import BaselineCache, BaselineError, batch_genacc
+from s3_ray.reward.baseline_file import BaselineCache, BaselineError
+from s3_ray.reward.judge import batch_genacc
 from s3_ray.reward.metrics import exact_match, f1
 from s3_ray.types import Passage, RewardResult, Trajectory
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.generation.base import Answerer
 
 
 def gain_beyond_baseline(acc: float, baseline_acc: float, add_accuracy: bool = False) -> float:
@@ -28,19 +31,10 @@ def gain_beyond_baseline(acc: float, baseline_acc: float, add_accuracy: bool = F
     return gbr + float(acc) if add_accuracy else gbr
 
 
-class _GeneratorClient(Protocol):
-    @property
-    def model_id(self) -> str: ...
-
-    def answer(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]]) -> list[str]: ...
-
-    def generate(self, prompts: list[list[dict[str, str]]]) -> list[str]: ...
-
-
 class RewardScorer:
     """Scores finished trajectories: one batched answer call, GenAcc, minus the cached baseline."""
 
-    def __init__(self, generator_client: _GeneratorClient, baseline: BaselineCache, cfg: RewardConfig) -> None:
+    def __init__(self, generator_client: Answerer, baseline: BaselineCache, cfg: RewardConfig) -> None:
         s = baseline.settings
         if cfg.baseline != s.method:
             raise BaselineError(f"reward.baseline={cfg.baseline!r} but {baseline.path} holds method {s.method!r}")

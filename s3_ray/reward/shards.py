@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from s3_ray.reward.baseline import BaselineCache
+from s3_ray.reward.baseline_file import BaselineCache
 from s3_ray.types import QAItem
 
 _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.jsonl$")

@@ -98,6 +98,6 @@ def summarize(cfg: S3Config, result: Any) -> dict[str, Any]:
 def training_items(cfg: S3Config, baseline: Any) -> tuple[list[QAItem], int]:
     """The training split after s3's filter (drop what naive RAG already answers)."""
     from s3_ray.data.embedded import load_split
-    from s3_ray.reward.baseline import filter_unanswered
+    from s3_ray.reward.training_filter import filter_unanswered
 
     return filter_unanswered(load_split(cfg.data, "train"), baseline)

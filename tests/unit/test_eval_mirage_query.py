@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from s3_ray.config import RolloutConfig, SearcherConfig
-from s3_ray.eval.methods import NaiveRAG, S3Searcher, search_item
+from s3_ray.eval.methods import NaiveRAG, S3Searcher
 from s3_ray.eval.runner import evaluate_method
 from s3_ray.types import QAItem
 from tests.fakes import FakeRetriever
@@ -28,12 +28,11 @@ class RecordingGenerator:
         return ["A" for _ in questions]
 
 
-def test_search_item_keeps_id_answers_and_meta() -> None:
-    s = search_item(MIRAGE)
-    assert (s.id, s.question, s.golden_answers, s.meta) == (MIRAGE.id, BARE, MIRAGE.golden_answers, MIRAGE.meta)
-    assert search_item(PLAIN) is PLAIN
+def test_search_text_is_the_bare_question_and_falls_back_to_the_question() -> None:
+    assert MIRAGE.search_text == BARE and "Options" in MIRAGE.question
+    assert PLAIN.search_text == PLAIN.question
     blank = QAItem("x", "Q full", ("a",), {"query": "  "})
-    assert search_item(blank) is blank
+    assert blank.search_text == "Q full"
 
 
 def test_s3_searcher_prompt_and_retrieval_use_the_bare_question(tmp_path: Path,

@@ -1,6 +1,6 @@
 import json
 
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
 from s3_ray.eval.report import markdown_table, write_report
 from s3_ray.eval.runner import evaluate_method, summarize
 from s3_ray.types import Passage, QAItem

@@ -164,9 +164,9 @@ class _Flaky:
     def search(self, queries, k):
         self.calls += 1
         if self.calls <= self.fails:
-            from s3_ray.clients.retriever import _Transient
+            from s3_ray.retry import Transient
 
-            raise _Transient("replica restarting")
+            raise Transient("replica restarting")
         return [[] for _ in queries]
 
 

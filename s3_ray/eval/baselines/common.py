@@ -1,23 +1,12 @@
-"""Small helpers the baselines share: the retrieval query of an item, de-duplication, the LM."""
+"""Small helpers the baselines share: de-duplication and the LM. (What to search for a question
+is `QAItem.search_text`.)"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from s3_ray.types import Passage, QAItem
-
-
-def retrieval_query(item: QAItem) -> str:
-    """What to search for: `meta["query"]` when the data set sets one (MIRAGE: the question
-    without its options), else the question.
-
-    >>> retrieval_query(QAItem("1", "Q?\\nOptions:\\nA. x", ("A",), {"query": "Q?"}))
-    'Q?'
-    >>> retrieval_query(QAItem("2", "Who?", ("x",)))
-    'Who?'
-    """
-    return item.search_text
+from s3_ray.types import Passage
 
 
 def dedup(passages: Iterable[Passage]) -> list[Passage]:

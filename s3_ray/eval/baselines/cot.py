@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
 from s3_ray.types import Passage, QAItem, TurnRecord
 
 SYSTEM = ("Think step by step about the question. Write your reasoning in a few short sentences, "

@@ -12,12 +12,15 @@ its options): the reasoning only steers retrieval; the frozen generator sees the
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s3_ray.eval.baselines.common import dedup, retrieval_query
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
+from s3_ray.eval.baselines.common import dedup
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import QAItem, TurnRecord
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 SYSTEM = ("Answer the question by reasoning one step at a time over the documents. Write only the "
           "NEXT sentence of reasoning. When the documents are enough, write: So the answer is: <answer>.")
@@ -46,13 +49,13 @@ def is_final(sentence: str) -> bool:
 
 
 class IRCoTMethod:
-    def __init__(self, lm: Any, retriever: Any, k: int, max_steps: int, name: str = "ircot") -> None:
+    def __init__(self, lm: Any, retriever: Retriever, k: int, max_steps: int, name: str = "ircot") -> None:
         if k < 1 or max_steps < 0:
             raise ValueError(f"need k >= 1 and max_steps >= 0, got k={k}, max_steps={max_steps}")
         self.lm, self.retriever, self.k, self.max_steps, self.name = lm, retriever, k, max_steps, name
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        queries = [retrieval_query(q) for q in items]
+        queries = [q.search_text for q in items]
         docs = [[h.passage for h in row] for row in self.retriever.search(queries, self.k)]
         traces = [[TurnRecord(text="", query=q, retrieved_ids=[p.id for p in d])] for q, d in zip(queries, docs)]
         reasoning = [""] * len(items)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-Messages = list[dict[str, str]]
+from s3_ray.generation.base import Messages
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:

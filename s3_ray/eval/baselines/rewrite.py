@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s3_ray.eval.baselines.common import retrieval_query
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
 from s3_ray.types import QAItem, TurnRecord
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 SYSTEM = ("Rewrite the user's question into one effective search-engine query that finds the "
           'documents needed to answer it. Reply only with <answer>{"query": "..."}</answer>.')
@@ -43,17 +45,17 @@ def parse_rewrite(text: str) -> str | None:
 class RewriteMethod:
     """One LM rewrite per question, then the top `k` documents of that query."""
 
-    def __init__(self, lm: Any, retriever: Any, k: int, name: str = "rewrite") -> None:
+    def __init__(self, lm: Any, retriever: Retriever, k: int, name: str = "rewrite") -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.lm, self.retriever, self.k, self.name = lm, retriever, k, name
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": retrieval_query(q)}]
+        prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.search_text}]
                    for q in items]
         texts = self.lm.complete(prompts, stops=STOPS)
         parsed = [parse_rewrite(t) for t in texts]
-        queries = [p if p is not None else retrieval_query(q) for p, q in zip(parsed, items)]
+        queries = [p if p is not None else q.search_text for p, q in zip(parsed, items)]
         hits = self.retriever.search(queries, self.k)
         out = []
         for text, p, query, row in zip(texts, parsed, queries, hits):

@@ -19,12 +19,15 @@ options); only the frozen generator sees the options.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s3_ray.eval.baselines.common import dedup, retrieval_query
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
+from s3_ray.eval.baselines.common import dedup
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import Passage, QAItem, TurnRecord
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 BEGIN_QUERY, END_QUERY = "<|begin_search_query|>", "<|end_search_query|>"
 BEGIN_RESULT, END_RESULT = "<|begin_search_result|>", "<|end_search_result|>"
@@ -125,14 +128,14 @@ def result_block(text: str) -> str:
 class SearchO1Method:
     """Search-o1's reasoning loop with Reason-in-Documents, batched over the questions."""
 
-    def __init__(self, lm: Any, retriever: Any, k: int, max_searches: int, name: str = "search_o1") -> None:
+    def __init__(self, lm: Any, retriever: Retriever, k: int, max_searches: int, name: str = "search_o1") -> None:
         if k < 1 or max_searches < 1:
             raise ValueError(f"need k >= 1 and max_searches >= 1, got k={k}, max_searches={max_searches}")
         self.lm, self.retriever, self.k, self.max_searches, self.name = lm, retriever, k, max_searches, name
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
         head = INSTRUCTION.format(max_searches=self.max_searches)
-        prompts = [[{"role": "user", "content": head + QUESTION.format(question=retrieval_query(q))}] for q in items]
+        prompts = [[{"role": "user", "content": head + QUESTION.format(question=q.search_text)}] for q in items]
         n = len(items)
         rolling = [""] * n
         docs: list[list[Passage]] = [[] for _ in items]

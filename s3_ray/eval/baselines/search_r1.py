@@ -11,12 +11,15 @@ options); only the frozen generator sees the options.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s3_ray.eval.baselines.common import dedup, retrieval_query
-from s3_ray.eval.methods import MethodOutput
+from s3_ray.eval.base import MethodOutput
+from s3_ray.eval.baselines.common import dedup
 from s3_ray.generation.prompt import format_context
 from s3_ray.types import QAItem, TurnRecord
+
+if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
+    from s3_ray.retrieval.base import Retriever
 
 PROMPT = (
     "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you "
@@ -50,13 +53,13 @@ def parse_action(text: str) -> tuple[str, str | None]:
 
 
 class SearchR1Method:
-    def __init__(self, lm: Any, retriever: Any, k: int, max_turns: int, name: str = "search_r1") -> None:
+    def __init__(self, lm: Any, retriever: Retriever, k: int, max_turns: int, name: str = "search_r1") -> None:
         if k < 1 or max_turns < 1:
             raise ValueError(f"need k >= 1 and max_turns >= 1, got k={k}, max_turns={max_turns}")
         self.lm, self.retriever, self.k, self.max_turns, self.name = lm, retriever, k, max_turns, name
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
-        prompts = [[{"role": "user", "content": PROMPT.format(question=retrieval_query(q))}] for q in items]
+        prompts = [[{"role": "user", "content": PROMPT.format(question=q.search_text)}] for q in items]
         rolling = [""] * len(items)
         docs: list[list[Any]] = [[] for _ in items]
         traces: list[list[TurnRecord]] = [[] for _ in items]

@@ -1,0 +1,191 @@
+"""The project's import graph, read with `ast` (nothing is imported): no cycles, the agent layer
+never reaches into `s3_ray.rl`, and the library never imports its shells (`jobs`, `deployments`).
+
+Every `import` statement counts, at module level or inside a function. Importing `a.b.c` from
+outside package `a.b` also runs `a/b/__init__.py`, so that package is an edge too.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("s3_ray", "jobs", "deployments")
+
+# Known cases, being removed by other changes; each names the modules involved.
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
+    frozenset({"s3_ray.agent.policy", "s3_ray.agent.vllm_policy"}),
+})
+KNOWN_AGENT_RL_IMPORTERS = frozenset({"s3_ray.agent.vllm_policy"})  # imports s3_ray.rl.lora and .sharding
+
+
+def module_name(path: Path) -> str:
+    """`s3_ray/eval/methods.py` -> `s3_ray.eval.methods`; a package's `__init__.py` -> the package."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@lru_cache(maxsize=1)
+def project_modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            found[module_name(path)] = path
+    return found
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _imported_names(tree: ast.AST, importer: str, is_package: bool) -> Iterator[str]:
+    """Every dotted module name an import statement in `tree` may load (candidates, unresolved)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = importer.split(".") if is_package else importer.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            yield module
+            for alias in node.names:  # `from pkg import submodule`
+                yield f"{module}.{alias.name}"
+
+
+@lru_cache(maxsize=1)
+def import_graph() -> dict[str, frozenset[str]]:
+    """Project module -> the project modules importing it runs (packages on the way included)."""
+    modules = project_modules()
+    graph: dict[str, frozenset[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        own = set(_ancestors(name)) | ({name} if is_package else set())
+        targets: set[str] = set()
+        for imported in _imported_names(tree, name, is_package):
+            if imported not in modules:
+                continue
+            targets.add(imported)
+            targets.update(a for a in _ancestors(imported) if a in modules and a not in own)
+        targets.discard(name)
+        graph[name] = frozenset(targets)
+    return graph
+
+
+def strongly_connected(graph: dict[str, frozenset[str]]) -> list[frozenset[str]]:
+    """Tarjan's algorithm, iterative; only components of more than one module (self-imports are dropped)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[frozenset[str]] = []
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            nxt = next(edges, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    comp.add(member)
+                    if member == node:
+                        break
+                if len(comp) > 1:
+                    out.append(frozenset(comp))
+    return out
+
+
+def _describe(comp: frozenset[str], graph: dict[str, frozenset[str]]) -> str:
+    edges = [f"{a} -> {b}" for a in sorted(comp) for b in sorted(graph[a]) if b in comp]
+    return "{" + ", ".join(sorted(comp)) + "}: " + "; ".join(edges)
+
+
+def _edges_into(prefixes: tuple[str, ...], sources: str) -> list[str]:
+    graph = import_graph()
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() if a == sources or a.startswith(sources + ".")
+                  for b in targets if any(b == p or b.startswith(p + ".") for p in prefixes))
+
+
+# --- the checker itself ----------------------------------------------------------------------
+
+def test_graph_sees_module_level_function_level_relative_and_package_imports() -> None:
+    src = "import s3_ray.types\nfrom . import base\n\ndef f():\n    from s3_ray.eval.methods import build_method\n"
+    tree = ast.parse(src)
+    names = set(_imported_names(tree, "s3_ray.eval.runner", is_package=False))
+    assert {"s3_ray.types", "s3_ray.eval", "s3_ray.eval.base", "s3_ray.eval.methods"} <= names
+    graph = import_graph()
+    assert "s3_ray.eval.runner" in graph and "jobs.cli" in graph and "deployments" in graph
+    # jobs.precompute imports s3_ray.reward.precompute, which runs s3_ray/reward/__init__.py too
+    assert {"s3_ray.reward", "s3_ray.reward.precompute"} <= graph["jobs.precompute"]
+
+
+def test_cycle_finder_reports_each_component_once() -> None:
+    graph = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset({"a"}),
+             "e": frozenset({"f"}), "f": frozenset({"e"}), "g": frozenset()}
+    assert sorted(map(sorted, strongly_connected(graph))) == [["a", "b", "c"], ["e", "f"]]
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+def test_no_import_cycles_besides_the_known_ones() -> None:
+    graph = import_graph()
+    unknown = [_describe(c, graph) for c in strongly_connected(graph) if c not in KNOWN_CYCLES]
+    assert not unknown, "import cycles:\n" + "\n".join(unknown)
+
+
+@pytest.mark.xfail(strict=False, reason="known cycle s3_ray.agent.policy <-> s3_ray.agent.vllm_policy")
+def test_no_import_cycles_at_all() -> None:
+    graph = import_graph()
+    cycles = [_describe(c, graph) for c in strongly_connected(graph)]
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_agent_imports_nothing_from_rl_besides_the_known_modules() -> None:
+    edges = [e for e in _edges_into(("s3_ray.rl",), "s3_ray.agent")
+             if e.split(" -> ")[0] not in KNOWN_AGENT_RL_IMPORTERS]
+    assert not edges, "s3_ray.agent must not import s3_ray.rl:\n" + "\n".join(edges)
+
+
+@pytest.mark.xfail(strict=False, reason="known: s3_ray.agent.vllm_policy imports s3_ray.rl.lora and s3_ray.rl.sharding")
+def test_agent_never_imports_rl() -> None:
+    edges = _edges_into(("s3_ray.rl",), "s3_ray.agent")
+    assert not edges, "s3_ray.agent must not import s3_ray.rl:\n" + "\n".join(edges)
+
+
+def test_library_never_imports_jobs_or_deployments() -> None:
+    edges = _edges_into(("jobs", "deployments"), "s3_ray")
+    assert not edges, "s3_ray must not import its shells:\n" + "\n".join(edges)
