@@ -35,7 +35,8 @@ class _InProcess:
     def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
         return self.retriever.search(queries, k)
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return f"in-process {type(self.retriever).__name__}"
 
 
@@ -66,7 +67,8 @@ class _Handle:
                 self.handle = None
             raise _Transient(f"{type(err).__name__}: {err}") from err
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return f"Serve app {self.app_name!r}" if self.app_name else "Serve handle"
 
 
@@ -114,7 +116,8 @@ class _Http:
         except ValueError as err:
             raise RetrieverError(f"{self.url} sent a malformed response: {err}") from None
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return self.url
 
 
@@ -167,10 +170,15 @@ class RetrieverClient:
                 if attempt < self.retries:
                     delay = self.backoff_s * 2**attempt
                     _log.warning("retrieval from %s failed (attempt %d of %d), retrying in %.2f s: %s",
-                                 self._backend.describe(), attempt + 1, self.retries + 1, delay, last)
+                                 self.where, attempt + 1, self.retries + 1, delay, last)
                     time.sleep(delay)
-        raise RetrieverError(f"retrieval from {self._backend.describe()} failed after {self.retries + 1} "
+        raise RetrieverError(f"retrieval from {self.where} failed after {self.retries + 1} "
                              f"attempts: {last}")
 
+    @property
+    def where(self) -> str:
+        """What the client calls: an in-process retriever, a Serve app or handle, or a URL."""
+        return self._backend.where
+
     def __repr__(self) -> str:
-        return f"RetrieverClient({self._backend.describe()})"
+        return f"RetrieverClient({self.where})"
