@@ -31,6 +31,7 @@ from s3_ray.serving import (
     BatchStats,
     Guard,
     build_api,
+    generator_served,
     get,
     merged,
     post,
@@ -118,6 +119,10 @@ class GeneratorServer:
 
     def model_id(self) -> str:
         return self._gen.model_id
+
+    def describe(self) -> dict[str, Any]:
+        """What this replica answers with (`s3_ray.serving.served`); a job checks it before reusing the app."""
+        return generator_served(self.args.generator)
 
     def stats(self) -> dict[str, Any]:
         """Generator counters plus how many caller requests each merged call took."""

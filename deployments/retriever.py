@@ -40,6 +40,7 @@ from s3_ray.serving import (
     merged,
     post,
     replica_options,
+    retriever_served,
     serve_deployment,
     split_merged,
 )
@@ -107,6 +108,10 @@ class RetrieverServer:
     def stats(self) -> dict[str, Any]:
         """How many caller requests each merged search took."""
         return self.batches.as_dict()
+
+    def describe(self) -> dict[str, Any]:
+        """What this replica serves (`s3_ray.serving.served`); a job checks it before reusing the app."""
+        return retriever_served(self.args.retrieval, self.manifest.corpus_sha256)
 
     async def check_health(self) -> None:
         """Serve's periodic probe: a replica whose index cannot answer a query gets replaced."""

@@ -11,6 +11,7 @@ from fakes import bm25_index
 from fastapi.testclient import TestClient
 
 from s3_ray.config import GeneratorConfig
+from s3_ray.serving.served import generator_served
 from s3_ray.types import Passage, SearchHit
 
 TOKEN_ENV, TOKEN = "S3RAY_SERVERS_TEST_TOKEN", "tok-" + "abcdef0123" * 2
@@ -70,6 +71,7 @@ def test_generator_server_in_process(tmp_path: Path) -> None:
     stats = server.stats()
     assert stats["requests_per_batch"] == {1: 2} and stats["cache_hits"] == 1 and stats["cache_misses"] == 2
     assert server.model_id() == "tiny-random"
+    assert server.describe() == generator_served(server.args.generator)  # what a job compares before reuse
 
 
 def test_generator_builder_resolves_a_relative_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
