@@ -1,9 +1,10 @@
 """Searcher ("copilot") Serve app: a question in, the documents the s3 searcher selected out.
 
-A thin class over `s3_ray.agent.copilot.SearchCopilot`. Concurrent requests are merged by
-`@serve.batch` and those with equal budgets share one batched rollout (one policy call per turn
-for all of them). The retriever is reached through `RetrieverClient`: by Serve app name
-(default "retriever") or by the URL of any Search-R1/s3 style `/retrieve` server.
+`CopilotServer` is a thin class over `s3_ray.agent.copilot.SearchCopilot` and runs without Serve;
+`build_app(args)` makes it a deployment. Concurrent requests are merged by `serve.batch` and those
+with equal budgets share one batched rollout (one policy call per turn for all of them). The
+retriever is reached through `RetrieverClient`: by Serve app name (default "retriever") or by
+the URL of any Search-R1/s3 style `/retrieve` server.
 
     POST /search   {"question": str, "top_k"?: int, "keep_per_turn"?: int, "max_turns"?: int}
                    -> {"documents": [{"id", "contents"}], "trace": [...], "searches": n, ...}
@@ -18,23 +19,38 @@ question (docs/security.md).
     serve.run(app, name="copilot", route_prefix="/copilot")
 """
 
-# No `from __future__ import annotations`: Serve's ingress wrapper needs the request models
-# as real objects, or FastAPI reads them as query parameters.
+# No `from __future__ import annotations`: FastAPI must see the request models as real objects,
+# or it reads them as query parameters.
 import asyncio
-from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from ray import serve
 
 from s3_ray.agent.copilot import Budget, CopilotRequestError, SearchCopilot
 from s3_ray.clients.retriever import RetrieverClient
-from s3_ray.config import RolloutConfig, S3Config, SearcherConfig, ServeConfig
-from s3_ray.serving import Guard
+from s3_ray.config import RolloutConfig, SearcherConfig, ServeConfig
+from s3_ray.serving import (
+    GUARD_REJECTIONS,
+    ApiInfo,
+    AppArgs,
+    Batching,
+    BatchStats,
+    Guard,
+    build_api,
+    get,
+    merged,
+    post,
+    replica_options,
+    serve_deployment,
+    unprocessable,
+)
 
-api = FastAPI(title="s3-ray search copilot", version="1",
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+API = ApiInfo(title="s3-ray search copilot", version="1",
               description="An s3 searcher in front of any generator: a question in, selected documents "
                           "and the search trace out.")
 
@@ -80,24 +96,26 @@ class SearchResponse(BaseModel):
     budget: dict[str, int]
 
 
-class CopilotAppArgs(BaseModel):
-    """What `build_app` needs. `model` defaults to `searcher.model`; point it at a trained checkpoint.
+class CopilotAppArgs(AppArgs):
+    """What `build_app` needs: the `searcher`, `rollout` and `serve` sections of `S3Config` (fields
+    may also be given flat). `model` defaults to `searcher.model`; point it at a trained checkpoint.
     `retriever` is a Serve app name or an http(s) URL of a `/retrieve` endpoint."""
 
-    model_config = ConfigDict(extra="forbid")
     searcher: SearcherConfig = SearcherConfig()
     rollout: RolloutConfig = RolloutConfig()
     serve: ServeConfig = ServeConfig()
     model: Optional[str] = None
     retriever: str = Field("retriever", min_length=1)
-    name: str = Field("CopilotDeployment", description="Deployment name inside the app.")
-
-    @classmethod
-    def from_config(cls, cfg: S3Config, model: Optional[str] = None, retriever: str = "retriever") -> "CopilotAppArgs":
-        return cls(searcher=cfg.searcher, rollout=cfg.rollout, serve=cfg.serve, model=model, retriever=retriever)
+    name: str = Field("CopilotDeployment", min_length=1, description="Deployment name inside the app.")
 
     def model_name(self) -> str:
         return self.model or self.searcher.model
+
+    def absolute(self, base: Optional[Path] = None) -> "CopilotAppArgs":
+        """A copy whose model, when it names a local folder, is an absolute path (relative to `base`,
+        default: the cwd); registered names and hub ids stay as they are."""
+        folder = (base or Path.cwd()) / Path(self.model_name()).expanduser()
+        return self.model_copy(update={"model": str(folder.resolve())}) if folder.is_dir() else self
 
     def retriever_client(self) -> RetrieverClient:
         if self.retriever.startswith(("http://", "https://")):
@@ -106,25 +124,16 @@ class CopilotAppArgs(BaseModel):
         return RetrieverClient.from_app(self.retriever)
 
 
-def _unprocessable(field: str, message: str) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
-    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
-
-
-@serve.deployment
-@serve.ingress(api)
-class CopilotDeployment:
+class CopilotServer:
     """One replica = one searcher model copy; requests that arrive together share rollouts."""
 
     def __init__(self, args: CopilotAppArgs) -> None:
         self.args = args
         s = args.serve
-        self._guard = Guard.from_env(s.auth_token_env, s.max_request_bytes, s.max_text_chars)
+        self.guard = Guard.from_config(s)  # first: a missing token fails before the model loads
         self._copilot = SearchCopilot(args.model_name(), args.retriever_client(), args.rollout, args.searcher,
                                       max_batch=s.copilot_max_batch_size)
-        self._batched.set_max_batch_size(s.copilot_max_batch_size)
-        self._batched.set_batch_wait_timeout_s(s.copilot_batch_wait_timeout_s)
-        self._batch_sizes: Counter[int] = Counter()  # requests per batched call -> how often
+        self.batches = BatchStats()
 
     # handle API ---------------------------------------------------------------------------
     async def search(self, question: str, top_k: Optional[int] = None, keep_per_turn: Optional[int] = None,
@@ -137,58 +146,45 @@ class CopilotDeployment:
         budget.resolve(self._copilot.rollout)
         if not isinstance(question, str) or not question.strip():
             raise CopilotRequestError("question", "must be a non-empty string")
-        return await self._batched(question, budget)
+        return await self._search_merged(question, budget)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _batched(self, questions: list[str], budgets: list[Budget]) -> list[dict[str, Any]]:
-        self._batch_sizes[len(questions)] += 1
+    @merged
+    async def _search_merged(self, questions: list[str], budgets: list[Budget]) -> list[dict[str, Any]]:
+        self.batches.record(len(questions))
         results = await asyncio.to_thread(self._copilot.search, questions, budgets)
         return [r.to_dict() for r in results]
 
     def stats(self) -> dict[str, Any]:
-        """How many requests each batched call merged, and how many rollouts ran."""
-        return {"requests_per_batch": dict(self._batch_sizes),
-                "max_requests_per_batch": max(self._batch_sizes, default=0),
-                "rollouts": self._copilot.rollouts}
+        """How many requests each merged call took, and how many rollouts ran."""
+        return self.batches.as_dict() | {"rollouts": self._copilot.rollouts}
 
     # HTTP API -----------------------------------------------------------------------------
-    def __serve_build_asgi_app__(self) -> Any:
-        """Serve calls this once, after `__init__`, for the replica's own copy of `api`: the
-        guard middleware goes on here because its token is only known inside the replica."""
-        return self._guard.install(self.app)
+    def asgi_app(self) -> FastAPI:
+        return build_api(self, API, self.guard)
 
-    @api.get("/health")
+    @get("/health")
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self._copilot.model_id, "limits": self._copilot.limits(),
                 "init_k": self._copilot.rollout.init_k, "retriever": self.args.retriever, **self.stats()}
 
-    @api.post("/search", response_model=SearchResponse,
-              responses={401: {"description": "bearer token missing or wrong"},
-                         413: {"description": "body larger than serve.max_request_bytes"},
-                         422: {"description": "invalid request; `detail[].loc` names the field"}})
+    @post("/search", response_model=SearchResponse, responses=GUARD_REJECTIONS)
     async def search_endpoint(self, req: SearchRequest) -> dict[str, Any]:
-        if errors := self._guard.check_text([(("body", "question"), req.question)]):
-            raise HTTPException(422, errors)
+        self.guard.require_text([(("body", "question"), req.question)])
         try:
             return await self.search(req.question, req.top_k, req.keep_per_turn, req.max_turns)
         except CopilotRequestError as err:
-            raise _unprocessable(err.field, str(err)) from err
+            raise unprocessable((err.field,), str(err)) from err
 
 
-def build_app(args: CopilotAppArgs | dict[str, Any]) -> serve.Application:
-    """Bind the copilot app from typed args (or their dict form, as a Serve config file gives).
+def build_app(args: CopilotAppArgs | dict[str, Any]) -> "Application":
+    """The bound app; replicas, CPUs/GPUs and batching come from `args.serve` (`copilot_*`).
 
     A relative local model folder is resolved here, against the caller's directory, because
     replicas may run elsewhere.
     """
-    a = args if isinstance(args, CopilotAppArgs) else CopilotAppArgs.model_validate(args)
-    model = a.model_name()
-    if Path(model).expanduser().is_dir():
-        a = a.model_copy(update={"model": str(Path(model).expanduser().resolve())})
+    a = CopilotAppArgs.coerce(args).absolute()
     s = a.serve
-    return CopilotDeployment.options(
-        name=a.name,
-        num_replicas=s.copilot_replicas,
-        max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.copilot_cpus, "num_gpus": s.copilot_gpus},
-    ).bind(a)
+    deployment = serve_deployment(
+        CopilotServer, {"_search_merged": Batching(s.copilot_max_batch_size, s.copilot_batch_wait_timeout_s)},
+        **replica_options(s, "copilot", a.name))
+    return deployment.bind(a)

@@ -2,7 +2,10 @@
 
 A job submitted with `ray job submit` joins the running cluster; run directly, it starts a local
 one. Apps already running under the expected names are reused, so the demo, the trainer and the
-evaluator can share one deployment.
+evaluator can share one deployment, but only when they serve what this job's config says (the
+generator's model, backend and decoding; the retriever's index and search settings): a reward
+must never subtract a baseline made with other settings. Otherwise the job stops with an error
+naming each differing key.
 """
 
 from __future__ import annotations
@@ -39,23 +42,50 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def deploy_services(cfg: S3Config, with_generator: bool = True) -> None:
-    """Start the retriever (and generator) apps unless they already run."""
+    """Start the retriever (and generator) apps, or reuse running ones that serve this config.
+
+    Raises `ServedMismatch` naming each key where a running app differs from `cfg`.
+    """
     from ray import serve
 
     from deployments.generator import GeneratorAppArgs
     from deployments.generator import build_app as build_generator
     from deployments.retriever import RetrieverAppArgs
     from deployments.retriever import build_app as build_retriever
+    from s3_ray.retrieval.index import read_manifest
+    from s3_ray.serving.served import check_reusable, generator_served, retriever_served
 
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     running = set(serve.status().applications)
-    if RETRIEVER_APP not in running:
+    if RETRIEVER_APP in running:
+        expected = retriever_served(cfg.retrieval, read_manifest(cfg.retrieval.index_dir).corpus_sha256)
+        check_reusable(RETRIEVER_APP, served_by(RETRIEVER_APP), expected)
+        log(f"reusing the running {RETRIEVER_APP} app (same index and search settings)")
+    else:
         log(f"deploying {RETRIEVER_APP} app (index {cfg.retrieval.index_dir})")
         serve.run(build_retriever(RetrieverAppArgs.from_config(cfg)), name=RETRIEVER_APP, route_prefix="/")
-    if with_generator and GENERATOR_APP not in running:
+    if not with_generator:
+        return
+    if GENERATOR_APP in running:
+        check_reusable(GENERATOR_APP, served_by(GENERATOR_APP), generator_served(cfg.generator))
+        log(f"reusing the running {GENERATOR_APP} app (model {cfg.generator.model}, same decoding)")
+    else:
         log(f"deploying {GENERATOR_APP} app (model {cfg.generator.model})")
         serve.run(build_generator(GeneratorAppArgs.from_config(cfg)), name=GENERATOR_APP,
                   route_prefix="/generator")
+
+
+def served_by(app: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """What the running Serve app `app` serves (its `describe()` handle method)."""
+    from ray import serve
+
+    from s3_ray.serving.served import ServedMismatch
+
+    try:
+        return dict(serve.get_app_handle(app).describe.remote().result(timeout_s=timeout_s))
+    except Exception as err:  # an app of another version, a failed or stuck deployment: say which
+        raise ServedMismatch(f"cannot ask the running {app} app what it serves ({type(err).__name__}: {err}); "
+                             "stop it (serve shutdown) or redeploy it with this version") from err
 
 
 def clients(cfg: S3Config) -> tuple[Any, Any]:

@@ -5,6 +5,8 @@
 The retriever answers `POST http://<serve.host>:<serve.port>/retrieve` (Search-R1/s3 schema), the
 generator `POST .../generator/answer`, and with `--copilot [CHECKPOINT]` a searcher answers
 `POST .../copilot/search`. Build the index first (`python -m jobs.build_index`).
+A retriever or generator app that already runs is kept when it serves this config; otherwise the
+job stops with an error naming each differing key (stop the old one with `serve shutdown`).
 For a cluster, `serve deploy deployments/serve_config.yaml` does the same declaratively.
 """
 

@@ -258,8 +258,12 @@ class ServeConfig(_Strict):
     generator_cpus: float = Field(0.5, gt=0)
     generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica (transformers/vLLM on GPU).")
     max_ongoing_requests: int = Field(64, ge=1)
-    max_batch_size: int = Field(16, ge=1)
+    max_batch_size: int = Field(16, ge=1, description="Most concurrent retriever or generator calls merged into one.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve probes each replica.")
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="On shutdown or redeploy, in-flight requests get this long to finish.")
     copilot_replicas: int = Field(1, ge=1, description="Replicas of the searcher (copilot) app.")
     copilot_cpus: float = Field(0.5, gt=0, description="CPUs reserved per copilot replica.")
     copilot_gpus: float = Field(0.0, ge=0, description="GPUs reserved per copilot (searcher) replica.")

@@ -31,7 +31,8 @@ class _InProcess:
     def call(self, queries: list[str], k: int, timeout_s: float) -> list[list[SearchHit]]:
         return self.retriever.search(queries, k)
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return f"in-process {type(self.retriever).__name__}"
 
 
@@ -62,7 +63,8 @@ class _Handle:
                 self.handle = None
             raise Transient(f"{type(err).__name__}: {err}") from err
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return f"Serve app {self.app_name!r}" if self.app_name else "Serve handle"
 
 
@@ -110,7 +112,8 @@ class _Http:
         except ValueError as err:
             raise RetrieverError(f"{self.url} sent a malformed response: {err}") from None
 
-    def describe(self) -> str:
+    @property
+    def where(self) -> str:
         return self.url
 
 
@@ -153,7 +156,7 @@ class RetrieverClient:
             raise TypeError("queries must be a list of strings")
         if not queries:
             return []
-        backend, where = self._backend, f"retrieval from {self._backend.describe()}"
+        backend, where = self._backend, f"retrieval from {self.where}"
 
         def count(will_retry: bool) -> None:
             self.failed_attempts += 1
@@ -164,5 +167,10 @@ class RetrieverClient:
         return Retry(self.retries, self.backoff_s).call(lambda: backend.call(list(queries), int(k), self.timeout_s),
                                                         what=where, give_up=give_up, log=_log, on_failure=count)
 
+    @property
+    def where(self) -> str:
+        """What the client calls: an in-process retriever, a Serve app or handle, or a URL."""
+        return self._backend.where
+
     def __repr__(self) -> str:
-        return f"RetrieverClient({self._backend.describe()})"
+        return f"RetrieverClient({self.where})"

@@ -95,7 +95,7 @@ def _dense_params(cfg: RetrievalConfig) -> dict[str, Any]:
     return {"encoder": encoder_spec(cfg).as_dict(), **faiss_params(cfg).as_dict()}
 
 
-def _params(cfg: RetrievalConfig) -> dict[str, Any]:
+def index_params(cfg: RetrievalConfig) -> dict[str, Any]:
     """The build-time parameters recorded in (and compared against) the manifest."""
     if cfg.backend == "bm25":
         return _bm25_params(cfg)
@@ -136,7 +136,7 @@ def build_index(corpus_path: str | os.PathLike[str], cfg: RetrievalConfig, progr
     corpus = Path(corpus_path)
     if not corpus.is_file():
         raise FileNotFoundError(f"corpus not found: {corpus}")
-    sha, params = file_sha256(corpus), _params(cfg)
+    sha, params = file_sha256(corpus), index_params(cfg)
     target = Path(cfg.index_dir)
     old = None
     if (target / MANIFEST_FILE).is_file():
@@ -261,9 +261,9 @@ def load_retriever(cfg: RetrievalConfig, corpus_path: str | os.PathLike[str] | N
     if manifest.format_version != FORMAT_VERSION:
         raise IndexMismatchError(f"{cfg.index_dir}: index format {manifest.format_version}, "
                                  f"this version reads {FORMAT_VERSION}; rebuild it")
-    if manifest.backend != cfg.backend or manifest.params != _params(cfg):
+    if manifest.backend != cfg.backend or manifest.params != index_params(cfg):
         raise IndexMismatchError(f"{cfg.index_dir}: built as {manifest.backend} {manifest.params}, config asks for "
-                                 f"{cfg.backend} {_params(cfg)}; rebuild it")
+                                 f"{cfg.backend} {index_params(cfg)}; rebuild it")
     if corpus_path is not None and file_sha256(corpus_path) != manifest.corpus_sha256:
         raise IndexMismatchError(f"{cfg.index_dir}: built from another corpus than {corpus_path}; rebuild it")
     root = Path(cfg.index_dir)

@@ -13,7 +13,7 @@ from s3_ray.config import RewardConfig
 from s3_ray.reward.baseline_file import BaselineCache, BaselineError
 from s3_ray.reward.judge import batch_genacc
 from s3_ray.reward.metrics import exact_match, f1
-from s3_ray.types import Passage, RewardResult, Trajectory
+from s3_ray.types import RewardResult, Trajectory
 
 if TYPE_CHECKING:  # annotations only: importing the package loads all its backends
     from s3_ray.generation.base import Answerer

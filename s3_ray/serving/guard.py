@@ -24,12 +24,16 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, MutableMapping, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, MutableMapping, Union
 
+from fastapi import HTTPException as FastAPIHTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from s3_ray.config import ServeConfig
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -155,6 +159,11 @@ class Guard:
         """Read the token now (call it where the replica starts, so a missing one fails the start)."""
         return cls(read_token(auth_token_env, environ), max_request_bytes, max_text_chars)
 
+    @classmethod
+    def from_config(cls, serve: ServeConfig, environ: Mapping[str, str] | None = None) -> Guard:
+        """The guard `serve.auth_token_env`, `serve.max_request_bytes` and `serve.max_text_chars` ask for."""
+        return cls.from_env(serve.auth_token_env, serve.max_request_bytes, serve.max_text_chars, environ)
+
     @property
     def auth_enabled(self) -> bool:
         return self.token is not None
@@ -168,6 +177,11 @@ class Guard:
 
     def check_text(self, fields: Iterable[tuple[Loc, str]]) -> list[dict[str, Any]]:
         return text_errors(fields, self.max_text_chars)
+
+    def require_text(self, fields: Iterable[tuple[Loc, str]]) -> None:
+        """Raise a 422 listing every text over `max_text_chars` (or holding a lone surrogate)."""
+        if errors := self.check_text(fields):
+            raise FastAPIHTTPException(422, errors)
 
 
 def _route_path(scope: Scope) -> str:

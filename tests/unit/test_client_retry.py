@@ -79,9 +79,15 @@ def test_retriever_survives_replica_deaths_and_logs_each_retry(caplog: pytest.Lo
 def test_retriever_gives_up_after_its_retries() -> None:
     handle = FakeHandle("search", [rex.ActorDiedError()] * 5, lambda qs, k: [[HIT] for _ in qs])
     client = RetrieverClient.from_handle(handle, retries=2, backoff_s=0.0)
-    with pytest.raises(RetrieverError, match="failed after 3 attempts: ActorDiedError"):
+    with pytest.raises(RetrieverError, match="retrieval from Serve handle failed after 3 attempts: ActorDiedError"):
         client.search(["a"], 1)
     assert handle.calls == 3 and client.failed_attempts == 3
+
+
+def test_retriever_client_says_where_it_calls() -> None:
+    assert RetrieverClient.from_app("r2").where == "Serve app 'r2'"
+    assert RetrieverClient.from_url("http://127.0.0.1:9/retrieve").where == "http://127.0.0.1:9/retrieve"
+    assert repr(RetrieverClient.from_handle(object())) == "RetrieverClient(Serve handle)"
 
 
 def test_retriever_does_not_retry_an_error_of_the_deployment() -> None:

@@ -12,17 +12,9 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("s3_ray", "jobs", "deployments")
-
-# Known cases, being removed by other changes; each names the modules involved.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    frozenset({"s3_ray.agent.policy", "s3_ray.agent.vllm_policy"}),
-})
-KNOWN_AGENT_RL_IMPORTERS = frozenset({"s3_ray.agent.vllm_policy"})  # imports s3_ray.rl.lora and .sharding
-
 
 def module_name(path: Path) -> str:
     """`s3_ray/eval/methods.py` -> `s3_ray.eval.methods`; a package's `__init__.py` -> the package."""
@@ -161,26 +153,12 @@ def test_cycle_finder_reports_each_component_once() -> None:
 
 # --- the rules -------------------------------------------------------------------------------
 
-def test_no_import_cycles_besides_the_known_ones() -> None:
-    graph = import_graph()
-    unknown = [_describe(c, graph) for c in strongly_connected(graph) if c not in KNOWN_CYCLES]
-    assert not unknown, "import cycles:\n" + "\n".join(unknown)
-
-
-@pytest.mark.xfail(strict=False, reason="known cycle s3_ray.agent.policy <-> s3_ray.agent.vllm_policy")
 def test_no_import_cycles_at_all() -> None:
     graph = import_graph()
     cycles = [_describe(c, graph) for c in strongly_connected(graph)]
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-def test_agent_imports_nothing_from_rl_besides_the_known_modules() -> None:
-    edges = [e for e in _edges_into(("s3_ray.rl",), "s3_ray.agent")
-             if e.split(" -> ")[0] not in KNOWN_AGENT_RL_IMPORTERS]
-    assert not edges, "s3_ray.agent must not import s3_ray.rl:\n" + "\n".join(edges)
-
-
-@pytest.mark.xfail(strict=False, reason="known: s3_ray.agent.vllm_policy imports s3_ray.rl.lora and s3_ray.rl.sharding")
 def test_agent_never_imports_rl() -> None:
     edges = _edges_into(("s3_ray.rl",), "s3_ray.agent")
     assert not edges, "s3_ray.agent must not import s3_ray.rl:\n" + "\n".join(edges)
