@@ -36,10 +36,10 @@ class Stages:
 
 
 def run_demo(cfg: S3Config) -> dict[str, Any]:
-    from jobs.evaluate import evaluate
     from jobs.train import run_training, training_items
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.report import plot_training, write_report
+    from s3_ray.eval.suite import evaluate
     from s3_ray.retrieval.index import build_index
     from s3_ray.reward.baseline import open_baseline, precompute_split
     from s3_ray.reward.gain import RewardScorer
@@ -72,7 +72,7 @@ def run_demo(cfg: S3Config) -> dict[str, Any]:
         searchers["s3_trained"] = trained
         runtime.log(f"trained searcher: {trained}")
     with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
-        summaries, _ = evaluate(cfg, retriever, generator, searchers)
+        summaries, _ = evaluate(cfg, retriever, generator, searchers, log=runtime.log)
 
     report_dir = cfg.path("report")
     metrics = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup"]
