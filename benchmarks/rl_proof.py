@@ -117,9 +117,9 @@ def reuse_deterministic_evals(cfg: Any, first: Path | None) -> list[str]:
 
 def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None) -> dict[str, Any]:
     from jobs import runtime
-    from jobs.demo import warmup_checkpoint
     from jobs.train import run_training, training_items
     from s3_ray.eval.suite import evaluate
+    from s3_ray.pipeline.demo import warmup_checkpoint
     from s3_ray.reward.baseline import open_baseline, precompute_split
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.tracking import read_metrics

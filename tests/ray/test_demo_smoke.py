@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_pipeline_with_tiny_models(serve_instance, tmp_path, monkeypatch):
-    from jobs.demo import run_demo
+    from s3_ray.pipeline.demo import run_demo
     from s3_ray.config import load_config
 
     monkeypatch.chdir(tmp_path)  # relative paths must resolve against the job's directory
