@@ -9,38 +9,12 @@ with `ray job submit -- python -m jobs.build_index --workers 8 retrieval.backend
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
-from s3_ray.config import S3Config, load_job_config
+from s3_ray.config import load_job_config
 from s3_ray.data.embedded import resolve_paths
+from s3_ray.plans.build_index import build_index_plan
 from s3_ray.retrieval.index import build_index
 from s3_ray.retrieval.ray_encode import ray_passage_encoder
-
-
-def dry_run(cfg: S3Config, corpus: str | Path, workers: int, chunk_size: int, gpus_per_worker: float) -> int:
-    """The plan: corpus, index settings, where the index goes and who encodes the passages."""
-    from jobs.plan import Plan, model_entry
-
-    plan = Plan("build_index", cfg)
-    r = cfg.retrieval
-    plan.add("corpus", plan.file(corpus, "corpus"))
-    index: dict[str, Any] = {"backend": r.backend, "index_dir": plan.output(r.index_dir),
-                             "manifest": plan.output(Path(r.index_dir) / "manifest.json")}
-    if r.backend == "bm25":
-        index.update(k1=r.k1, b=r.b, impl=r.bm25_impl)
-    else:
-        index.update(encoder=r.encoder, index_type=r.index_type, num_shards=r.num_shards, max_length=r.max_length)
-        if Path(r.encoder).expanduser().exists():
-            index["encoder_source"] = model_entry(r.encoder, "retrieval.encoder", plan)
-    plan.add("index", index)
-    if workers > 0 and r.backend in ("dense", "hybrid"):
-        plan.add("encoding", {"where": "Ray tasks", "workers": workers, "chunk_size": chunk_size,
-                              "cpus_per_task": 1.0, "gpus_per_task": gpus_per_worker,
-                              "total_cpus": float(workers), "total_gpus": workers * gpus_per_worker})
-    else:
-        plan.add("encoding", {"where": "this process" if r.backend != "bm25" else "none (BM25)"})
-    return plan.emit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_job_config(args.config, args.overrides)
     corpus = args.corpus or resolve_paths(cfg.data).corpus
     if args.dry_run:
-        return dry_run(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker)
+        return build_index_plan(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker).emit()
     encode = ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
                                  gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
     manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)

@@ -16,6 +16,7 @@ from pathlib import Path
 from jobs import runtime
 from s3_ray.config import load_job_config
 from s3_ray.pipeline.demo import run_demo
+from s3_ray.plans.demo import demo_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        from jobs.plan import demo_plan
-
         return demo_plan(cfg).emit()
     md = Path(run_demo(cfg)["report"])
     print(md.read_text())

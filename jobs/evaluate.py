@@ -23,88 +23,12 @@ without starting Ray or loading models; it lists missing inputs and exits 2 on c
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-from typing import Any
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_job_config
+from s3_ray.config import load_job_config
 from s3_ray.eval.ray_pairs import DEFAULT_TASK_CPUS, ray_map
 from s3_ray.eval.suite import evaluate, evaluate_datasets
-
-
-def plan(cfg: S3Config, searchers: dict[str, str]) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(plan, missing, problems): everything the run would use, the inputs not there yet (an
-    index, a data file, a checkpoint) and contradictions that fail whatever exists. Loads no
-    model and touches no network."""
-    from s3_ray.data.datasets import dataset_path, infer_format
-    from s3_ray.data.embedded import resolve_paths
-    from s3_ray.eval.methods import BASELINES, METHODS
-
-    problems: list[str] = []
-    missing: list[str] = []
-
-    def check(path: str | Path, what: str) -> dict[str, Any]:
-        exists = Path(path).exists()
-        if not exists:
-            missing.append(f"{what}: {path} does not exist")
-        return {"path": str(path), "exists": exists}
-
-    datasets = []
-    if cfg.eval.datasets:
-        for spec in cfg.eval.datasets:
-            fmt = spec.format
-            if fmt == "auto":
-                try:
-                    fmt = infer_format(spec.path)
-                except ValueError as err:
-                    problems.append(f"eval.datasets[{spec.name}]: {err}")
-            entry: dict[str, Any] = {"name": spec.name, "format": fmt, "limit": cfg.eval.limit,
-                                     "seed": cfg.eval.sample_seed}
-            if fmt == "hf":
-                entry.update(source=f"hub RUC-NLPIR/FlashRAG_datasets/{spec.name}", split=spec.path)
-            else:
-                entry.update(check(dataset_path(spec.path, fmt), f"eval.datasets[{spec.name}]"))
-            if spec.tasks:
-                entry["tasks"] = spec.tasks
-            datasets.append(entry)
-    else:
-        datasets.append({"name": cfg.eval.split, "format": "flashrag", "limit": cfg.data.test_limit,
-                         **check(resolve_paths(cfg.data).split(cfg.eval.split), f"data.{cfg.eval.split}_path")})
-
-    methods = []
-    for kind in cfg.eval.methods:
-        if kind not in METHODS:
-            problems.append(f"eval.methods: unknown method {kind!r}; known: {', '.join(sorted(METHODS))}")
-        entry = {"name": "s3_untrained" if kind == "s3" else kind, "kind": kind}
-        if kind == "s3":
-            entry["model"] = cfg.searcher.model
-        elif kind in BASELINES:
-            entry["model"] = cfg.eval.baseline_model or cfg.searcher.model
-        methods.append(entry)
-    for label, path in {**cfg.eval.checkpoints, **searchers}.items():
-        methods.append({"name": label, "kind": "s3", **check(Path(path).expanduser().resolve(), f"checkpoint {label}")})
-
-    r, g = cfg.retrieval, cfg.generator
-    retrieval = {"backend": r.backend, "index_dir": r.index_dir, "index_built": (Path(r.index_dir) / "manifest.json").is_file()}
-    if not retrieval["index_built"]:
-        missing.append(f"retrieval.index_dir: no index at {r.index_dir}; build it with `python -m jobs.build_index`")
-    if r.backend != "bm25":
-        retrieval.update(encoder=r.encoder, index_type=r.index_type)
-    generator = {"backend": g.backend, "model": g.model, "max_context_tokens": g.max_context_tokens}
-    if g.backend == "openai":
-        generator["base_url"] = g.base_url
-        if not g.base_url:
-            problems.append("generator.base_url must be set for the openai backend")
-    report = cfg.path("eval", "report") if cfg.eval.datasets else cfg.path("eval", cfg.eval.split)
-    return ({"run_dir": cfg.run_dir, "datasets": datasets, "methods": methods, "retrieval": retrieval,
-             "generator": generator,
-             "budgets": {"init_k": cfg.rollout.init_k, "top_k": cfg.rollout.top_k,
-                         "keep_per_turn": cfg.rollout.keep_per_turn, "max_turns": cfg.rollout.max_turns},
-             "context_size": f"tokens ({cfg.eval.context_tokenizer})" if cfg.eval.context_tokenizer else "words",
-             "judge": cfg.reward.use_judge,
-             "report_dir": str(report)}, missing, problems)
+from s3_ray.plans.evaluate import evaluate_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.task_cpus <= 0:
         parser.error(f"--task-cpus must be > 0, got {args.task_cpus}")
 
-    if args.dry_run:  # the same shape and exit status as every job's --dry-run (jobs/plan.py)
-        resolved, missing, problems = plan(cfg, searchers)
-        print(json.dumps({"job": "evaluate", "plan": resolved, "missing": missing, "problems": problems}, indent=2))
-        if problems:
-            print(f"[s3-ray] dry run of evaluate: {len(problems)} problem(s)", file=sys.stderr)
-        return 2 if problems else 0
+    if args.dry_run:
+        return evaluate_plan(cfg, searchers).emit()
 
     runtime.init_ray()
     runtime.deploy_services(cfg)

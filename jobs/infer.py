@@ -21,6 +21,7 @@ from typing import Any
 from jobs import runtime
 from s3_ray.config import S3Config, load_job_config
 from s3_ray.eval.contexts import write_split_contexts
+from s3_ray.plans.infer import infer_plan
 
 
 def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
@@ -36,35 +37,6 @@ def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
     from s3_ray.retrieval.index import load_retriever
 
     return RetrieverClient.in_process(load_retriever(cfg.retrieval))
-
-
-def dry_run(cfg: S3Config, args: argparse.Namespace, searcher: str | None, out: Path) -> int:
-    """The plan: questions, method and searcher, which retriever answers, and the output file."""
-    from jobs.plan import (
-        Plan,
-        budgets,
-        data_entry,
-        index_entry,
-        model_entry,
-        serve_entry,
-    )
-
-    plan = Plan("infer", cfg)
-    plan.add("method", {"name": args.method, "searcher": model_entry(searcher, "searcher", plan) if searcher else None,
-                        "budgets": budgets(cfg), "batch_size": args.batch_size})
-    plan.add("data", data_entry(cfg, plan, [args.split]))
-    if args.retriever_url:
-        plan.add("retriever", {"url": args.retriever_url})
-    elif args.serve:
-        plan.add("retriever", {"serve": serve_entry(cfg, plan, generator=False), "index": index_entry(cfg, plan)})
-    else:
-        plan.add("retriever", {"in_process": index_entry(cfg, plan)})
-    rows = 0
-    if out.is_file():
-        with out.open("rb") as fh:
-            rows = sum(1 for line in fh if line.endswith(b"\n"))
-    plan.add("outputs", {"contexts": {**plan.output(out), "rows_done": rows}})
-    return plan.emit()
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -96,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     searcher = (args.searcher or cfg.searcher.model) if args.method == "s3" else None
     out = Path(args.out) if args.out else cfg.path("contexts", f"{args.split}.{args.method}.jsonl")
     if args.dry_run:
-        return dry_run(cfg, args, searcher, out)
+        return infer_plan(cfg, args.split, args.method, searcher, out, args.batch_size, serve=args.serve,
+                          retriever_url=args.retriever_url).emit()
     connect = functools.partial(build_retriever, cfg, args.serve, args.retriever_url)
     written = write_split_contexts(cfg, args.split, args.method, searcher, out, connect,
                                    batch_size=args.batch_size, log=runtime.log)

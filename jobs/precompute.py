@@ -22,6 +22,7 @@ from typing import Any
 from jobs import runtime
 from s3_ray.config import S3Config, load_job_config
 from s3_ray.pipeline.baseline_shards import fill_shard, run_sharded
+from s3_ray.plans.precompute import precompute_plan
 from s3_ray.types import QAItem
 
 
@@ -65,36 +66,11 @@ def _backends(cfg: S3Config, serve: bool) -> tuple[Any, Any]:
             GeneratorClient.in_process(build_generator(cfg.generator)))
 
 
-def dry_run(cfg: S3Config, split: str, serve: bool, shards: int = 1) -> int:
-    """The plan: data, index, generator (or Serve apps) and the baseline file it fills."""
-    from jobs.plan import (
-        Plan,
-        baseline_entry,
-        data_entry,
-        generator_entry,
-        index_entry,
-        serve_entry,
-    )
-
-    plan = Plan("precompute", cfg)
-    plan.add("split", split)
-    plan.add("init_k", cfg.rollout.init_k)
-    plan.add("shards", shards)
-    if serve:
-        plan.add("serve", serve_entry(cfg, plan))
-    else:
-        plan.add("in_process", {"retriever": cfg.retrieval.backend, "generator": generator_entry(cfg, plan)})
-    plan.add("index", index_entry(cfg, plan))
-    plan.add("data", data_entry(cfg, plan, [split]))
-    plan.add("baseline", baseline_entry(cfg, plan, split, required=False))
-    return plan.emit()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        return dry_run(cfg, args.split, args.serve, args.shards)
+        return precompute_plan(cfg, args.split, args.serve, args.shards).emit()
 
     from s3_ray.reward.baseline import open_baseline, precompute_split, summarize_split
 
