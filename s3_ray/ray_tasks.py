@@ -18,8 +18,7 @@ TaskMap = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 
 def ray_task_map(num_cpus: float, num_gpus: float = 0.0, *, what: str, label: Callable[[Any], str],
-                 wait_s: float = 60.0,
-                 log: Callable[[str], None] = print) -> TaskMap:
+                 wait_s: float = 60.0, log: Callable[[str], None] = print) -> TaskMap:
     """A map running `fn(job)` as one Ray task per job (`num_cpus` / `num_gpus` each, one retry).
 
     `what` names the jobs in messages ("shard tasks"), `label(job)` names one job. Raises

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.eval.methods import ContextMethod
-from s3_ray.eval.runner import MethodRef, PairMap
+from s3_ray.eval.methods import ContextMethod, build_method
+from s3_ray.eval.runner import MethodRef, PairMap, run_datasets, run_suite, token_counter
 from s3_ray.types import QAItem
 
 
@@ -24,8 +24,6 @@ def method_refs(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> lis
     `eval.methods` (`s3` is the untrained `searcher.model`, labelled `s3_untrained`), then one s3
     method per `eval.checkpoints` and `searchers` entry (label -> checkpoint). All decode greedily.
     """
-    from s3_ray.eval.methods import build_method
-
     greedy = cfg.searcher.model_copy(update={"temperature": 0.0})
     refs = []
     for kind in cfg.eval.methods:
@@ -65,8 +63,6 @@ def load_datasets(cfg: S3Config) -> dict[str, list[QAItem]]:
 
 def _counter(cfg: S3Config) -> Callable[[str], int] | None:
     """Context size in tokens of `eval.context_tokenizer`, or None (words)."""
-    from s3_ray.eval.runner import token_counter
-
     return token_counter(cfg.eval.context_tokenizer) if cfg.eval.context_tokenizer else None
 
 
@@ -86,7 +82,6 @@ def evaluate(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str,
     `map_fn` runs the methods elsewhere; None: one after the other, here."""
     from s3_ray.data.embedded import load_split
     from s3_ray.eval.report import write_report
-    from s3_ray.eval.runner import run_suite
 
     items = load_split(cfg.data, cfg.eval.split)
     out = out_dir or cfg.path("eval", cfg.eval.split)
@@ -103,7 +98,6 @@ def evaluate_datasets(cfg: S3Config, retriever: Any, generator: Any, searchers: 
                       log: Callable[[str], None] = print) -> tuple[dict[str, dict[str, dict[str, float]]], Path]:
     """Every set of `eval.datasets`: {dataset: {method: summary}} and the report path."""
     from s3_ray.eval.dataset_report import write_dataset_report
-    from s3_ray.eval.runner import run_datasets
 
     data = load_datasets(cfg)
     log("data sets: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
