@@ -88,9 +88,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    import ray
-
     with fault_cluster(args) as run:
+        import ray  # after fault_cluster has set Ray's environment and started it
+
         cfg, report = run.cfg, run.report
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
         py = sys.executable
