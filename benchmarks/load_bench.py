@@ -40,7 +40,7 @@ DEFAULT_OUT = str(REPO / "benchmarks" / "results" / "load.json")
 
 
 # --------------------------------------------------------------------------------------------
-# Ray helpers shared with fault_bench.py
+# Ray helpers shared with the fault_*.py scripts
 # --------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

@@ -117,11 +117,12 @@ def reuse_deterministic_evals(cfg: Any, first: Path | None) -> list[str]:
 
 
 def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None) -> dict[str, Any]:
-    from jobs.demo import warmup_checkpoint
-    from jobs.evaluate import evaluate
-    from s3_ray.rl.launch import run_training, training_items
+    from jobs import runtime
+    from s3_ray.eval.suite import evaluate
+    from s3_ray.pipeline.demo import warmup_checkpoint
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.precompute import precompute_split
+    from s3_ray.rl.launch import run_training, training_items
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.tracking import read_metrics
 
@@ -142,7 +143,7 @@ def run_seed(cfg: Any, retriever: Any, generator: Any, first: Path | None = None
             searchers["s3_warmup_only"] = warm
     t_train = time.perf_counter() - t0
     copied = reuse_deterministic_evals(cfg, first)
-    summaries, _ = evaluate(cfg, retriever, generator, searchers)
+    summaries, _ = evaluate(cfg, retriever, generator, searchers, log=runtime.log)
     rl = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup" and "reward" in r]
     return {"seed": cfg.seed, "train_questions": len(items), "dropped": dropped,
             "genacc": {k: v["genacc"] for k, v in summaries.items()},

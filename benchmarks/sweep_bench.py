@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_bench.py [--model tiny-random] [--questions 8] [--cpus 2] [--out ...]
 
-The sweep is `jobs.sweep.run_sweep` in inference mode on the embedded default (dev split, BM25),
+The sweep is `s3_ray.sweep.run.run_sweep` in inference mode on the embedded default (dev split, BM25),
 grid rollout.top_k [2, 3] x rollout.max_turns [1, 2]. Every trial runs the searcher and the
 frozen generator in its own process (one torch thread each, 1 CPU reserved per trial), so the
 figures isolate Tune's scheduling: `sweep.max_concurrent=1` vs `2` on the same local Ray cluster,
@@ -57,7 +57,7 @@ class TrialGenerator:
 
 
 def run_one(base: Path, concurrent: int, model: str, questions: int, index_dir: Path) -> dict[str, Any]:
-    from jobs.sweep import run_sweep
+    from s3_ray.sweep.run import run_sweep
     from s3_ray.clients import GeneratorClient, RetrieverClient
     from s3_ray.retrieval.index import load_retriever
 

@@ -9,84 +9,12 @@ with `ray job submit -- python -m jobs.build_index --workers 8 retrieval.backend
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from s3_ray.config import S3Config, load_job_config
+from s3_ray.config import load_job_config
 from s3_ray.data.embedded import resolve_paths
-from s3_ray.retrieval.encoders import Encoder, encoder_factory
+from s3_ray.plans.build_index import build_index_plan
 from s3_ray.retrieval.index import build_index
-
-_WORKER_ENCODERS: dict[Any, Encoder] = {}
-
-
-def _encode_chunk(factory: Callable[[], Encoder], texts: list[str]) -> np.ndarray:
-    """Runs inside a Ray worker; the encoder is loaded once per worker process and reused."""
-    if factory not in _WORKER_ENCODERS:
-        _WORKER_ENCODERS[factory] = factory()
-    return _WORKER_ENCODERS[factory].encode_passages(texts)
-
-
-def encode_with_ray(texts: list[str], factory: Callable[[], Encoder], workers: int, chunk_size: int = 512,
-                    cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                    progress: bool = True) -> np.ndarray:
-    """Encode passages as Ray tasks over `workers` actors-worth of resources, in corpus order.
-
-    At most `workers` chunks run at once, so a large corpus never floods the object store.
-    """
-    import ray
-    from tqdm.auto import tqdm
-
-    if workers < 1 or chunk_size < 1:
-        raise ValueError(f"workers and chunk_size must be >= 1, got {workers}, {chunk_size}")
-    if not ray.is_initialized():
-        ray.init()
-    remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=2)(_encode_chunk)
-    factory_ref = ray.put(factory)
-    starts = list(range(0, len(texts), chunk_size))
-    results: dict[int, np.ndarray] = {}
-    pending: dict[Any, int] = {}
-    bar = tqdm(total=len(texts), desc=f"encode passages ({workers} workers)", unit="passage", disable=not progress)
-    next_chunk = 0
-    while next_chunk < len(starts) or pending:
-        while next_chunk < len(starts) and len(pending) < workers:
-            s = starts[next_chunk]
-            pending[remote.remote(factory_ref, texts[s:s + chunk_size])] = s
-            next_chunk += 1
-        done, _ = ray.wait(list(pending), num_returns=1)
-        s = pending.pop(done[0])
-        results[s] = ray.get(done[0])
-        bar.update(len(results[s]))
-    bar.close()
-    return np.concatenate([results[s] for s in starts])
-
-
-def dry_run(cfg: S3Config, corpus: str | Path, workers: int, chunk_size: int, gpus_per_worker: float) -> int:
-    """The plan: corpus, index settings, where the index goes and who encodes the passages."""
-    from jobs.plan import Plan, model_entry
-
-    plan = Plan("build_index", cfg)
-    r = cfg.retrieval
-    plan.add("corpus", plan.file(corpus, "corpus"))
-    index: dict[str, Any] = {"backend": r.backend, "index_dir": plan.output(r.index_dir),
-                             "manifest": plan.output(Path(r.index_dir) / "manifest.json")}
-    if r.backend == "bm25":
-        index.update(k1=r.k1, b=r.b, impl=r.bm25_impl)
-    else:
-        index.update(encoder=r.encoder, index_type=r.index_type, num_shards=r.num_shards, max_length=r.max_length)
-        if Path(r.encoder).expanduser().exists():
-            index["encoder_source"] = model_entry(r.encoder, "retrieval.encoder", plan)
-    plan.add("index", index)
-    if workers > 0 and r.backend in ("dense", "hybrid"):
-        plan.add("encoding", {"where": "Ray tasks", "workers": workers, "chunk_size": chunk_size,
-                              "cpus_per_task": 1.0, "gpus_per_task": gpus_per_worker,
-                              "total_cpus": float(workers), "total_gpus": workers * gpus_per_worker})
-    else:
-        plan.add("encoding", {"where": "this process" if r.backend != "bm25" else "none (BM25)"})
-    return plan.emit()
+from s3_ray.retrieval.ray_encode import ray_passage_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,15 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_job_config(args.config, args.overrides)
     corpus = args.corpus or resolve_paths(cfg.data).corpus
     if args.dry_run:
-        return dry_run(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker)
-    encode = None
-    if args.workers > 0 and cfg.retrieval.backend in ("dense", "hybrid"):
-        factory = encoder_factory(cfg.retrieval)
-
-        def encode(texts: list[str]) -> np.ndarray:
-            return encode_with_ray(texts, factory, args.workers, chunk_size=args.chunk_size,
-                                   gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
-
+        return build_index_plan(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker).emit()
+    encode = ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
+                                 gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
     manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)
     print(f"{cfg.retrieval.index_dir}: {manifest.summary()}")
     return 0

@@ -11,130 +11,12 @@ reuses what is already done (index, baselines, cached generator answers, finishe
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_job_config
-
-
-class Stages:
-    """Wall time of each stage, printed as it goes and kept for the report."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        runtime.log(f"== {name} ==")
-        t0 = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - t0, 1)
-        runtime.log(f"== {name}: done in {self.seconds[name]:.0f} s ==")
-
-
-def run_demo(cfg: S3Config) -> dict[str, Any]:
-    from jobs.evaluate import evaluate
-    from s3_ray.rl.launch import run_training, training_items
-    from s3_ray.data.embedded import load_split, resolve_paths
-    from s3_ray.eval.report import plot_training, write_report
-    from s3_ray.retrieval.index import build_index
-    from s3_ray.reward.fingerprint import open_baseline
-    from s3_ray.reward.precompute import precompute_split
-    from s3_ray.reward.gain import RewardScorer
-    from s3_ray.tracking import read_metrics
-
-    t_start = time.perf_counter()
-    st = Stages()
-    with st.stage("1/5 build the BM25 index"):
-        manifest = build_index(resolve_paths(cfg.data).corpus, cfg.retrieval)
-        runtime.log(f"index: {manifest}")
-    with st.stage("2/5 start Ray and the retriever + generator Serve apps"):
-        runtime.init_ray()
-        runtime.deploy_services(cfg)
-        retriever, generator = runtime.clients(cfg)
-    with st.stage("3/5 precompute naive-RAG baselines (train + test)"):
-        for split in ("train", cfg.eval.split):
-            precompute_split(cfg, split, retriever, generator, log=runtime.log)
-    with st.stage("4/5 train the searcher (Ray Train, GRPO)"):
-        baseline = open_baseline(cfg, "train")
-        items, dropped = training_items(cfg, baseline)
-        runtime.log(f"{len(items)} training questions kept, {dropped} dropped (naive RAG already answers them)")
-        result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward), name="demo")
-        if result.checkpoint is None:
-            raise RuntimeError("training finished without a checkpoint")
-        trained = result.checkpoint.path
-        searchers = {}
-        warm = warmup_checkpoint(result)
-        if warm is not None:
-            searchers["s3_warmup_only"] = warm
-        searchers["s3_trained"] = trained
-        runtime.log(f"trained searcher: {trained}")
-    with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
-        summaries, _ = evaluate(cfg, retriever, generator, searchers)
-
-    report_dir = cfg.path("report")
-    metrics = [r for r in read_metrics(cfg.path("train", "metrics.jsonl")) if r.get("phase") != "warmup"]
-    report_dir.mkdir(parents=True, exist_ok=True)
-    plot_training(metrics, report_dir / "training.png")
-    total = round(time.perf_counter() - t_start, 1)
-    reading = verdict(summaries, metrics)
-    md = write_report(
-        report_dir, summaries, title="s3-ray demo (embedded default)",
-        extra={"stage_seconds": st.seconds, "total_seconds": total, "trained_checkpoint": trained,
-               "train_questions": len(items), "train_dropped": dropped, "verdict": reading},
-        notes=[*reading,
-               f"{len(load_split(cfg.data, cfg.eval.split))} {cfg.eval.split} questions; "
-               f"budgets init_k={cfg.rollout.init_k} top_k={cfg.rollout.top_k} "
-               f"keep_per_turn={cfg.rollout.keep_per_turn} max_turns={cfg.rollout.max_turns}",
-               f"training: {cfg.train.steps} {cfg.train.algorithm.upper()} steps x "
-               f"{cfg.train.questions_per_step} questions x {cfg.train.group_size} samples; "
-               f"curves in training.png",
-               "stage seconds: " + json.dumps(st.seconds) + f"; total {total:.0f} s"],
-    )
-    print(md.read_text())
-    print(f"report: {md.parent.resolve()}")
-    return {"summaries": summaries, "report": str(md), "total_seconds": total}
-
-
-def warmup_checkpoint(result: Any) -> str | None:
-    """The step-0 checkpoint (after the format warm-up, before RL), if the run made one."""
-    for ckpt, metrics in result.best_checkpoints or []:
-        if metrics.get("step") == 0:
-            return ckpt.path
-    return None
-
-
-def verdict(summaries: dict[str, dict[str, float]], train_metrics: list[dict[str, Any]]) -> list[str]:
-    """Plain-language reading of the demo's numbers, including how much they can be trusted.
-
-    >>> s = {"naive_rag": {"n": 20, "genacc": 0.3}, "s3_trained": {"n": 20, "genacc": 0.35}}
-    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[0]
-    'trained searcher vs naive RAG: +5.0 GenAcc points (1 of 20 questions; one question = 5.0 points)'
-    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[1]
-    'RL had a reward signal in 0 of 1 steps (every trajectory of a group scored the same otherwise), so RL did not move the searcher; differences come from sampling and decoding, not learning'
-    """
-    rag, trained = summaries.get("naive_rag"), summaries.get("s3_trained")
-    if not rag or not trained:
-        return ["incomplete evaluation"]
-    n = int(rag["n"])
-    gap = trained["genacc"] - rag["genacc"]
-    lines = [f"trained searcher vs naive RAG: {100 * gap:+.1f} GenAcc points "
-             f"({round(abs(gap) * n)} of {n} questions; one question = {100 / n:.1f} points)"]
-    signal = sum(1 for r in train_metrics if r.get("adv_std", 0.0) > 0)
-    steps = len(train_metrics)
-    line = f"RL had a reward signal in {signal} of {steps} steps (every trajectory of a group scored the same otherwise)"
-    if signal == 0:
-        line += ", so RL did not move the searcher; differences come from sampling and decoding, not learning"
-    lines.append(line)
-    warm = summaries.get("s3_warmup_only")
-    if warm:
-        lines.append(f"trained vs warm-up-only searcher (RL's own share): {100 * (trained['genacc'] - warm['genacc']):+.1f} points")
-    if gap <= 0 or signal == 0:
-        lines.append("this short CPU run checks the pipeline end to end; it is not evidence that RL helps here")
-    return lines
+from s3_ray.config import load_job_config
+from s3_ray.pipeline.demo import run_demo
+from s3_ray.plans.demo import demo_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        from jobs.plan import demo_plan
-
         return demo_plan(cfg).emit()
-    run_demo(cfg)
+    md = Path(run_demo(cfg, runtime.start_services, log=runtime.log)["report"])
+    print(md.read_text())
+    print(f"report: {md.parent.resolve()}")
     return 0
 
 

@@ -14,73 +14,18 @@ style `/retrieve` server. Default output: `<run_dir>/contexts/<split>.<method>.j
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from dataclasses import asdict
+import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jobs import runtime
 from s3_ray.config import S3Config, load_job_config
-from s3_ray.data.jsonl import DataError, iter_jsonl, require_id
-from s3_ray.types import QAItem
-
-
-def read_done(path: Path, method: str, searcher: str | None) -> set[str]:
-    """Ids already in `path`. A torn last line (no trailing newline) is cut off so appending can
-    continue; rows written by another method or searcher fail loudly instead of mixing."""
-    if not path.is_file():
-        return set()
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        with path.open("r+b") as fh:
-            fh.truncate(raw.rfind(b"\n") + 1)
-    done: set[str] = set()
-    for lineno, row in iter_jsonl(path):
-        if (row.get("method"), row.get("searcher")) != (method, searcher):
-            raise DataError(path, lineno, f"written by method={row.get('method')!r} searcher={row.get('searcher')!r}, "
-                                          f"not method={method!r} searcher={searcher!r}; pass another --out")
-        done.add(require_id(path, lineno, row))
-    return done
-
-
-def context_row(item: QAItem, output: Any, method: str, searcher: str | None) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "question": item.question,
-        "golden_answers": list(item.golden_answers),
-        "method": method,
-        "searcher": searcher,
-        "context": [p.to_dict() for p in output.passages],
-        "searches": output.searches,
-        "trace": [asdict(t) for t in output.trace],
-    }
-
-
-def write_contexts(items: list[QAItem], method: Any, out: Path, searcher: str | None = None,
-                   batch_size: int = 8, log: Callable[[str], None] = runtime.log) -> int:
-    """Append one context row per item not yet in `out`; returns how many rows were written now."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(out, method.name, searcher)
-    todo = [q for q in items if q.id not in done]
-    log(f"{method.name}: {len(done)} of {len(items)} questions already in {out}; {len(todo)} to go")
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i : i + batch_size]
-        outputs = method.contexts(batch)
-        if len(outputs) != len(batch):
-            raise RuntimeError(f"method {method.name!r} returned {len(outputs)} contexts for {len(batch)} questions")
-        with out.open("a", encoding="utf-8") as fh:
-            for item, output in zip(batch, outputs):
-                fh.write(json.dumps(context_row(item, output, method.name, searcher), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        log(f"  {method.name}: {min(i + batch_size, len(todo))}/{len(todo)}")
-    return len(todo)
+from s3_ray.eval.contexts import write_split_contexts
+from s3_ray.plans.infer import infer_plan
 
 
 def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
+    """A `RetrieverClient`: over `url`, over the Serve app (`serve`, deployed if needed), or in-process."""
     from s3_ray.clients.retriever import RetrieverClient
 
     if url:
@@ -92,35 +37,6 @@ def build_retriever(cfg: S3Config, serve: bool, url: str | None) -> Any:
     from s3_ray.retrieval.index import load_retriever
 
     return RetrieverClient.in_process(load_retriever(cfg.retrieval))
-
-
-def dry_run(cfg: S3Config, args: argparse.Namespace, searcher: str | None, out: Path) -> int:
-    """The plan: questions, method and searcher, which retriever answers, and the output file."""
-    from jobs.plan import (
-        Plan,
-        budgets,
-        data_entry,
-        index_entry,
-        model_entry,
-        serve_entry,
-    )
-
-    plan = Plan("infer", cfg)
-    plan.add("method", {"name": args.method, "searcher": model_entry(searcher, "searcher", plan) if searcher else None,
-                        "budgets": budgets(cfg), "batch_size": args.batch_size})
-    plan.add("data", data_entry(cfg, plan, [args.split]))
-    if args.retriever_url:
-        plan.add("retriever", {"url": args.retriever_url})
-    elif args.serve:
-        plan.add("retriever", {"serve": serve_entry(cfg, plan, generator=False), "index": index_entry(cfg, plan)})
-    else:
-        plan.add("retriever", {"in_process": index_entry(cfg, plan)})
-    rows = 0
-    if out.is_file():
-        with out.open("rb") as fh:
-            rows = sum(1 for line in fh if line.endswith(b"\n"))
-    plan.add("outputs", {"contexts": {**plan.output(out), "rows_done": rows}})
-    return plan.emit()
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -149,21 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     cfg = load_job_config(args.config, args.overrides)
-
-    from s3_ray.data.embedded import load_split
-    from s3_ray.eval.methods import build_method
-
-    items = load_split(cfg.data, args.split)
     searcher = (args.searcher or cfg.searcher.model) if args.method == "s3" else None
     out = Path(args.out) if args.out else cfg.path("contexts", f"{args.split}.{args.method}.jsonl")
     if args.dry_run:
-        return dry_run(cfg, args, searcher, out)
-    read_done(out, args.method, searcher)  # fail on a mismatched file before loading any model
-    retriever = build_retriever(cfg, args.serve, args.retriever_url)
-    greedy = cfg.searcher.model_copy(update={"temperature": 0.0})
-    method = build_method(args.method, retriever=retriever, rollout=cfg.rollout, searcher=greedy,
-                          model=searcher, name=args.method)
-    written = write_contexts(items, method, out, searcher=searcher, batch_size=args.batch_size)
+        return infer_plan(cfg, args.split, args.method, searcher, out, args.batch_size, serve=args.serve,
+                          retriever_url=args.retriever_url).emit()
+    connect = functools.partial(build_retriever, cfg, args.serve, args.retriever_url)
+    written = write_split_contexts(cfg, args.split, args.method, searcher, out, connect,
+                                   batch_size=args.batch_size, log=runtime.log)
     runtime.log(f"wrote {written} rows -> {out}")
     print(out)
     return 0

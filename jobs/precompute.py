@@ -15,10 +15,15 @@ crashed run are skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from typing import Any
 
 from jobs import runtime
 from s3_ray.config import S3Config, load_job_config
+from s3_ray.pipeline.baseline_shards import fill_shard, run_sharded
+from s3_ray.plans.precompute import precompute_plan
+from s3_ray.types import QAItem
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -42,20 +47,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def shard_task(cfg: S3Config, shard_file: str, items: list, serve: bool, batch_size: int) -> int:
+def shard_task(cfg: S3Config, shard_file: str, items: list[QAItem], serve: bool, batch_size: int) -> int:
     """One shard, run inside a Ray task: answer `items` into `shard_file`. Returns how many."""
-    from s3_ray.reward.baseline_file import BaselineCache
-    from s3_ray.reward.fingerprint import baseline_settings
-    from s3_ray.reward.precompute import precompute_baseline
-
-    retriever, generator = _backends(cfg, serve)
-    cache = BaselineCache(shard_file, baseline_settings(cfg))
-    counts = precompute_baseline(items, retriever, generator, cfg.rollout.init_k, cache,
-                                 batch_size=batch_size, progress=False)
-    return counts["computed"]
+    return fill_shard(cfg, shard_file, items, *_backends(cfg, serve), batch_size)
 
 
-def _backends(cfg: S3Config, serve: bool) -> tuple:
+def _backends(cfg: S3Config, serve: bool) -> tuple[Any, Any]:
     """(retriever, generator) clients: the Serve apps, or models loaded in this process."""
     from s3_ray.clients.generator import GeneratorClient
     from s3_ray.clients.retriever import RetrieverClient
@@ -69,71 +66,11 @@ def _backends(cfg: S3Config, serve: bool) -> tuple:
             GeneratorClient.in_process(build_generator(cfg.generator)))
 
 
-def run_sharded(cfg: S3Config, args: argparse.Namespace) -> dict:
-    """Split the missing questions over `args.shards` Ray tasks; every shard file is merged at the end."""
-    import ray
-
-    from s3_ray.data.embedded import load_split
-    from s3_ray.reward.fingerprint import open_baseline
-    from s3_ray.reward.shards import precompute_sharded
-
-    items = load_split(cfg.data, args.split)
-    main = open_baseline(cfg, args.split)
-    task = ray.remote(num_cpus=args.task_cpus, num_gpus=args.task_gpus, max_retries=1)(shard_task)
-
-    def run(jobs: list) -> None:
-        refs = {task.remote(cfg, str(path), qs, args.serve, args.batch_size): (i, len(qs)) for i, path, qs in jobs}
-        runtime.log(f"{sum(n for _, n in refs.values())} questions over {len(refs)} shard tasks")
-        failed = []
-        for ref in refs:  # wait for all, so every finished shard is merged even if one fails
-            try:
-                ray.get(ref)
-            except Exception as err:  # noqa: BLE001 -- reported together below
-                failed.append(f"shard {refs[ref][0]}: {type(err).__name__}: {err}")
-        if failed:
-            from s3_ray.reward.shards import merge_shards
-
-            merge_shards(main, [it.id for it in items])
-            raise RuntimeError(f"{len(failed)} shard task(s) failed; finished work is saved and a rerun resumes "
-                               "the rest:\n  " + "\n  ".join(failed))
-
-    counts = precompute_sharded(items, main, args.shards, run)
-    runtime.log(f"baseline {args.split} ({main.path}): {counts['total']} questions, {counts['computed']} computed "
-                f"in {counts['shards']} shards, {counts['recovered']} recovered from shard files, "
-                f"{counts['skipped']} already stored")
-    return counts
-
-
-def dry_run(cfg: S3Config, split: str, serve: bool, shards: int = 1) -> int:
-    """The plan: data, index, generator (or Serve apps) and the baseline file it fills."""
-    from jobs.plan import (
-        Plan,
-        baseline_entry,
-        data_entry,
-        generator_entry,
-        index_entry,
-        serve_entry,
-    )
-
-    plan = Plan("precompute", cfg)
-    plan.add("split", split)
-    plan.add("init_k", cfg.rollout.init_k)
-    plan.add("shards", shards)
-    if serve:
-        plan.add("serve", serve_entry(cfg, plan))
-    else:
-        plan.add("in_process", {"retriever": cfg.retrieval.backend, "generator": generator_entry(cfg, plan)})
-    plan.add("index", index_entry(cfg, plan))
-    plan.add("data", data_entry(cfg, plan, [split]))
-    plan.add("baseline", baseline_entry(cfg, plan, split, required=False))
-    return plan.emit()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        return dry_run(cfg, args.split, args.serve, args.shards)
+        return precompute_plan(cfg, args.split, args.serve, args.shards).emit()
 
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.precompute import precompute_split
@@ -145,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         runtime.deploy_services(cfg)
     if args.shards > 1:
-        run_sharded(cfg, args)
+        task = functools.partial(shard_task, cfg, serve=args.serve, batch_size=args.batch_size)
+        run_sharded(cfg, args.split, args.shards, task, args.task_cpus, args.task_gpus, log=runtime.log)
         summarize_split(cfg, args.split, log=runtime.log)
         return 0
     retriever, generator = _backends(cfg, args.serve)

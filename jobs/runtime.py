@@ -96,5 +96,13 @@ def clients(cfg: S3Config) -> tuple[Any, Any]:
     return RetrieverClient.from_app(RETRIEVER_APP), GeneratorClient.from_app(GENERATOR_APP)
 
 
+def start_services(cfg: S3Config) -> tuple[Any, Any]:
+    """Ray, then the retriever and generator apps (a running app is reused only when it serves
+    this config); returns their clients (retriever, generator)."""
+    init_ray()
+    deploy_services(cfg)
+    return clients(cfg)
+
+
 def log(msg: str) -> None:
     print(f"[s3-ray] {msg}", file=sys.stderr, flush=True)

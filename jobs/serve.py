@@ -16,17 +16,8 @@ import argparse
 import time
 
 from jobs import runtime
-from s3_ray.config import S3Config, load_job_config
-
-
-def dry_run(cfg: S3Config, generator: bool, copilot: str | None) -> int:
-    """The plan: the Serve apps with replicas and resources, and the index the retriever reads."""
-    from jobs.plan import Plan, index_entry, serve_entry
-
-    plan = Plan("serve", cfg)
-    plan.add("serve", serve_entry(cfg, plan, generator=generator, copilot=copilot))
-    plan.add("index", index_entry(cfg, plan))
-    return plan.emit()
+from s3_ray.config import load_job_config
+from s3_ray.plans.serve import serve_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        return dry_run(cfg, not args.no_generator, args.copilot)
+        return serve_plan(cfg, not args.no_generator, args.copilot).emit()
     runtime.init_ray()
     runtime.deploy_services(cfg, with_generator=not args.no_generator)
     if args.copilot is not None:

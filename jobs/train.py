@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     if args.dry_run:
-        from jobs.plan import train_dry_run
+        from s3_ray.plans.train import train_dry_run
 
         return train_dry_run(cfg)
 

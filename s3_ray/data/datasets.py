@@ -226,6 +226,16 @@ def infer_format(path: str) -> str:
     return table[suffix]
 
 
+def dataset_path(path: str, fmt: str) -> str:
+    """A data set file resolved against the current directory (the driver's: Ray workers running
+    elsewhere read the same file); an ``hf`` split name stays as it is.
+
+    >>> dataset_path("test", "hf"), Path(dataset_path("nq.jsonl", "flashrag")).is_absolute()
+    ('test', True)
+    """
+    return path if fmt == "hf" else str(Path(path).expanduser().resolve())
+
+
 def load_eval_dataset(name: str, path: str, fmt: str = "auto", limit: int | None = None, seed: int = 0,
                       tasks: list[str] | None = None) -> list[QAItem]:
     """Read one evaluation set and sample it; every item's ``meta["dataset"]`` is `name`

@@ -2,8 +2,8 @@
 
 Each pair's per-question records are appended to `<out_dir>/<method>.jsonl` batch by batch, so a
 crashed evaluation restarts where it stopped (finished ids are skipped). Pairs are independent
-`PairJob`s; the caller's `map_fn` decides where they run (serially here, as Ray tasks in
-`jobs.evaluate`), so this module stays free of Ray.
+`PairJob`s; the caller's `map_fn` decides where they run (serially here, as Ray tasks with
+`s3_ray.eval.ray_pairs.ray_map`), so this module stays free of Ray.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one training loop: resume or warm up, then RL steps until done or the guard stops it.
 
 Both ways of training call `fit`: a Ray Train worker (`s3_ray.rl.worker`, one per rank, with
-checkpoints) and a Ray Tune trial (`jobs.sweep_trials`, one process, reporting to Tune). What
+checkpoints) and a Ray Tune trial (`s3_ray.sweep.trials`, one process, reporting to Tune). What
 differs between them is in `FitHooks`; the loop itself reads top to bottom:
 
 1. resume from a checkpoint (weights or adapter, optimiser, KL coefficient, step, question

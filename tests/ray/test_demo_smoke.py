@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_pipeline_with_tiny_models(serve_instance, tmp_path, monkeypatch):
-    from jobs.demo import run_demo
+    from s3_ray.pipeline.demo import run_demo
     from s3_ray.config import load_config
 
     monkeypatch.chdir(tmp_path)  # relative paths must resolve against the job's directory
@@ -22,10 +22,10 @@ def test_demo_pipeline_with_tiny_models(serve_instance, tmp_path, monkeypatch):
         "train.warmup_steps": 1, "train.warmup_batch": 1,
         "rollout.max_turns": 1, "serve.port": free_port(), "wandb.enabled": False,
     }
-    from jobs.runtime import DEFAULT_CONFIG
+    from jobs.runtime import DEFAULT_CONFIG, log, start_services
 
     cfg = load_config(DEFAULT_CONFIG, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]).absolute()
-    out = run_demo(cfg)
+    out = run_demo(cfg, start_services, log=log)
 
     assert set(out["summaries"]) == {"naive_rag", "s3_untrained", "s3_warmup_only", "s3_trained"}
     assert all(s["n"] == 4 for s in out["summaries"].values())

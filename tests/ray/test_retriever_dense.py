@@ -42,7 +42,7 @@ def _make_unit_encoder() -> _UnitEncoder:
 def test_encode_with_ray_tasks_matches_in_process(ray_session, tmp_path: Path) -> None:
     from ray import cloudpickle
 
-    from jobs.build_index import encode_with_ray
+    from s3_ray.retrieval.ray_encode import encode_with_ray
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     texts = [f"passage number {i} " * (i % 5 + 1) for i in range(50)]

@@ -101,7 +101,8 @@ def _setup(tmp_path: Path, **extra):
 
 
 def test_budget_sweep_resumes_only_the_failed_trial(ray_session, tmp_path):
-    from jobs.sweep import run_sweep, write_sweep_report
+    from s3_ray.sweep.report import write_sweep_report
+    from s3_ray.sweep.run import run_sweep
     from s3_ray.clients import GeneratorClient
 
     cfg, inner = _setup(tmp_path, **{"rollout.top_k": 2, "rollout.keep_per_turn": 1, "eval.split": "dev",
@@ -134,7 +135,8 @@ def test_budget_sweep_resumes_only_the_failed_trial(ray_session, tmp_path):
 
 
 def test_training_sweep_asha_stops_the_weak_trial(ray_session, tmp_path):
-    from jobs.sweep import run_sweep, write_sweep_report
+    from s3_ray.sweep.report import write_sweep_report
+    from s3_ray.sweep.run import run_sweep
 
     cfg, retriever = _setup(tmp_path, **{
         "train.steps": 3, "train.questions_per_step": 2, "train.group_size": 2, "train.kl_coef": 0.0,

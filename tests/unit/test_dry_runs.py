@@ -151,7 +151,7 @@ def test_cli_help_names_the_shared_flags(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_trial_metrics_keep_finite_numbers() -> None:
-    from jobs.sweep_trials import scalars
+    from s3_ray.sweep.trials import scalars
 
     assert scalars({"reward": 0.5, "step": 2, "note": "x", "kl": float("nan"), "ok": True}) == {"reward": 0.5, "step": 2.0}
 

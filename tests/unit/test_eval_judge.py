@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs import evaluate
 from s3_ray.config import load_config
 from s3_ray.eval.report import markdown_table
 from s3_ray.eval.runner import evaluate_method, summarize
+from s3_ray.eval.suite import evaluate
 from s3_ray.types import QAItem
 from tests.fakes import FakeRetriever
 from tests.unit.test_eval_report import FixedMethod
@@ -70,7 +70,7 @@ def test_job_passes_reward_use_judge(tmp_path: Path) -> None:
     cfg = load_config(None, [f"run_dir={tmp_path}", "eval.methods=[naive_rag]", "data.test_limit=3",
                              "reward.use_judge=true", "rollout.init_k=2"])
     gen = JudgingGenerator()
-    summaries, md = evaluate.evaluate(cfg, FakeRetriever(), gen, {})
+    summaries, md = evaluate(cfg, FakeRetriever(), gen, {})
     recs = [json.loads(x) for x in (tmp_path / "eval" / "test" / "naive_rag.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all(r["judge"] and r["judged"] for r in recs)  # "unknown" never span-matches
     assert len(gen.judge_prompts) == 3 and summaries["naive_rag"]["generator_calls"] == 2.0

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs import evaluate
 from s3_ray.config import load_config
+from s3_ray.eval.ray_pairs import ray_map
 from s3_ray.eval.runner import MethodRef, PairJob, run_datasets, run_pair, token_counter
+from s3_ray.eval.suite import method_refs
 from s3_ray.types import QAItem
 from tests.fakes import FakeRetriever
 from tests.unit.test_eval_report import EchoGenerator, FixedMethod
@@ -109,20 +110,20 @@ def test_ray_map_collects_every_failure_after_running_all(tmp_path: Path, monkey
     with pytest.raises(RuntimeError, match=r"(?s)2 of 4 \(method, data set\) pairs failed.*d1/broken: RuntimeError: "
                                            r"model missing.*d2/broken"):
         run_datasets(refs, DATA, EchoGenerator(), tmp_path, log=lambda s: None,
-                     map_fn=evaluate.ray_map(0.5, log=logs.append))
+                     map_fn=ray_map(0.5, log=logs.append))
     assert fake.options == [{"num_cpus": 0.5, "max_retries": 1}]
     assert (tmp_path / "d1" / "fixed.jsonl").is_file() and (tmp_path / "d2" / "fixed.jsonl").is_file()
     res = run_datasets([MethodRef("fixed", _fixed)], DATA, EchoGenerator(), tmp_path, log=lambda s: None,
-                       map_fn=evaluate.ray_map(0.25))
+                       map_fn=ray_map(0.25))
     assert res["d2"]["fixed"]["genacc"] == 0.5
     with pytest.raises(ValueError, match="task-cpus"):
-        evaluate.ray_map(0)
+        ray_map(0)
 
 
 def test_job_builds_picklable_refs_without_loading_models(tmp_path: Path) -> None:
     cfg = load_config(None, [f"run_dir={tmp_path}", "eval.methods=[naive_rag, s3, search_o1]",
                              "eval.checkpoints={trained: /nowhere/ckpt}"])
-    refs = evaluate.method_refs(cfg, FakeRetriever(), {"extra": "/nowhere/other"})
+    refs = method_refs(cfg, FakeRetriever(), {"extra": "/nowhere/other"})
     assert [r.name for r in refs] == ["naive_rag", "s3_untrained", "search_o1", "trained", "extra"]
     assert pickle.loads(pickle.dumps(refs))[0].build().name == "naive_rag"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs import evaluate, runtime
+from s3_ray.eval.suite import load_datasets
 
 PAPER = str(Path(evaluate.__file__).parent / "configs" / "s3_paper.yaml")
 
@@ -74,9 +75,9 @@ def test_load_datasets_groups_mirage_tasks(tmp_path: Path) -> None:
               "bioasq": {"2": {"question": "r", "options": {"A": "yes", "B": "no"}, "answer": "B"}}}
     (tmp_path / "benchmark.json").write_text(json.dumps(mirage))
     cfg = load_config(None, [f"eval.datasets=[{{name: mirage, path: {tmp_path / 'benchmark.json'}}}]"])
-    data = evaluate.load_datasets(cfg)
+    data = load_datasets(cfg)
     assert {k: [i.id for i in v] for k, v in data.items()} == {"medqa": ["medqa/1"], "bioasq": ["bioasq/2"]}
     twice = load_config(None, [f"eval.datasets=[{{name: a, path: {tmp_path / 'benchmark.json'}}}, "
                                f"{{name: b, path: {tmp_path / 'benchmark.json'}}}]"])
     with pytest.raises(ValueError, match="already used"):
-        evaluate.load_datasets(twice)
+        load_datasets(twice)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from fakes import FAKE_PASSAGES, FakeRetriever
-from jobs.infer import main, read_done, write_contexts
+from jobs.infer import main
 from s3_ray.config import RetrievalConfig
 from s3_ray.data.corpus import write_corpus
 from s3_ray.data.jsonl import DataError
 from s3_ray.data.qa import write_qa
+from s3_ray.eval.contexts import read_done, write_contexts
 from s3_ray.eval.methods import NaiveRAG
 from s3_ray.retrieval import build_index
 from s3_ray.types import QAItem

@@ -1,4 +1,4 @@
-"""The two kinds of Ray Tune trial that `jobs.sweep` runs.
+"""The two kinds of Ray Tune trial that a sweep (`s3_ray.sweep.run`) runs.
 
 * `inference_trial`: the searcher (greedy) with the trial's budgets over `eval.split`, answered by
   the frozen generator; one report (GenAcc, context size, searches).

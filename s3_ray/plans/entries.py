@@ -1,60 +1,12 @@
-"""`--dry-run` for every job: resolve the config and print what the job would use, touching nothing.
-
-A dry run starts no Ray, loads no model and writes no file. It prints one JSON object:
-
-* `plan`: the resolved pieces (deployments with replicas / CPUs / GPUs, train workers x resources,
-  models, data files with existence checks, output folders);
-* `missing`: inputs that are not there yet (an index, a baseline, a data file). They are reported,
-  not fatal, because an earlier job (`build_index`, `precompute`) or another machine provides them;
-* `problems`: contradictions that make the run fail whatever exists (exit status 2).
-
-A bad config key never gets this far: `load_job_config` raises `ConfigError` naming the key.
-"""
+"""The pieces every job's plan is made of: models, index, data, baselines, Serve apps, training."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
-
-
-class Plan:
-    """Collects a job's plan, its missing inputs and its problems, then prints them as JSON."""
-
-    def __init__(self, job: str, cfg: S3Config) -> None:
-        self.job = job
-        self.cfg = cfg
-        self.sections: dict[str, Any] = {"config": cfg.model_dump()}
-        self.missing: list[str] = []
-        self.problems: list[str] = []
-
-    def add(self, key: str, value: Any) -> Any:
-        self.sections[key] = value
-        return value
-
-    def file(self, path: str | Path, what: str, made_by: str | None = None, is_dir: bool = False) -> dict[str, Any]:
-        """A path the job reads; a missing one is listed in `missing` with the job that makes it."""
-        p = Path(path).expanduser()
-        exists = p.is_dir() if is_dir else p.exists()
-        if not exists:
-            self.missing.append(f"{what}: {p} does not exist" + (f" (made by `{made_by}`)" if made_by else ""))
-        return {"path": str(p), "exists": exists}
-
-    def output(self, path: str | Path) -> dict[str, Any]:
-        """A path the job writes; an existing one means the job resumes or overwrites."""
-        p = Path(path).expanduser()
-        return {"path": str(p), "exists": p.exists()}
-
-    def emit(self) -> int:
-        """Print the plan; exit status 2 when there are problems, else 0."""
-        out = {"job": self.job, "plan": self.sections, "missing": self.missing, "problems": self.problems}
-        print(json.dumps(out, indent=2, default=str))
-        if self.problems:
-            print(f"[s3-ray] dry run of {self.job}: {len(self.problems)} problem(s)", file=sys.stderr)
-        return 2 if self.problems else 0
+from s3_ray.plans.plan import Plan
 
 
 def model_entry(name: str, what: str, plan: Plan) -> dict[str, Any]:
@@ -82,11 +34,12 @@ def model_entry(name: str, what: str, plan: Plan) -> dict[str, Any]:
     return {"name": name, "kind": "hub id (needs network or a filled Hugging Face cache)"}
 
 
-def index_entry(cfg: S3Config, plan: Plan, required: bool = True) -> dict[str, Any]:
-    """The retrieval index: read by most jobs (`required`), written by build_index and the demo."""
+def index_entry(cfg: S3Config, plan: Plan, required: bool = True, what: str = "retrieval index") -> dict[str, Any]:
+    """The retrieval index: read by most jobs (`required`: missing when absent, listed as `what`),
+    written by build_index and the demo."""
     r = cfg.retrieval
     manifest = Path(r.index_dir) / "manifest.json"
-    found = (plan.file(manifest, "retrieval index", made_by="python -m jobs.build_index") if required
+    found = (plan.file(manifest, what, made_by="python -m jobs.build_index") if required
              else plan.output(manifest))
     entry: dict[str, Any] = {"backend": r.backend, "index_dir": r.index_dir, "built": found["exists"]}
     if r.backend != "bm25":
@@ -176,15 +129,10 @@ def serve_entry(cfg: S3Config, plan: Plan, generator: bool = True, copilot: str 
             "total_gpus": round(sum(a["replicas"] * a["gpus_per_replica"] for a in apps), 3)}
 
 
-def cuda_visible() -> int:
-    """GPUs this process sees; with `train.gpus_per_worker` unset, jobs/train.py asks one GPU per
-    worker exactly when this is > 0."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def train_workers(cfg: S3Config) -> dict[str, Any]:
+    """The Ray Train worker group: its size, what each worker reserves and how the policy is split."""
+    from s3_ray.resources import cuda_visible
+
     t = cfg.train
     gpus = t.gpus_per_worker if t.gpus_per_worker is not None else (1 if cuda_visible() else 0)
     return {"num_workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker, "gpus_per_worker": gpus,
@@ -194,6 +142,7 @@ def train_workers(cfg: S3Config) -> dict[str, Any]:
 
 
 def training_entry(cfg: S3Config) -> dict[str, Any]:
+    """The RL settings of a training run, with the batch sizes they imply."""
     t = cfg.train
     return {"algorithm": t.algorithm, "steps": t.steps, "questions_per_step": t.questions_per_step,
             "group_size": t.group_size, "trajectories_per_step": t.questions_per_step * t.group_size,
@@ -204,51 +153,11 @@ def training_entry(cfg: S3Config) -> dict[str, Any]:
 
 
 def budgets(cfg: S3Config) -> dict[str, int]:
+    """The searcher's budgets.
+
+    >>> from s3_ray.config import load_config
+    >>> budgets(load_config(None, ["rollout.max_turns=2"]))["max_turns"]
+    2
+    """
     r = cfg.rollout
     return {"init_k": r.init_k, "top_k": r.top_k, "keep_per_turn": r.keep_per_turn, "max_turns": r.max_turns}
-
-
-def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here: bool = False) -> Plan:
-    """What `python -m jobs.train` would do with `cfg` (`made_here`: the index and baseline are
-    produced by the same job, as in the demo, so their absence is not missing input)."""
-    plan = Plan(job, cfg)
-    plan.add("searcher", model_entry(cfg.searcher.model, "searcher.model", plan))
-    plan.add("training", training_entry(cfg))
-    plan.add("budgets", budgets(cfg))
-    plan.add("train_workers", train_workers(cfg))
-    plan.add("serve", serve_entry(cfg, plan))
-    plan.add("index", index_entry(cfg, plan, required=not made_here))
-    plan.add("data", data_entry(cfg, plan, ["train"], corpus=made_here))
-    plan.add("baseline", baseline_entry(cfg, plan, "train", required=not made_here))
-    plan.add("outputs", {"ray_run": plan.output(cfg.path("ray", name)),
-                         "metrics": plan.output(cfg.path("train", "metrics.jsonl")),
-                         "curves": plan.output(cfg.path("train", "curves.png")),
-                         "warmup_reference": plan.output(cfg.path("ray", name, "warmup_reference"))})
-    return plan
-
-
-def train_dry_run(cfg: S3Config) -> int:
-    """`python -m jobs.train --dry-run`: print the plan, exit 2 on problems."""
-    return train_plan(cfg).emit()
-
-
-def demo_plan(cfg: S3Config) -> Plan:
-    """What `python -m jobs.demo` would do: index -> serve -> precompute -> train -> evaluate."""
-    from jobs.evaluate import plan as eval_plan
-
-    plan = train_plan(cfg, name="demo", job="demo", made_here=True)
-    plan.add("data", data_entry(cfg, plan, ["train", cfg.eval.split], corpus=True))
-    plan.add("baseline", [baseline_entry(cfg, plan, s, required=False) for s in ("train", cfg.eval.split)])
-    evaluation, eval_missing, eval_problems = eval_plan(cfg, {})
-    # index, data and generator are checked above (the demo builds the index)
-    plan.problems.extend(p for p in eval_problems if p.startswith("eval.methods"))
-    plan.missing.extend(m for m in eval_missing if m.startswith("checkpoint"))
-    trained = [{"name": "s3_trained", "kind": "s3", "model": "the run's last checkpoint"}]
-    if cfg.train.warmup_steps > 0:
-        trained.insert(0, {"name": "s3_warmup_only", "kind": "s3", "model": "the step-0 checkpoint"})
-    plan.add("evaluate", {"methods": [*evaluation["methods"], *trained], "report_dir": evaluation["report_dir"]})
-    plan.add("stages", ["1/5 build the index (reused when present)", "2/5 start Ray and the Serve apps",
-                        f"3/5 precompute baselines (train, {cfg.eval.split})", "4/5 train the searcher",
-                        "5/5 evaluate"])
-    plan.sections["outputs"]["report"] = plan.output(cfg.path("report"))
-    return plan

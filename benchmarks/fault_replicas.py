@@ -1,26 +1,20 @@
-"""Fault benchmark: kill things mid-run and count what was lost, repeated or resumed.
+"""Replica faults: a Serve replica killed while a request is on it; count what was lost or repeated.
 
-    python benchmarks/fault_bench.py [--rounds 12] [--episodes 8] [--no-train] [key=value ...]
+    python benchmarks/fault_replicas.py [--rounds 12] [--episodes 8] [--kill-round 4] [--keep] [key=value ...]
 
-On one local Ray cluster with the retriever and generator Serve apps (deployed by
-`jobs.runtime.deploy_services`, `tiny-random` generator and searcher so that faults, not models,
-dominate), in a temporary run folder:
+Setup as in `fault_common.py`. Two scenarios, in order:
 
 1. retriever: batched rollouts (`run_rollout`, a scripted searcher that always searches
    `max_turns` times) through `RetrieverClient.from_app`; the replica actor is found with
    `ray.util.state.list_actors` and `ray.kill`ed while one retriever call of a rollout is out.
    Serve starts a new replica; the client retries if the call failed. Counted: episodes submitted / finished / lost / finished
    twice, and trajectories whose observations are missing or doubled.
-2. generator: `RewardScorer` batches through `GeneratorClient.from_app`; the generator replica is
+2. generator: `RewardScorer` batches through `GeneratorClient.from_app` (against the naive-RAG
+   baseline of the training split, computed first through the apps); the generator replica is
    killed during one reward batch. Counted the same way (rewards set exactly once per trajectory).
-3. `jobs.precompute --serve` and `jobs.evaluate` run as subprocesses (joining this cluster), are
-   SIGKILLed once some records are on disk, and are rerun: records done before the kill,
-   records computed by the rerun, and records computed twice (goal 0).
-4. (unless --no-train) Ray Train with `fail_at_step=1`: the worker dies after its step-1
-   checkpoint and the run resumes from it; the steps in metrics.jsonl are reported.
 
-Prints a summary and writes `benchmarks/results/faults.json`. Exit status 1 when anything was lost
-or repeated. Every loop is bounded (rounds, subprocess timeouts, polling deadlines).
+Prints a table and writes `benchmarks/results/fault_replicas.json`. Exit status 1 when anything was
+lost or repeated. Every loop is bounded (rounds, polling deadlines).
 """
 
 from __future__ import annotations
@@ -29,11 +23,8 @@ import argparse
 import copy
 import json
 import logging
-import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -41,25 +32,11 @@ from pathlib import Path
 from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_faults import kill_and_rerun, train_fault  # sibling script
-from load_bench import (  # sibling script
-    bench_config,
-    build_bench_index,
-    free_port,
-    machine,
-    replica_actors,
-    start_ray,
-)
+from fault_common import fault_cluster, fault_parser, finish, log, train_baseline  # sibling script
+from load_bench import replica_actors  # sibling script
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = str(REPO / "jobs" / "configs" / "demo.yaml")
-DEFAULT_OUT = str(REPO / "benchmarks" / "results" / "faults.json")
 ASSISTANT = "<|im_start|>assistant\n"
 QUESTION = re.compile(r"<question>\s*(.*?)\s*</question>", re.DOTALL)
-
-
-def log(msg: str) -> None:
-    print(f"[fault_bench] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,19 +269,11 @@ def generator_fault(cfg: Any, trajs: list[Any], rounds: int, kill_round: int) ->
     return out
 
 
-# --------------------------------------------------------------------------------------------
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python benchmarks/fault_bench.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p = fault_parser("fault_replicas.py", __doc__.split("\n\n")[0], "fault_replicas.json")
     p.add_argument("--rounds", type=int, default=12, help="rollouts (and reward batches) per fault run")
     p.add_argument("--episodes", type=int, default=8, help="episodes per batched rollout")
     p.add_argument("--kill-round", type=int, default=4, help="round during which the replica is killed")
-    p.add_argument("--precompute-kill-after", type=int, default=8, help="baseline records before the kill")
-    p.add_argument("--eval-kill-after", type=int, default=8, help="evaluation records before the kill")
-    p.add_argument("--no-train", action="store_true", help="skip the Ray Train worker-failure run")
-    p.add_argument("--keep", action="store_true", help="keep the temporary run folder")
-    p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = p.parse_args(argv)
     if not 0 <= args.kill_round < args.rounds - 1:
         p.error("--kill-round must leave at least one round after it (0 <= kill-round < rounds - 1)")
@@ -312,107 +281,41 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     args = _parse(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="s3ray-faults-"))
-    cfg = bench_config(args.config, [
-        "generator.model=tiny-random", "searcher.model=tiny-random", "generator.batch_size=4",
-        "data.train_limit=24", "data.test_limit=16", "rollout.max_turns=3", "eval.methods=[naive_rag, s3]",
-        f"serve.port={free_port()}", "serve.host=127.0.0.1", *args.overrides], workdir)
-    cfg_path = workdir / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg.model_dump()))
-    build_bench_index(cfg)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "keep")}
-    if Path(settings["config"]).resolve().is_relative_to(REPO):
-        settings["config"] = str(Path(settings["config"]).resolve().relative_to(REPO))
-    report: dict[str, Any] = {"machine": machine(), "settings": settings}
-    if args.keep:  # otherwise the folder is gone when the report is read
-        report["workdir"] = str(workdir)
-    start_ray()
-    import ray
-    from ray import serve
-
-    from jobs import runtime
     from s3_ray.data.embedded import load_split
 
-    try:
-        t0 = time.perf_counter()
-        runtime.deploy_services(cfg)
-        report["deploy_s"] = round(time.perf_counter() - t0, 1)
-        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-        py = sys.executable
+    with fault_cluster(args) as run:
+        cfg, report = run.cfg, run.report
         items = load_split(cfg.data, "train")[: args.episodes]
 
-        log("1/4 retriever replica killed during batched rollouts")
+        log("1/2 retriever replica killed during batched rollouts")
         report["retriever_kill"], trajs = retriever_fault(cfg, items, args.rounds, args.kill_round)
         log(json.dumps(report["retriever_kill"]))
 
-        log("3a/4 precompute killed and rerun")
-        report["precompute_kill"] = kill_and_rerun(
-            [py, "-m", "jobs.precompute", "--config", str(cfg_path), "--split", "train", "--serve",
-             "--batch-size", "2", "--no-progress"],
-            [cfg.path("baseline", "train.jsonl")], args.precompute_kill_after, env, workdir, "precompute",
-            skip_header=True)
-        log(json.dumps(report["precompute_kill"]))
+        log("naive-RAG baseline of the training split (the reward's baseline)")
+        train_baseline(cfg)
 
-        log("2/4 generator replica killed during reward batches")
+        log("2/2 generator replica killed during reward batches")
         report["generator_kill"] = generator_fault(cfg, trajs, args.rounds, args.kill_round)
         log(json.dumps(report["generator_kill"]))
-
-        log("3b/4 evaluation killed and rerun")
-        files = [cfg.path("eval", cfg.eval.split, f"{m}.jsonl") for m in ("naive_rag", "s3_untrained")]
-        report["evaluate_kill"] = kill_and_rerun([py, "-m", "jobs.evaluate", "--config", str(cfg_path)], files,
-                                                 args.eval_kill_after, env, workdir, "evaluate")
-        log(json.dumps(report["evaluate_kill"]))
-
-        if not args.no_train:
-            log("4/4 training worker failure (fail_at_step=1)")
-            report["train_worker_failure"] = train_fault(cfg)
-            log(json.dumps(report["train_worker_failure"]))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    report["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(summary(report))
-    print(f"wrote {args.out}")
-    return 0 if ok(report) else 1
+    return finish(report, args.out, summary(report), ok(report))
 
 
 def ok(report: dict[str, Any]) -> bool:
     r, g = report["retriever_kill"], report["generator_kill"]
-    jobs_ok = all(report[k]["recomputed"] == 0 for k in ("precompute_kill", "evaluate_kill"))
-    train = report.get("train_worker_failure")
-    train_ok = train is None or (train["error"] is None and train["final_step"] == train["steps_configured"])
     return (r["lost"] == r["double_counted"] == r["trajectories_with_missing_or_doubled_observations"] == 0
-            and g["lost"] == g["double_counted"] == g["trajectories_with_missing_or_mismatched_reward"] == 0
-            and jobs_ok and train_ok)
+            and g["lost"] == g["double_counted"] == g["trajectories_with_missing_or_mismatched_reward"] == 0)
 
 
 def summary(report: dict[str, Any]) -> str:
     r, g = report["retriever_kill"], report["generator_kill"]
-    p, e = report["precompute_kill"], report["evaluate_kill"]
-    rows = ["| fault | work | lost | double-counted | caller waited s | new replica after s |",
-            "|---|---|---|---|---|---|",
-            (f"| retriever replica killed mid-rollout | {r['finished']}/{r['submitted']} episodes | {r['lost']} | "
-             f"{r['double_counted']} | {r['caller_waited_s']} | {r['replica_alive_after_s']} |"),
-            (f"| generator replica killed mid reward batch | {g['finished']}/{g['submitted']} rewards | {g['lost']} | "
-             f"{g['double_counted']} | {g['caller_waited_s']} | {g['replica_alive_after_s']} |"),
-            "", "| job killed (SIGKILL) | records | done before kill | computed after restart | recomputed |",
-            "|---|---|---|---|---|"]
-    for name, x in (("jobs.precompute --serve", p), ("jobs.evaluate", e)):
-        rows.append(f"| {name} | {x['records_total']} | {x['done_before_kill']} | {x['computed_after_restart']} | "
-                    f"{x['recomputed']} |")
-    t = report.get("train_worker_failure")
-    if t:
-        rows += ["", (f"training, worker killed after step 1: steps logged {t['steps_logged']}, "
-                      f"final step {t['final_step']}/{t['steps_configured']}, error {t['error']}")]
-    return "\n".join(rows)
+    return "\n".join([
+        "| fault | work | lost | double-counted | caller waited s | new replica after s |",
+        "|---|---|---|---|---|---|",
+        (f"| retriever replica killed mid-rollout | {r['finished']}/{r['submitted']} episodes | {r['lost']} | "
+         f"{r['double_counted']} | {r['caller_waited_s']} | {r['replica_alive_after_s']} |"),
+        (f"| generator replica killed mid reward batch | {g['finished']}/{g['submitted']} rewards | {g['lost']} | "
+         f"{g['double_counted']} | {g['caller_waited_s']} | {g['replica_alive_after_s']} |")])
 
 
 if __name__ == "__main__":

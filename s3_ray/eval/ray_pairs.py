@@ -1,0 +1,29 @@
+"""The `PairMap` that runs every (method, data set) pair as its own Ray task.
+
+A task builds its method in the worker (from the pair's `MethodRef`, loading its model there)
+and calls the retriever and generator through picklable clients. Every pair writes its own
+JSONL, so a failed pair loses nothing the others did (`s3_ray.ray_tasks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from s3_ray.eval.runner import PairJob, PairMap
+from s3_ray.ray_tasks import ray_task_map
+
+DEFAULT_TASK_CPUS = 0.5
+"""Logical CPUs a (method, data set) Ray task reserves: the heavy work (retrieval, the frozen
+generator) runs in the Serve apps, so a task mostly waits on them or runs a small LM."""
+
+
+def pair_label(job: PairJob) -> str:
+    """`<data set>/<method>`, or `eval/<method>` for the single split of `data`."""
+    return f"{job.dataset or 'eval'}/{job.method.name}"
+
+
+def ray_map(num_cpus: float = DEFAULT_TASK_CPUS, wait_s: float = 60.0,
+            log: Callable[[str], None] = print) -> PairMap:
+    """A `PairMap` running each (method, data set) pair as a Ray task of `num_cpus` logical CPUs:
+    all pairs run to the end, then one error names every failure (rerun to resume them)."""
+    return ray_task_map(num_cpus, what="(method, data set) pairs", label=pair_label, wait_s=wait_s, log=log)

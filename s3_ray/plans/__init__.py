@@ -1,0 +1,20 @@
+"""`--dry-run` of every job: resolve the config and say what the job would use, touching nothing.
+
+A dry run starts no Ray, loads no model and writes no file. Each job's plan is built by one
+function here (`s3_ray.plans.<job>`) from the shared entries of `s3_ray.plans.entries`, and
+printed by `Plan.emit` as one JSON object:
+
+* `job`: the job's name;
+* `plan`: `config` (the resolved config) and the resolved pieces (deployments with replicas /
+  CPUs / GPUs, train workers x resources, models, data files with existence checks, output folders);
+* `missing`: inputs that are not there yet (an index, a baseline, a data file). They are reported,
+  not fatal (exit status 0), because an earlier job (`build_index`, `precompute`) or another
+  machine provides them;
+* `problems`: contradictions that make the run fail whatever exists (exit status 2).
+
+A bad config key never gets this far: `load_job_config` raises `ConfigError` naming the key.
+"""
+
+from s3_ray.plans.plan import Plan
+
+__all__ = ["Plan"]

@@ -1,0 +1,75 @@
+"""The plan of `python -m jobs.evaluate`: data sets, methods, retrieval, generator and the report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from s3_ray.config import S3Config
+from s3_ray.plans.entries import budgets, generator_entry, index_entry
+from s3_ray.plans.plan import Plan
+
+
+def datasets_entry(cfg: S3Config, plan: Plan) -> list[dict[str, Any]]:
+    """`eval.datasets` (format resolved, files checked), or the `eval.split` of `data` when empty."""
+    from s3_ray.data.datasets import HF_REPO, dataset_path, infer_format
+    from s3_ray.data.embedded import resolve_paths
+
+    if not cfg.eval.datasets:
+        return [{"name": cfg.eval.split, "format": "flashrag", "limit": cfg.data.test_limit,
+                 **plan.file(resolve_paths(cfg.data).split(cfg.eval.split), f"data.{cfg.eval.split}_path")}]
+    datasets = []
+    for spec in cfg.eval.datasets:
+        fmt = spec.format
+        if fmt == "auto":
+            try:
+                fmt = infer_format(spec.path)
+            except ValueError as err:
+                plan.problems.append(f"eval.datasets[{spec.name}]: {err}")
+        entry: dict[str, Any] = {"name": spec.name, "format": fmt, "limit": cfg.eval.limit,
+                                 "seed": cfg.eval.sample_seed}
+        if fmt == "hf":
+            entry.update(source=f"hub {HF_REPO}/{spec.name}", split=spec.path)
+        else:
+            entry.update(plan.file(dataset_path(spec.path, fmt), f"eval.datasets[{spec.name}]"))
+        if spec.tasks:
+            entry["tasks"] = spec.tasks
+        datasets.append(entry)
+    return datasets
+
+
+def methods_entry(cfg: S3Config, plan: Plan, searchers: dict[str, str]) -> list[dict[str, Any]]:
+    """`eval.methods` (an unknown one is a problem) and one s3 method per checkpoint (checked)."""
+    from s3_ray.eval.methods import BASELINES, METHODS
+
+    methods = []
+    for kind in cfg.eval.methods:
+        if kind not in METHODS:
+            plan.problems.append(f"eval.methods: unknown method {kind!r}; known: {', '.join(sorted(METHODS))}")
+        entry = {"name": "s3_untrained" if kind == "s3" else kind, "kind": kind}
+        if kind == "s3":
+            entry["model"] = cfg.searcher.model
+        elif kind in BASELINES:
+            entry["model"] = cfg.eval.baseline_model or cfg.searcher.model
+        methods.append(entry)
+    for label, path in {**cfg.eval.checkpoints, **searchers}.items():
+        methods.append({"name": label, "kind": "s3", **plan.file(Path(path).expanduser().resolve(),
+                                                                 f"checkpoint {label}")})
+    return methods
+
+
+def evaluate_plan(cfg: S3Config, searchers: dict[str, str]) -> Plan:
+    """Everything the evaluation would use: inputs not there yet (an index, a data file, a
+    checkpoint) are `missing`, contradictions are `problems`. Loads no model, touches no network."""
+    plan = Plan("evaluate", cfg)
+    plan.add("run_dir", cfg.run_dir)
+    plan.add("datasets", datasets_entry(cfg, plan))
+    plan.add("methods", methods_entry(cfg, plan, searchers))
+    plan.add("retrieval", index_entry(cfg, plan, what="retrieval.index_dir"))
+    plan.add("generator", generator_entry(cfg, plan))
+    plan.add("budgets", budgets(cfg))
+    plan.add("context_size", f"tokens ({cfg.eval.context_tokenizer})" if cfg.eval.context_tokenizer else "words")
+    plan.add("judge", cfg.reward.use_judge)
+    report = cfg.path("eval", "report") if cfg.eval.datasets else cfg.path("eval", cfg.eval.split)
+    plan.add("report_dir", str(report))
+    return plan

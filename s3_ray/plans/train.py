@@ -1,0 +1,40 @@
+"""The plan of `python -m jobs.train`: searcher, RL settings, train workers, Serve apps, data and outputs."""
+
+from __future__ import annotations
+
+from s3_ray.config import S3Config
+from s3_ray.plans.entries import (
+    baseline_entry,
+    budgets,
+    data_entry,
+    index_entry,
+    model_entry,
+    serve_entry,
+    train_workers,
+    training_entry,
+)
+from s3_ray.plans.plan import Plan
+
+
+def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here: bool = False) -> Plan:
+    """What `python -m jobs.train` would do with `cfg` (`made_here`: the index and baseline are
+    produced by the same job, as in the demo, so their absence is not missing input)."""
+    plan = Plan(job, cfg)
+    plan.add("searcher", model_entry(cfg.searcher.model, "searcher.model", plan))
+    plan.add("training", training_entry(cfg))
+    plan.add("budgets", budgets(cfg))
+    plan.add("train_workers", train_workers(cfg))
+    plan.add("serve", serve_entry(cfg, plan))
+    plan.add("index", index_entry(cfg, plan, required=not made_here))
+    plan.add("data", data_entry(cfg, plan, ["train"], corpus=made_here))
+    plan.add("baseline", baseline_entry(cfg, plan, "train", required=not made_here))
+    plan.add("outputs", {"ray_run": plan.output(cfg.path("ray", name)),
+                         "metrics": plan.output(cfg.path("train", "metrics.jsonl")),
+                         "curves": plan.output(cfg.path("train", "curves.png")),
+                         "warmup_reference": plan.output(cfg.path("ray", name, "warmup_reference"))})
+    return plan
+
+
+def train_dry_run(cfg: S3Config) -> int:
+    """`python -m jobs.train --dry-run`: print the plan; exit status as `Plan.emit`."""
+    return train_plan(cfg).emit()
