@@ -154,6 +154,23 @@ class TrainConfig(_Strict):
         None, ge=1, description="Checkpoints kept on disk: this many with the highest training reward, plus the "
                                 "latest (for resume) when it is not among them. None: all. The warm-up "
                                 "checkpoint (reward NaN) is the first to go.")
+    min_signal_groups: int = Field(
+        0, ge=0, description="Dynamic sampling: a step samples rounds of questions_per_step questions until the "
+                             "workers hold this many groups whose rewards differ (or max_sample_rounds), and only "
+                             "those groups enter the update. 0: one round, every group enters the update.")
+    max_sample_rounds: int = Field(4, ge=1, description="Most sampling rounds of one step (dynamic sampling).")
+    curriculum: bool = Field(
+        False, description="Prefer training questions whose recent success rate is strictly between 0 and 1; "
+                           "rest questions that keep giving flat groups (s3_ray/rl/curriculum.py).")
+    curriculum_window: int = Field(8, ge=1, description="Recent rollouts per question the curriculum remembers.")
+    curriculum_patience: int = Field(2, ge=1, description="Flat groups in a row before a question rests.")
+    curriculum_rest: int = Field(4, ge=0, description="Steps a flat question rests before it is retried.")
+    curriculum_focus: float = Field(
+        0.5, ge=0, le=1, description="Largest share of a round's questions drawn from the learnable ones.")
+    keep_rag_solved_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of the training questions naive RAG already answers that stay in "
+                                     "training ('do no harm' questions: stopping at once is right there). 0 is "
+                                     "s3's filter (all dropped), 1 keeps them all.")
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1, description="Questions per warm-up step over all workers.")
     warmup_lr: float = Field(5e-5, gt=0)
@@ -192,6 +209,9 @@ class TrainConfig(_Strict):
             if getattr(self, key) % self.num_workers:
                 raise ValueError(f"train.{key}={getattr(self, key)} is the batch over all workers: it must be a "
                                  f"multiple of train.num_workers={self.num_workers}")
+        if self.min_signal_groups > 0 and self.group_size < 2:
+            raise ValueError(f"train.min_signal_groups={self.min_signal_groups} needs train.group_size >= 2: a group "
+                             "of one rollout never has rewards that differ")
         if self.parallel == "fsdp" and self.lora_rank > 0:
             raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0: a LoRA run trains a few "
                              "MB of adapter over frozen base weights, which DDP replicates cheaply; use "
