@@ -30,7 +30,7 @@ from typing import Any
 
 from s3_ray.agent.policy import PolicyStats, check_seqs, stop_length, strip_trailing
 from s3_ray.config import SearcherConfig
-from s3_ray.models.vllm_engine import start_engine, stop_engine
+from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 STOP_STRINGS = ("</query>", "</search_complete>")
 """Where vLLM pauses a row; `stop_length` then decides whether the turn really ended."""
@@ -156,14 +156,7 @@ class VLLMPolicy:
         same files from `model_name_or_path`. `engine_kwargs` go to `vllm.LLM` (e.g. dtype,
         enforce_eager) and override the defaults set here and the CPU platform's
         (`s3_ray.models.vllm_engine`)."""
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "searcher.backend='vllm' needs the vllm package, which ships in the `gpu` extra: "
-                "pip install 's3-ray[gpu]' (on a CUDA machine; on CPU: scripts/setup_vllm_cpu.sh), "
-                f"or use searcher.backend='transformers' ({err})"
-            ) from err
+        vllm = import_vllm("searcher.backend='vllm'", "searcher.backend='transformers'")
         from s3_ray.models import resolve_model
 
         if bucket_bytes < 1:

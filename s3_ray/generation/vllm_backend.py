@@ -16,7 +16,7 @@ from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
 from s3_ray.generation.hf import TransformersGenerator
-from s3_ray.models.vllm_engine import start_engine, stop_engine
+from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 
 class VLLMGenerator:
@@ -29,14 +29,7 @@ class VLLMGenerator:
                  gpu_memory_utilization: float = 0.85, seed: int = 0, **engine_kwargs: Any) -> None:
         """`engine_kwargs` go to `vllm.LLM` and override the settings made here and the CPU
         platform's defaults (`s3_ray.models.vllm_engine`)."""
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "generator.backend='vllm' needs the vllm package, which ships in the `gpu` extra: "
-                "pip install 's3-ray[gpu]' (on a CUDA machine; on CPU: scripts/setup_vllm_cpu.sh), "
-                f"or use generator.backend='transformers' or 'openai' ({err})"
-            ) from err
+        vllm = import_vllm("generator.backend='vllm'", "generator.backend='transformers' or 'openai'")
         from s3_ray.models import resolve_model
 
         if max_new_tokens < 1 or max_context_tokens < 1:

@@ -26,6 +26,27 @@ CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache of a CPU engine: ~23k tokens of SmolLM2-135M in fp32 (30 layers x 3 KV heads x 64)."""
 
 
+def import_vllm(needed_by: str, instead: str) -> Any:
+    """The vllm module, or an ImportError naming what needs it (`needed_by`, e.g.
+    "searcher.backend='vllm'"), how to install it, and the alternative (`instead`). A folder named
+    vllm on sys.path (a test folder, a source checkout) imports as a namespace package without
+    `LLM`; that counts as missing too."""
+
+    def missing(why: object) -> ImportError:
+        return ImportError(
+            f"{needed_by} needs the vllm package, which ships in the `gpu` extra: pip install 's3-ray[gpu]' "
+            f"(on a CUDA machine; on CPU: scripts/setup_vllm_cpu.sh), or use {instead} ({why})"
+        )
+
+    try:
+        import vllm
+    except ImportError as err:
+        raise missing(err) from err
+    if not hasattr(vllm, "LLM"):
+        raise missing(f"the vllm found at {list(getattr(vllm, '__path__', []))} is not the vLLM package")
+    return vllm
+
+
 def platform_defaults() -> dict[str, Any]:
     """`vllm.LLM` keyword arguments the platform vLLM runs on needs ({} on GPUs)."""
     from vllm.platforms import current_platform

@@ -1,5 +1,6 @@
-"""Engine start settings per platform (`s3_ray.models.vllm_engine`), against a fake `vllm` module:
-CPU defaults, explicit settings winning over them, start failures naming the model, shutdown."""
+"""Engine start per platform (`s3_ray.models.vllm_engine`), against a fake `vllm` module: the
+import guard, CPU defaults, explicit settings winning over them, start failures naming the model,
+shutdown."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from s3_ray.models.vllm_engine import CPU_KV_CACHE_BYTES, platform_defaults, start_engine, stop_engine
+from s3_ray.models.vllm_engine import CPU_KV_CACHE_BYTES, import_vllm, platform_defaults, start_engine, stop_engine
 
 
 def fake_vllm(monkeypatch: pytest.MonkeyPatch, cpu: bool, fail: Exception | None = None) -> types.ModuleType:
@@ -30,6 +31,21 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch, cpu: bool, fail: Exception | None
     return m
 
 
+def test_import_guard_names_the_extra_and_rejects_a_folder_named_vllm(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: `import vllm` raises
+    with pytest.raises(ImportError, match=r"^searcher.backend='vllm' needs the vllm package.*s3-ray\[gpu\].*"
+                                          r"setup_vllm_cpu.sh.*or use searcher.backend='transformers'"):
+        import_vllm("searcher.backend='vllm'", "searcher.backend='transformers'")
+    # what `import vllm` gives where a folder named vllm (no __init__.py) is on sys.path
+    folder = types.ModuleType("vllm")
+    folder.__path__ = ["/somewhere/tests/vllm"]
+    monkeypatch.setitem(sys.modules, "vllm", folder)
+    with pytest.raises(ImportError, match=r"/somewhere/tests/vllm'\] is not the vLLM package"):
+        import_vllm("generator.backend='vllm'", "generator.backend='transformers'")
+    m = fake_vllm(monkeypatch, cpu=False)
+    assert import_vllm("x", "y") is m
+
+
 def test_gpu_platform_gets_the_settings_unchanged(monkeypatch) -> None:
     m = fake_vllm(monkeypatch, cpu=False)
     assert platform_defaults() == {}
@@ -38,9 +54,10 @@ def test_gpu_platform_gets_the_settings_unchanged(monkeypatch) -> None:
 
 def test_cpu_platform_defaults_and_explicit_settings_win(monkeypatch) -> None:
     m = fake_vllm(monkeypatch, cpu=True)
-    assert platform_defaults() == {"enforce_eager": True, "dtype": "float32", "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    cpu = {"enforce_eager": True, "dtype": "float32", "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    assert platform_defaults() == cpu
     kw = start_engine(m, {"model": "x", "dtype": "bfloat16"}).kwargs
-    assert kw == {"model": "x", "dtype": "bfloat16", "enforce_eager": True, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    assert kw == {**cpu, "model": "x", "dtype": "bfloat16"}
 
 
 def test_failed_start_names_the_model_and_settings(monkeypatch) -> None:
