@@ -177,6 +177,9 @@ class TrainConfig(_Strict):
     warmup_follow_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
                                      "documents (label-free second-hop demonstrations; 0 = query the question).")
+    warmup_follow_docs: int | None = Field(
+        None, ge=1, description="Follow demonstrations query a name read in the first this-many initial documents "
+                                "(the top-ranked ones are about the question's own entity); None: all of them.")
     micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
     ppo_epochs: int = Field(
         1, ge=1, description="Optimiser passes over each step's batch; 1 is on-policy (without a critic the "
@@ -192,6 +195,10 @@ class TrainConfig(_Strict):
         None, ge=2, description="Longest prompt + response the update feeds; longer prompts lose their oldest "
                                 "tokens (a response that alone does not fit is an error). None: no limit.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
+    share_prefix: bool = Field(
+        True, description="Update forwards read the tokens all rows of a micro-batch share (a group's prompt) once "
+                          "and reuse their KV cache (same gradients up to float rounding). Off under FSDP, with "
+                          "gradient checkpointing and for PPO's value head.")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
