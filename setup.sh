@@ -5,7 +5,7 @@
 #   PYTHON=bin  interpreter to create it with (default python3; 3.10-3.12)
 #   S3RAY_EXTRAS=...  extras to install (default: test,dense). On a CUDA host: test,dense-gpu,gpu
 #                     dense = encoder + faiss-cpu, dense-gpu = encoder + faiss-gpu (one of the two:
-#                     both install the one `faiss` package); gpu = vLLM
+#                     both install the one `faiss` package); gpu = the pinned vLLM stack (Python 3.11+)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -37,6 +37,10 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   step "creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
+fi
+if has_extra gpu && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  die "the gpu extra (vllm 0.32.0) needs Python 3.11 or newer; $VENV has $("$VENV/bin/python" --version).
+  Recreate it with PYTHON=python3.11 (or 3.12), or leave gpu out of S3RAY_EXTRAS."
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q -U pip

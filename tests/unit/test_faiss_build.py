@@ -1,17 +1,14 @@
 """Where faiss puts a dense index (`retrieval.faiss_gpu`), with the device count and faiss's GPU
-support faked; the one-faiss-build rule in the extras, in setup.sh and at import."""
+support faked, and the one-faiss-build rule at import (the extras and setup.sh: test_packaging)."""
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import faiss
 import pytest
-from packaging.requirements import Requirement
 
 from s3_ray.config import ConfigError, RetrievalConfig, load_config
 from s3_ray.data.corpus import write_corpus
@@ -26,13 +23,6 @@ from s3_ray.retrieval.faiss_build import (
 )
 
 from test_dense import CORPUS, EXPECTED, QUERIES, HashEncoder
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    tomllib = None
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _never() -> int:
@@ -180,40 +170,3 @@ def test_config_key_and_load_retriever(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(load_retriever(cfg, encoder=HashEncoder())) == len(CORPUS)
     with pytest.raises(FaissBuildError, match="retrieval.faiss_gpu: true, but no GPU is visible"):
         load_retriever(cfg.model_copy(update={"faiss_gpu": True}), encoder=HashEncoder())
-
-
-def _extras() -> dict[str, set[str]]:
-    """Each extra -> the distribution names it installs, self-references (s3-ray[x]) expanded."""
-    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-
-    def names(extra: str) -> set[str]:
-        out: set[str] = set()
-        for req in map(Requirement, raw[extra]):
-            if req.name == "s3-ray":
-                for inner in req.extras:
-                    out |= names(inner)
-            else:
-                out.add(req.name)
-        return out
-
-    return {extra: names(extra) for extra in raw}
-
-
-@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python 3.11")
-def test_each_extra_installs_at_most_one_faiss_build() -> None:
-    extras = _extras()
-    builds = {"faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11"}
-    assert extras["dense"] & builds == {"faiss-cpu"} and extras["dense-gpu"] & builds == {"faiss-gpu"}
-    assert "sentence-transformers" in extras["dense"] & extras["dense-gpu"]
-    for extra, dists in extras.items():
-        assert len(dists & builds) <= 1, f"extra {extra!r} installs {sorted(dists & builds)}"
-    assert not extras["gpu"] & builds, "the gpu extra is the vLLM stack; faiss-gpu comes with dense-gpu"
-
-
-def test_setup_refuses_both_faiss_builds(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    done = subprocess.run(["bash", str(ROOT / "setup.sh")], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "VENV": str(venv), "S3RAY_EXTRAS": "test, dense,dense-gpu"})
-    assert done.returncode == 2
-    assert "names both dense (faiss-cpu) and dense-gpu (faiss-gpu)" in done.stderr
-    assert not venv.exists()                   # refused before anything was created or installed
