@@ -18,6 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+# Where faiss keeps Flat/IVF shards (retrieval.faiss_gpu): "auto" = GPUs when the installed faiss
+# can use one, True = GPUs required, False = host memory. Resolved by s3_ray.retrieval.faiss_build.
+FaissGpu = Literal["auto"] | bool
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -63,7 +68,8 @@ class RetrievalConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1)
     pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the embedding dim.")
     pq_nbits: int = Field(8, ge=1, le=16)
-    faiss_gpu: bool = Field(True, description="Move Flat/IVF shards to GPUs when faiss has GPU support.")
+    faiss_gpu: FaissGpu = Field("auto", description="Flat/IVF shards on GPUs: auto = when faiss-gpu sees one; "
+                                "true = required (error otherwise); false = host memory. See docs/retrieval.md.")
     # hybrid
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
