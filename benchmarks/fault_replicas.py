@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -258,10 +259,12 @@ def generator_fault(cfg: Any, trajs: list[Any], rounds: int, kill_round: int) ->
             for t in batch:
                 t.reward = None
             submitted += [(r, t.item.id) for t in batch]
-            rewards = scorer.score(batch)
-            bad += sum(1 for t, rew in zip(batch, rewards) if t.reward is None or t.reward != rew)
-            bad += abs(len(rewards) - len(batch))
-            finished += [(r, t.item.id) for t, _ in zip(batch, rewards)]
+            results = scorer.score(batch)
+            # one finite reward per trajectory, returned and never written into the trajectory
+            bad += sum(1 for t, res in zip(batch, results)
+                       if t.reward is not None or not math.isfinite(float(res.reward)))
+            bad += abs(len(results) - len(batch))
+            finished += [(r, t.item.id) for t, _ in zip(batch, results)]
     out = {"client_failed_attempts": client.client.failed_attempts, "client_retry_log": retries.messages,
            **exactly_once(submitted, finished), "trajectories_with_missing_or_mismatched_reward": bad,
            "rounds": rounds, "trajectories_per_batch": len(trajs), "wall_s": round(time.perf_counter() - t0, 2),
