@@ -1,4 +1,4 @@
-"""The RL proof's figures: per-question GenAcc files in, intervals, curves and the report out.
+"""The RL proof's figures: per-question GenAcc in, intervals, curves and the report out.
 
 Used by `rl_proof.py`; kept apart so the arithmetic reads on its own (and is testable by doctest).
 """
@@ -14,16 +14,6 @@ from s3_ray.eval.stats import bootstrap_mean, paired_differences, pooled_differe
 
 GOAL_RL_MINUS_WARMUP = 5.0
 GOAL_RL_MINUS_NAIVE = 12.5
-
-
-def genacc_by_question(path: Path) -> dict[str, float]:
-    """{question id: genacc} of an evaluation file (`s3_ray.eval.runner` records)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["id"]] = float(rec["genacc"])
-    return out
 
 
 def points(result: dict[str, Any]) -> dict[str, Any]:
