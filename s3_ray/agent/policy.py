@@ -8,6 +8,7 @@ the newly generated tokens are checked, never the prompt (which holds earlier tu
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -143,7 +144,7 @@ class HFPolicy:
             "return_dict_in_generate": True,
         }
         if past is not None:
-            kwargs["past_key_values"] = past
+            kwargs[_cache_field()] = past
         if self.stop_at_tags:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len, self._closing)])
         if sample:
@@ -164,7 +165,7 @@ class HFPolicy:
             row = row[:cut] if cut is not None else row
             results.append(strip_trailing(row, self._drop))
         if cacheable:
-            self._cache = after_generate(getattr(out, "past_key_values", None), ids, mask, seqs, results, generated)
+            self._cache = after_generate(getattr(out, _cache_field(), None), ids, mask, seqs, results, generated)
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
         return results
 
@@ -187,6 +188,16 @@ class ScriptedPolicy:
             out.append(list(self.tokenizer.encode(turn, add_special_tokens=False)))
         self.stats.add(len(seqs), sum(len(o) for o in out), time.perf_counter() - t0)
         return out
+
+
+@functools.cache
+def _cache_field() -> str:
+    """The name `generate` takes the KV cache under and returns it as: `cache` since transformers
+    5.23 (`past_key_values` is deprecated there), `past_key_values` before (the vLLM extra pins
+    an older transformers)."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def _is_fsdp(model: Any) -> bool:
