@@ -26,9 +26,9 @@ def precompute_baseline(items: Sequence[QAItem], retriever: Retriever, generator
     Each batch is one retrieval call and one generator call (plus one judge call when the
     cache's settings say `judge`), written to disk before the next
     starts, so an interrupted run loses at most one batch. Returns counts
-    `{"total", "skipped", "computed"}`.
+    `{"total", "skipped", "computed"}`. The bar (`progress`) goes to the job's console.
     """
-    from tqdm import tqdm
+    from s3_ray.console import active
 
     if k != cache.settings.init_k:
         raise BaselineError(f"k={k} but {cache.path} is for init_k={cache.settings.init_k}")
@@ -40,7 +40,7 @@ def precompute_baseline(items: Sequence[QAItem], retriever: Retriever, generator
     if len(set(ids)) != len(ids):
         raise ValueError("items contain duplicate question ids")
     todo = [it for it in items if it.id not in cache]
-    bar = tqdm(total=len(todo), desc="naive-RAG baseline", unit="q", disable=not progress)
+    bar = active().bar(len(todo), f"naive-RAG baseline ({cache.path.stem})", unit="q", enabled=progress and bool(todo))
     for lo in range(0, len(todo), batch_size):
         batch = todo[lo : lo + batch_size]
         hits = retriever.search([it.search_text for it in batch], k) if k > 0 else [[] for _ in batch]
