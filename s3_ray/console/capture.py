@@ -68,6 +68,11 @@ class OutputCapture:
                 stream.reconfigure(line_buffering=True)
         return self
 
+    def note(self, text: str) -> None:
+        """Write `text` to the log through descriptor 2, wherever Python's `sys.stderr` points."""
+        _flush()
+        os.write(2, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         _flush()

@@ -97,19 +97,18 @@ class JobConsole:
         shown = "they are shown here too (--verbose)" if self.verbose else \
             "--verbose or S3RAY_VERBOSE=1 shows them here too"
         self.console.info(f"logs: {shown_path(folder)} (Ray, Serve, Train, model loading; {shown})")
-        with self._quiet_env(), OutputCapture(self.log_path, echo=self.verbose), _sigterm_raises():
-            print(f"==== s3-ray {self.name} {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ====",
-                  flush=True)
+        with self._quiet_env(), OutputCapture(self.log_path, echo=self.verbose) as capture, _sigterm_raises():
+            capture.note(f"==== s3-ray {self.name} {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ====")
             try:
                 yield self.console
-            except BaseException:
-                traceback.print_exc()  # into the log (and, with --verbose, on the console)
-                sys.stderr.flush()
+            except BaseException as err:
+                # into the log (and, with --verbose, on the console too)
+                capture.note("".join(traceback.format_exception(err)))
                 raise
             finally:
-                self._disconnect_ray()
+                self._disconnect_ray(capture)
 
-    def _disconnect_ray(self) -> None:
+    def _disconnect_ray(self, capture: OutputCapture) -> None:
         """`ray.shutdown()` while the capture still holds, when this job connected to Ray: the
         last lines Ray streams from its workers belong in the log, not after the job's output."""
         if not self._connected_ray:
@@ -119,8 +118,8 @@ class JobConsole:
 
         try:
             ray.shutdown()
-        except Exception:  # noqa: BLE001 -- the job's own outcome matters more than a teardown error
-            traceback.print_exc()
+        except Exception as err:  # noqa: BLE001 -- the job's own outcome matters more than a teardown error
+            capture.note("".join(traceback.format_exception(err)))
 
     def ray_started(self, context: Any, local: bool) -> None:
         """After `ray.init`: the dashboard line as Ray prints it, a link to Ray's own session logs
