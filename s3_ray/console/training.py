@@ -107,6 +107,8 @@ class TrainingView:
         if loss is not None:
             self.warmup_losses.append(loss)
         self.warmup_bar.set(done)
+        if done >= self.warmup_steps:
+            self._end_warmup()  # now, not at the first RL step (the reference and checkpoint come between)
 
     def _end_warmup(self) -> None:
         if self.warmup_bar is None or self.warmup_bar.closed:
