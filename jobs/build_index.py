@@ -56,7 +56,7 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
         if encode is not None:
             runtime.init_ray()
         manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)
-        console.result(f"{shown_path(cfg.retrieval.index_dir)}: {manifest.summary()}")
+        console.result(f"{shown_path(cfg.retrieval.index_dir, folder=True)}: {manifest.summary()}")
         job.finished()
     return 0
 

@@ -44,7 +44,7 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
     with job.logging_to(cfg.run_dir) as console:
         md = Path(run_demo(cfg, runtime.start_services, console=console)["report"])
         console.result(md.read_text())
-        console.info(f"report: {shown_path(md.parent)} (results.md, results.json, accuracy.png, training.png)")
+        console.info(f"report: {shown_path(md.parent, folder=True)} (results.md, results.json, accuracy.png, training.png)")
         job.finished()
     return 0
 

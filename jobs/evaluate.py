@@ -78,7 +78,7 @@ def _run(job: JobConsole, args: argparse.Namespace, searchers: dict[str, str]) -
         else:
             _, md = evaluate(cfg, retriever, generator, searchers, map_fn=map_fn, log=runtime.log)
         console.result(md.read_text())
-        console.info(f"report: {shown_path(md.parent)}")
+        console.info(f"report: {shown_path(md.parent, folder=True)}")
         job.finished()
     return 0
 

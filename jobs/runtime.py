@@ -93,7 +93,7 @@ def deploy_services(cfg: S3Config, with_generator: bool = True) -> list[str]:
         check_reusable(RETRIEVER_APP, served_by(RETRIEVER_APP), expected)
         log(f"reusing the running {RETRIEVER_APP} app (same index and search settings)")
     else:
-        log(f"deploying the {RETRIEVER_APP} app (index {shown_path(cfg.retrieval.index_dir)})")
+        log(f"deploying the {RETRIEVER_APP} app (index {shown_path(cfg.retrieval.index_dir, folder=True)})")
         serve.run(build_retriever(RetrieverAppArgs.from_config(cfg)), name=RETRIEVER_APP, route_prefix="/",
                   logging_config=serve_logging(cfg))
         started.append(RETRIEVER_APP)

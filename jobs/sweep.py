@@ -67,7 +67,7 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
         rows = run_sweep(cfg, retriever, generator, name=name, resume=True if args.resume else None, log=runtime.log)
         md = write_sweep_report(rows, cfg.path(name), cfg.sweep.mode, cfg.sweep.metric)
         console.result(md.read_text())
-        console.info(f"report: {shown_path(md.parent)}")
+        console.info(f"report: {shown_path(md.parent, folder=True)}")
         job.finished()
     return 0
 

@@ -96,7 +96,7 @@ class JobConsole:
         self.log_path = folder / f"{self.name}.log"
         shown = "they are shown here too (--verbose)" if self.verbose else \
             "--verbose or S3RAY_VERBOSE=1 shows them here too"
-        self.console.info(f"logs: {shown_path(folder)} (Ray, Serve, Train, model loading; {shown})")
+        self.console.info(f"logs: {shown_path(folder, folder=True)} (Ray, Serve, Train, model loading; {shown})")
         with self._quiet_env(), OutputCapture(self.log_path, echo=self.verbose) as capture, _sigterm_raises():
             capture.note(f"==== s3-ray {self.name} {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ====")
             try:
@@ -141,7 +141,7 @@ class JobConsole:
 
     def finished(self) -> None:
         """The last line of a job that succeeded."""
-        where = f"; logs in {shown_path(self.log_path.parent)}" if self.log_path is not None else ""
+        where = f"; logs in {shown_path(self.log_path.parent, folder=True)}" if self.log_path is not None else ""
         self.console.info(f"s3-ray {self.name} finished in {format_seconds(time.perf_counter() - self.started)}{where}")
 
     def _report(self, err: BaseException) -> int:

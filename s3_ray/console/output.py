@@ -134,12 +134,12 @@ class Stages:
         con.info(f"{INDENT}done in {format_seconds(time.perf_counter() - t0)}")
 
 
-def shown_path(path: str | os.PathLike[str]) -> str:
-    """A path as the console shows it: relative to the working directory when below it, and a
-    folder with a trailing slash.
+def shown_path(path: str | os.PathLike[str], folder: bool = False) -> str:
+    """A path as the console shows it: relative to the working directory when below it (a
+    `folder` with a trailing slash).
 
-    >>> shown_path(Path.cwd() / "runs" / "demo" / "nothing.txt")
-    'runs/demo/nothing.txt'
+    >>> shown_path(Path.cwd() / "runs" / "demo" / "nothing.txt"), shown_path("runs/demo/logs", folder=True)
+    ('runs/demo/nothing.txt', 'runs/demo/logs/')
     >>> shown_path("/elsewhere/x.log")
     '/elsewhere/x.log'
     """
@@ -148,7 +148,7 @@ def shown_path(path: str | os.PathLike[str]) -> str:
         text = str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         text = str(p)
-    return text + "/" if p.is_dir() else text
+    return text + "/" if folder else text
 
 
 _DEFAULT = Console()

@@ -72,6 +72,7 @@ class TrainingView:
 
     def __init__(self, console: Console, steps: int, warmup_steps: int, groups: int) -> None:
         self.console = console
+        self.started = time.monotonic()  # the warm-up's clock: its records carry no step times
         self.steps = steps
         self.warmup_steps = warmup_steps
         self.groups = groups
@@ -81,6 +82,7 @@ class TrainingView:
         self.last_step: int | None = None
 
     def show(self, record: dict[str, Any]) -> None:
+        """Print what one metrics record says (called for every new record, in file order)."""
         if record.get("phase") == "warmup":
             self._warmup(record)
             return
@@ -97,12 +99,14 @@ class TrainingView:
         self.rl_bar.set(step)
         if record.get("stop_reason"):
             self.console.info(f"the collapse guard stopped training after step {step}: {record['stop_reason']}")
+        if step >= self.steps or record.get("stop_reason"):
+            self.rl_bar.close()  # the last step: what follows (checkpoint, shutdown) is not a step
 
     def _warmup(self, record: dict[str, Any]) -> None:
         done = int(record.get("step", 0)) + 1  # warm-up records count from 0
-        if self.warmup_bar is None:
+        if self.warmup_bar is None:  # timed from the start of training (workers starting up included)
             self.warmup_bar = self.console.bar(self.warmup_steps or None, "format warm-up", unit="step",
-                                               initial=done)
+                                               started=self.started)
         loss = _number(record, "warmup/loss")
         if loss is not None:
             self.warmup_losses.append(loss)

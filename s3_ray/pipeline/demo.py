@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.console import Console, Stages, active
+from s3_ray.console import Console, Stages, active, shown_path
 
 
 def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]],
@@ -61,7 +61,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
         if warm is not None:
             searchers["s3_warmup_only"] = warm
         searchers["s3_trained"] = trained
-        log(f"trained searcher: {trained}")
+        log(f"trained searcher: {shown_path(trained, folder=True)}")
     with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
         summaries, _ = evaluate(cfg, retriever, generator, searchers, log=log)
 

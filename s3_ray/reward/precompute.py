@@ -68,12 +68,13 @@ def precompute_split(cfg: S3Config, split: str, retriever: Retriever, generator:
     Returns `{"split", "path", "total", "computed", "skipped", "genacc", "em", "kept", "dropped"}`;
     kept/dropped are s3's training filter (naive RAG already right, or a yes/no question).
     """
+    from s3_ray.console import shown_path
     from s3_ray.data.embedded import load_split
 
     items = load_split(cfg.data, split)
     cache = open_baseline(cfg, split)  # checks the settings before any work
     counts = precompute_baseline(items, retriever, generator, cfg.rollout.init_k, cache,
                                  batch_size=batch_size, progress=progress)
-    log(f"baseline {split} ({cache.path}): {counts['total']} questions, {counts['computed']} computed, "
+    log(f"baseline {split} ({shown_path(cache.path)}): {counts['total']} questions, {counts['computed']} computed, "
         f"{counts['skipped']} already stored")
     return {"split": split, "path": str(cache.path), **counts, **summarize_split(cfg, split, log)}
