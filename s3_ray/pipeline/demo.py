@@ -25,6 +25,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     their clients. Stages, bars and training steps go to `console` (default: the active one),
     other lines to `log` (default: the console's).
     Returns {"summaries": {method: summary}, "report": results.md path, "total_seconds"}."""
+    from s3_ray.console.training import follow_training
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.report import plot_training, write_report
     from s3_ray.eval.suite import evaluate
@@ -32,7 +33,6 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.reward.precompute import precompute_split
-    from s3_ray.console.training import follow_training
     from s3_ray.rl.launch import run_training, training_items
     from s3_ray.tracking import read_metrics
 
