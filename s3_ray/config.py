@@ -18,6 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+# Where faiss keeps Flat/IVF shards (retrieval.faiss_gpu): "auto" = GPUs when the installed faiss
+# can use one, True = GPUs required, False = host memory. Resolved by s3_ray.retrieval.faiss_build.
+FaissGpu = Literal["auto"] | bool
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -63,7 +68,8 @@ class RetrievalConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1)
     pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the embedding dim.")
     pq_nbits: int = Field(8, ge=1, le=16)
-    faiss_gpu: bool = Field(True, description="Move Flat/IVF shards to GPUs when faiss has GPU support.")
+    faiss_gpu: FaissGpu = Field("auto", description="Flat/IVF shards on GPUs: auto = when faiss-gpu sees one; "
+                                "true = required (error otherwise); false = host memory. See docs/retrieval.md.")
     # hybrid
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
@@ -154,12 +160,32 @@ class TrainConfig(_Strict):
         None, ge=1, description="Checkpoints kept on disk: this many with the highest training reward, plus the "
                                 "latest (for resume) when it is not among them. None: all. The warm-up "
                                 "checkpoint (reward NaN) is the first to go.")
+    min_signal_groups: int = Field(
+        0, ge=0, description="Dynamic sampling: a step samples rounds of questions_per_step questions until the "
+                             "workers hold this many groups whose rewards differ (or max_sample_rounds), and only "
+                             "those groups enter the update. 0: one round, every group enters the update.")
+    max_sample_rounds: int = Field(4, ge=1, description="Most sampling rounds of one step (dynamic sampling).")
+    curriculum: bool = Field(
+        False, description="Prefer training questions whose recent success rate is strictly between 0 and 1; "
+                           "rest questions that keep giving flat groups (s3_ray/rl/curriculum.py).")
+    curriculum_window: int = Field(8, ge=1, description="Recent rollouts per question the curriculum remembers.")
+    curriculum_patience: int = Field(2, ge=1, description="Flat groups in a row before a question rests.")
+    curriculum_rest: int = Field(4, ge=0, description="Steps a flat question rests before it is retried.")
+    curriculum_focus: float = Field(
+        0.5, ge=0, le=1, description="Largest share of a round's questions drawn from the learnable ones.")
+    keep_rag_solved_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of the training questions naive RAG already answers that stay in "
+                                     "training ('do no harm' questions: stopping at once is right there). 0 is "
+                                     "s3's filter (all dropped), 1 keeps them all.")
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1, description="Questions per warm-up step over all workers.")
     warmup_lr: float = Field(5e-5, gt=0)
     warmup_follow_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
                                      "documents (label-free second-hop demonstrations; 0 = query the question).")
+    warmup_follow_docs: int | None = Field(
+        None, ge=1, description="Follow demonstrations query a name read in the first this-many initial documents "
+                                "(the top-ranked ones are about the question's own entity); None: all of them.")
     micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
     ppo_epochs: int = Field(
         1, ge=1, description="Optimiser passes over each step's batch; 1 is on-policy (without a critic the "
@@ -175,6 +201,10 @@ class TrainConfig(_Strict):
         None, ge=2, description="Longest prompt + response the update feeds; longer prompts lose their oldest "
                                 "tokens (a response that alone does not fit is an error). None: no limit.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
+    share_prefix: bool = Field(
+        True, description="Update forwards read the tokens all rows of a micro-batch share (a group's prompt) once "
+                          "and reuse their KV cache (same gradients up to float rounding). Off under FSDP, with "
+                          "gradient checkpointing and for PPO's value head.")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -192,6 +222,9 @@ class TrainConfig(_Strict):
             if getattr(self, key) % self.num_workers:
                 raise ValueError(f"train.{key}={getattr(self, key)} is the batch over all workers: it must be a "
                                  f"multiple of train.num_workers={self.num_workers}")
+        if self.min_signal_groups > 0 and self.group_size < 2:
+            raise ValueError(f"train.min_signal_groups={self.min_signal_groups} needs train.group_size >= 2: a group "
+                             "of one rollout never has rewards that differ")
         if self.parallel == "fsdp" and self.lora_rank > 0:
             raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0: a LoRA run trains a few "
                              "MB of adapter over frozen base weights, which DDP replicates cheaply; use "

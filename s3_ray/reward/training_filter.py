@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from s3_ray.reward.baseline_file import BaselineCache
@@ -19,10 +20,20 @@ def is_yes_no(item: QAItem) -> bool:
     return any(a.strip().lower() in _YES_NO for a in item.golden_answers)
 
 
-def filter_unanswered(items: Sequence[QAItem], cache: BaselineCache) -> tuple[list[QAItem], int]:
+def filter_unanswered(items: Sequence[QAItem], cache: BaselineCache, keep_solved_fraction: float = 0.0,
+                      seed: int = 0) -> tuple[list[QAItem], int]:
     """s3's training filter: keep questions the naive RAG gets wrong, drop yes/no questions.
 
-    Every item must have a baseline record (else BaselineMissing). Returns (kept, dropped_count).
+    `keep_solved_fraction` keeps that share of the questions naive RAG already answers (a seeded
+    sample), as "do no harm" training questions: there the best a searcher can do is not to
+    spoil the context (reward 0 for keeping naive RAG's answer, -1 for losing it). 0 is s3's
+    filter. Every item must have a baseline record (else BaselineMissing). Returns (kept in split
+    order, dropped_count).
     """
-    kept = [it for it in items if not is_yes_no(it) and cache.get(it.id).genacc < 1.0]
+    if not 0.0 <= keep_solved_fraction <= 1.0:
+        raise ValueError(f"keep_solved_fraction must be in [0, 1], got {keep_solved_fraction}")
+    candidates = [it for it in items if not is_yes_no(it)]
+    solved = [it for it in candidates if cache.get(it.id).genacc >= 1.0]
+    chosen = {it.id for it in random.Random(seed).sample(solved, round(keep_solved_fraction * len(solved)))}
+    kept = [it for it in candidates if cache.get(it.id).genacc < 1.0 or it.id in chosen]
     return kept, len(items) - len(kept)

@@ -89,6 +89,17 @@ def agree_on_stop(reason: str | None) -> str | None:
     return reason
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order ([obj] outside a process group)."""
+    import torch.distributed as dist
+
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """A picklable object from rank `src` to every rank (identity outside a process group)."""
     import torch.distributed as dist

@@ -59,6 +59,7 @@ def fit(policy: SearcherPolicy, trainer: SearcherTrainer, hooks: FitHooks, resum
         start = int(state["step"])
         trainer.weights_changed()
         trainer.load_state(state["extra"])
+        trainer.steps_done = start
         if "guard" in state["extra"]:
             guard.load_state(state["extra"]["guard"])
         log(f"[s3-ray] rank {policy.rank}: resumed from step {start}")

@@ -96,8 +96,10 @@ def summarize(cfg: S3Config, result: Any) -> dict[str, Any]:
 
 
 def training_items(cfg: S3Config, baseline: Any) -> tuple[list[QAItem], int]:
-    """The training split after s3's filter (drop what naive RAG already answers)."""
+    """The training split after s3's filter (drop what naive RAG already answers, but the share
+    `train.keep_rag_solved_fraction` of it); returns (questions, dropped count)."""
     from s3_ray.data.embedded import load_split
     from s3_ray.reward.training_filter import filter_unanswered
 
-    return filter_unanswered(load_split(cfg.data, "train"), baseline)
+    return filter_unanswered(load_split(cfg.data, "train"), baseline,
+                             keep_solved_fraction=cfg.train.keep_rag_solved_fraction, seed=cfg.seed)

@@ -13,6 +13,9 @@ from typing import Any
 
 from s3_ray.config import S3Config
 from s3_ray.models import unwrap
+from s3_ray.rl import collectives
+from s3_ray.rl.curriculum import Curriculum
+from s3_ray.rl.sampling import GroupSampler
 from s3_ray.rl.weight_sync import RolloutWeights, policy_state_dict
 from s3_ray.types import QAItem, RewardResult, Trajectory
 
@@ -73,6 +76,13 @@ class SearcherTrainer:
         self.retriever = retriever
         self.scorer = scorer
         self.stream = QuestionStream(items, seed=cfg.seed)
+        tc = cfg.train
+        self.curriculum = Curriculum(self.stream, window=tc.curriculum_window, patience=tc.curriculum_patience,
+                                     rest=tc.curriculum_rest, focus=tc.curriculum_focus) if tc.curriculum else None
+        self.sampler = GroupSampler(tc, self._draw, self._rollout_and_score, world=world,
+                                    observe=self.curriculum.observe if self.curriculum is not None else None)
+        self.steps_done = 0
+        self._costs: dict[str, float] = {}  # this step's rollout and reward costs (seconds, tokens, calls)
         # the vLLM engine (searcher.backend="vllm", built with the first rollout) or the rollout copy
         self.rollout_weights = RolloutWeights(copy=rollout_model)
         self.set_policy(model, ref_model)
@@ -124,34 +134,63 @@ class SearcherTrainer:
         bare.eval()
         try:
             policy = self._rollout_policy(bare)
-            return run_rollout(items, policy, self.tokenizer, self.retriever, self.cfg.rollout, self.cfg.searcher)
+            before = policy.stats.as_dict()
+            trajs = run_rollout(items, policy, self.tokenizer, self.retriever, self.cfg.rollout, self.cfg.searcher)
+            after = policy.stats.as_dict()
+            for key in ("prefill_tokens", "prefill_seconds", "decode_seconds", "tokens_generated"):
+                name = "rollout/decode_tokens" if key == "tokens_generated" else f"rollout/{key}"
+                self._costs[name] = self._costs.get(name, 0.0) + after[key] - before[key]
+            return trajs
         finally:
             bare.train(was_training)
 
-    def train_step(self) -> dict[str, float]:
-        """One RL step over this worker's share of `questions_per_step` questions x `group_size`
-        trajectories each (gradients are averaged over the workers)."""
-        from s3_ray.agent.rollout import rollout_stats
-
+    def _rollout_and_score(self, batch: list[QAItem]) -> tuple[list[Trajectory], float, float]:
+        """Roll `batch` out and give every trajectory its reward: (trajectories, rollout s, reward s)."""
         t0 = time.perf_counter()
-        questions = self.stream.take(self.cfg.train.questions_per_step // self.world)
-        batch = [q for q in questions for _ in range(self.cfg.train.group_size)]
         trajs = self.rollout(batch)
         t1 = time.perf_counter()
-        rewards = attach_rewards(trajs, self.scorer.score(trajs))
-        t2 = time.perf_counter()
-        metrics = dict(self.updater.step(trajs))
-        t3 = time.perf_counter()
+        attach_rewards(trajs, self.scorer.score(trajs))
+        for key, value in getattr(self.scorer, "last_call", {}).items():
+            self._costs[f"reward/{key}"] = self._costs.get(f"reward/{key}", 0.0) + value
+        return trajs, t1 - t0, time.perf_counter() - t1
+
+    def _draw(self, n: int, step: int, exclude: set[str]) -> list[QAItem]:
+        return self.curriculum.take(n, step, exclude) if self.curriculum is not None else self.stream.take(n)
+
+    def train_step(self) -> dict[str, float]:
+        """One RL step: sample groups (rollout -> reward, in rounds until enough carry a signal, with
+        dynamic sampling), then one policy update on the groups kept (gradients averaged over the
+        workers). Each round is this worker's share of `questions_per_step` questions x `group_size`."""
+        from s3_ray.agent.rollout import rollout_stats
+
+        self._costs = {}
+        sample = self.sampler.sample(self.steps_done)
+        trajs = sample.trajectories
+        t0 = time.perf_counter()
+        kept = sample.kept_trajectories
+        if self.sampler.dynamic and sample.total_signal == 0:
+            metrics = {"update_skipped": 1.0, "loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "adv_mean": 0.0, "adv_std": 0.0}
+        else:
+            metrics = dict(self.updater.step(kept, filler=trajs[0]))
+        t_update = time.perf_counter() - t0
+        self.steps_done += 1
         self.weights_changed()
         if self.rollout_weights.needed:
             metrics["time/weight_sync_s"] = self.sync_rollout_weights()
         metrics.update(rollout_stats(trajs))
         metrics.update(_mean_metrics(trajs, ("genacc", "gbr", "baseline_genacc", "em", "f1")))
+        metrics.update(sample.metrics())
+        metrics.update(self._costs)
+        if self.curriculum is not None:
+            metrics.update(self.curriculum.stats())
         metrics["context_tokens_mean"] = self._context_tokens(trajs)
-        metrics["reward"] = sum(rewards) / len(rewards)
-        metrics["time/rollout_s"] = t1 - t0
-        metrics["time/reward_s"] = t2 - t1
-        metrics["time/update_s"] = t3 - t2
+        metrics["reward"] = sum(t.reward for t in trajs) / len(trajs)
+        metrics["time/rollout_s"] = sample.rollout_s
+        metrics["time/reward_s"] = sample.reward_s
+        metrics["time/update_s"] = t_update
+        if sample.total_signal:
+            seconds = sample.rollout_s + sample.reward_s + t_update
+            metrics["time/per_signal_group_s"] = seconds * self.world / sample.total_signal
         return metrics
 
     def warmup(self, log=None) -> list[float]:
@@ -171,7 +210,8 @@ class SearcherTrainer:
         for i in range(steps):
             items = stream.take(self.cfg.train.warmup_batch // self.world)
             loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
-                               follow_fraction=self.cfg.train.warmup_follow_fraction)
+                               follow_fraction=self.cfg.train.warmup_follow_fraction,
+                               follow_docs=self.cfg.train.warmup_follow_docs)
             losses.append(loss)
             if log is not None:
                 log({"warmup/loss": loss}, i)
@@ -187,10 +227,21 @@ class SearcherTrainer:
         return total / len(trajs) if trajs else 0.0
 
     def state(self) -> dict[str, Any]:
-        return {"stream": self.stream.state()}
+        """The question stream (and the curriculum, merged over all workers: a collective when there are
+        several), for checkpoints."""
+        state: dict[str, Any] = {"stream": self.stream.state()}
+        if self.curriculum is not None:
+            records: dict[str, Any] = {}
+            for part in collectives.all_gather_object(self.curriculum.state()["records"]) if self.world > 1 \
+                    else [self.curriculum.state()["records"]]:
+                records.update(part)
+            state["curriculum"] = {"stream": self.stream.state(), "records": records}
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.stream.load_state(state["stream"])
+        if self.curriculum is not None and "curriculum" in state:
+            self.curriculum.load_state(state["curriculum"])
 
 
 def attach_rewards(trajs: list[Trajectory], results: list[RewardResult]) -> list[float]:

@@ -23,6 +23,7 @@ checkpoint holds is the same plain state as without sharding.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from s3_ray.rl.advantages import (
 )
 from s3_ray.rl.batch import (
     TrainBatch,
+    can_share_prefix,
     collate,
     first_trained_position,
     gather_logprobs,
@@ -90,6 +92,16 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         return self.proj(hidden.detach().float()).squeeze(-1)
+
+
+def blank_row(t: Trajectory) -> Trajectory:
+    """A copy of `t` that trains nothing (loss mask cleared, reward 0, a group of its own)."""
+    from dataclasses import replace
+
+    from s3_ray.types import QAItem
+
+    return replace(t, item=QAItem("__padding__", t.item.question, t.item.golden_answers), reward=0.0,
+                   loss_mask=[0] * len(t.loss_mask), metrics={})
 
 
 def last_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
@@ -187,6 +199,7 @@ class PolicyUpdater:
         logits, out = grid_logits(
             self.model, mb.input_ids, mb.attention_mask, self.temperature, start,
             output_hidden_states=self.value_head is not None,
+            share_prefix=self.cfg.share_prefix and self.value_head is None and can_share_prefix(self.model),
         )
         logp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device))
         with contextlib.nullcontext() if entropy_grad else torch.no_grad():
@@ -222,11 +235,23 @@ class PolicyUpdater:
         adv, returns = gae(token_rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
         return masked_whiten(adv, mask), returns
 
-    def step(self, trajectories: list[Trajectory]) -> dict[str, float]:
-        """One update on `trajectories`; returns scalar metrics for logging."""
-        batch = collate(trajectories, self.pad_id, self.cfg.max_seq_len)
+    def step(self, trajectories: list[Trajectory], filler: Trajectory | None = None) -> dict[str, float]:
+        """One update on `trajectories`; returns scalar metrics for logging.
+
+        Across workers the batches may differ in size (dynamic sampling keeps different numbers of
+        groups per worker, possibly none): every worker then pads to the largest with rows that
+        train nothing (copies of a trajectory, or of `filler`, with their loss mask cleared), so all
+        run the same forward/backward passes, and token means are taken over the searcher tokens
+        of all workers together.
+        """
+        rows = self._padded(list(trajectories), filler)
+        batch = collate(rows, self.pad_id, self.cfg.max_seq_len)
         n_tok = batch.num_tokens
-        if n_tok == 0:
+        denom = float(n_tok)  # the token-mean denominator; over all workers, per worker's share
+        if _is_distributed(self.model):
+            (total,) = collectives.reduce_floats([float(n_tok)])
+            denom = total / collectives.world_size()
+        if denom == 0:
             ids = sorted({t.item.id for t in trajectories})
             raise ValueError(f"no searcher tokens (loss_mask all 0) in the batch of items {ids[:5]}")
         mask = batch.loss_mask.float()
@@ -236,7 +261,8 @@ class PolicyUpdater:
         old_logp, old_values = (None, None) if on_policy else self._old_policy(batch)
         adv, returns = self._advantages(batch, mask, old_values)
         kl_coef = self.kl_ctl.value
-        common = {"kl_coef": kl_coef, "response_tokens": float(n_tok), "searcher_tokens_mean": n_tok / len(batch),
+        real = max(1, len(trajectories))
+        common = {"kl_coef": kl_coef, "response_tokens": float(n_tok), "searcher_tokens_mean": n_tok / real,
                   "reward_mean": batch.rewards.mean().item(), "lr": float(self.optimizer.param_groups[0]["lr"])}
         if not self._has_gradient(adv):
             # Every group scored alike and the policy still equals its reference: the loss is
@@ -245,16 +271,26 @@ class PolicyUpdater:
                 self.kl_ctl.update(0.0)
             return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "update_skipped": 1.0, "adv_mean": 0.0,
                     "adv_std": 0.0, **common}
-        ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
+        t_ref = time.perf_counter()
+        ref_logp = (token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch,
+                                   share_prefix=self.cfg.share_prefix and can_share_prefix(self.ref_model))
+                    if self.use_kl else None)
+        t_ref = time.perf_counter() - t_ref
+        t_policy = time.perf_counter()
 
         totals: dict[str, float] = {}
         for _ in range(self.ppo_epochs):
-            for key, value in self._epoch(batch, mask, n_tok, old_logp, ref_logp, adv, old_values, returns,
+            for key, value in self._epoch(batch, mask, denom, old_logp, ref_logp, adv, old_values, returns,
                                           kl_coef).items():
                 totals[key] = totals.get(key, 0.0) + value / self.ppo_epochs
+        t_policy = time.perf_counter() - t_policy
         self.moved_from_ref = True
         if self.use_kl:
             self.kl_ctl.update(self._mean_over_workers(totals["kl"]))
+        positions = sum(len(mb) * mb.input_ids.shape[1] for mb in
+                        (batch.rows(i, min(i + self.micro_batch, len(batch))) for i in range(0, len(batch), self.micro_batch)))
+        totals.update({"time/ref_forward_s": t_ref, "time/policy_fwd_bwd_s": t_policy,
+                       "update/rows": float(len(trajectories)), "update/positions": float(positions)})
         totals.update({
             "update_skipped": 0.0,
             "adv_mean": masked_mean(adv, mask).item(),
@@ -270,7 +306,7 @@ class PolicyUpdater:
         self,
         batch: TrainBatch,
         mask: Tensor,
-        n_tok: int,
+        n_tok: float,
         old_logp: Tensor | None,
         ref_logp: Tensor | None,
         adv: Tensor,
@@ -294,7 +330,8 @@ class PolicyUpdater:
             mb = batch.rows(start, stop)
             width = mb.loss_mask.shape[1]
             mmask = mask[start:stop, :width]
-            share = mmask.sum().item() / n_tok  # turns per-micro-batch means into batch means
+            local = mask.sum().item()
+            share = mmask.sum().item() / local if local else 0.0  # per-micro-batch means -> this worker's means
             with sharding.grad_sync(self.model, sync=i == len(starts) - 1):
                 logp, entropy, values = self._forward(mb, entropy_grad=cfg.entropy_coef > 0)
                 old = logp.detach() if old_logp is None else old_logp[start:stop, :width]
@@ -328,6 +365,20 @@ class PolicyUpdater:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return sums
+
+    def _padded(self, rows: list[Trajectory], filler: Trajectory | None) -> list[Trajectory]:
+        """`rows` padded with rows that train nothing to the largest batch of any worker."""
+        if not _is_distributed(self.model):
+            if not rows:
+                raise ValueError("PolicyUpdater.step got no trajectories")
+            return rows
+        (largest,) = collectives.reduce_floats([float(len(rows))], op="max")
+        template = rows[0] if rows else filler
+        if len(rows) < largest and template is None:
+            raise ValueError("this worker has no trajectories to pad its batch with; pass filler=")
+        while len(rows) < largest:
+            rows.append(blank_row(template))
+        return rows
 
     def _has_gradient(self, adv: Tensor) -> bool:
         """False only when the step's loss is provably flat on every worker (then it is skipped)."""

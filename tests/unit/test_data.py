@@ -116,7 +116,7 @@ def test_world_is_deterministic_and_seed_dependent() -> None:
 
 def test_embedded_question_set_shape() -> None:
     corpus = {p.id: p for p in read_corpus(embedded_dir() / "corpus.jsonl")}
-    assert 2000 <= len(corpus) <= 3000
+    assert 1500 <= len(corpus) <= 3000
     keys: dict[str, set] = {}
     for split, size in [("train", 400), ("dev", 100), ("test", 200)]:
         items = read_qa(embedded_dir() / f"{split}.jsonl")
@@ -133,9 +133,10 @@ def test_embedded_question_set_shape() -> None:
             # the (entity, relation) pair: support[0] names the entity
             keys.setdefault(split, set()).add((q.meta["support"][0], q.meta["relation"]))
     assert not keys["train"] & keys["test"] and not keys["train"] & keys["dev"] and not keys["dev"] & keys["test"]
-    leads = [p for p in corpus.values() if " of " not in p.title]
-    words = [len(p.text.split()) for p in leads]
-    assert min(words) >= 30 and max(words) <= 90
+    # lead passages are short (one fact per sentence): a whole prompt of them stays cheap on a CPU
+    world = build_world(json.loads((embedded_dir() / "manifest.json").read_text())["seed"])
+    words = [len(corpus[pid].text.split()) for pid in world.lead.values()]
+    assert min(words) >= 8 and max(words) <= 40
 
 
 def test_bridge_answers_need_a_second_search() -> None:

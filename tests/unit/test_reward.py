@@ -262,6 +262,20 @@ def test_filter_drops_answered_and_yes_no(tmp_path) -> None:
         filter_unanswered([QAItem("q9", "?", ("x",))], cache)
 
 
+def test_filter_keeps_a_seeded_share_of_rag_solved_questions(tmp_path) -> None:
+    qs = items(10) + [QAItem("yn", "Is it?", ("No",))]
+    cache = BaselineCache(tmp_path / "b.jsonl", SETTINGS)
+    cache.append([rec(f"q{i}", 1.0 if i < 6 else 0.0) for i in range(10)])  # q0..q5 solved by naive RAG
+    kept, dropped = filter_unanswered(qs, cache, keep_solved_fraction=0.5, seed=1)
+    solved = [it.id for it in kept if int(it.id[1:]) < 6]
+    assert len(solved) == 3 and [it.id for it in kept if it.id not in solved] == ["q6", "q7", "q8", "q9"]
+    assert dropped == 11 - 7 and [it.id for it in kept] == sorted((it.id for it in kept), key=lambda x: int(x[1:]))
+    assert filter_unanswered(qs, cache, keep_solved_fraction=0.5, seed=1)[0] == kept  # seeded
+    assert len(filter_unanswered(qs, cache, keep_solved_fraction=1.0)[0]) == 10  # never yes/no
+    with pytest.raises(ValueError, match="keep_solved_fraction"):
+        filter_unanswered(qs, cache, keep_solved_fraction=1.5)
+
+
 @pytest.fixture
 def small_run(tmp_path):
     """A 4-passage corpus, 3 training questions and a built BM25 index, all under tmp_path."""

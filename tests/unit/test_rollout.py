@@ -284,6 +284,24 @@ def test_kv_cache_reuse_across_turns_changes_speed_not_tokens(tiny):
     assert p1._cache is None  # released when the rollout ends
 
 
+def test_a_group_shares_its_prompt_prefill_and_decodes_the_same(tiny):
+    """Rows that start from the same prompt (a GRPO group) read it once: greedy turns equal a full
+    prefill of every row, over a whole multi-turn rollout, with far fewer positions read."""
+    model, tok = tiny
+    cfg = SEARCHER.model_copy(update={"max_new_tokens": 12, "temperature": 0.0})
+    group = [it for it in ITEMS[:2] for _ in range(4)]
+    runs = {}
+    for share in (False, True):
+        policy = HFPolicy(model, tok, cfg, share_prefill=share)
+        runs[share] = (run_rollout(group, policy, tok, FakeRetriever(), BUDGET, cfg), policy)
+    (plain, p0), (shared, p1) = runs[False], runs[True]
+    for a, b in zip(plain, shared):
+        assert a.response_ids == b.response_ids and a.loss_mask == b.loss_mask
+    assert p1.prefill_tokens < p0.prefill_tokens
+    assert p1.stats.prefill_tokens == p1.prefill_tokens and p1.stats.prefill_seconds > 0
+    assert p1.stats.as_dict()["decode_seconds"] > 0
+
+
 def test_turn_cache_falls_back_to_a_full_prefill(tiny):
     """Sequences that extend no cached row (a new batch) or a layout grown too wide start over."""
     model, tok = tiny

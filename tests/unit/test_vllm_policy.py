@@ -89,7 +89,13 @@ class FakeLLM:
 
     def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
         self.rpc.append((method, timeout, len(args[0]) if args else 0))
-        return [getattr(self.worker, method)(*args)]
+        # The real client sends utility-call arguments to the engine process as untyped msgpack
+        # (vLLM 0.32 `MsgpackEncoder`): tuples arrive as lists, bytes as bytes, and anything that
+        # is not a plain msgpack type fails. The worker sees what a round trip leaves.
+        import msgpack
+
+        sent = msgpack.unpackb(msgpack.packb(list(args)), raw=False)
+        return [getattr(self.worker, method)(*sent)]
 
     def reset_prefix_cache(self) -> bool:
         self.prefix_resets += 1
@@ -107,7 +113,12 @@ def fake_vllm(monkeypatch, tiny):
     m.engines, m.plans, m.default_plan, m.tokenizer = [], {}, [], tiny[1]
     m.LLM = lambda **kw: FakeLLM(m, **kw)
     m.SamplingParams = FakeSamplingParams
+    # A GPU platform: the engine gets exactly the settings VLLMPolicy makes (the CPU platform's
+    # defaults are tested in test_vllm_engine.py).
+    m.platforms = types.ModuleType("vllm.platforms")
+    m.platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
     monkeypatch.setitem(sys.modules, "vllm", m)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", m.platforms)
     return m
 
 
