@@ -31,14 +31,18 @@ def _number(record: dict[str, Any], key: str) -> float | None:
 
 def signal_text(record: dict[str, Any], groups: int) -> str:
     """The groups of a step whose trajectories scored differently (the only ones RL learns from):
-    counted when the record has `sample/signal_groups`, else whether any had (`adv_std` > 0).
+    counted when the record has `sample/signal_groups` (out of `sample/groups`, which dynamic
+    sampling can take past one round's `groups`), else whether any had (`adv_std` > 0).
 
-    >>> signal_text({"sample/signal_groups": 3}, 8), signal_text({"adv_std": 0.2}, 8), signal_text({"adv_std": 0.0}, 8)
-    ('signal 3/8 groups', 'signal yes', 'signal none')
+    >>> signal_text({"sample/signal_groups": 3}, 8), signal_text({"sample/signal_groups": 5, "sample/groups": 16}, 8)
+    ('signal 3/8 groups', 'signal 5/16 groups')
+    >>> signal_text({"adv_std": 0.2}, 8), signal_text({"adv_std": 0.0}, 8)
+    ('signal yes', 'signal none')
     """
     counted = _number(record, "sample/signal_groups")
     if counted is not None:
-        return f"signal {int(counted)}/{groups} groups"
+        sampled = _number(record, "sample/groups")
+        return f"signal {int(counted)}/{int(sampled) if sampled is not None else groups} groups"
     adv = _number(record, "adv_std")
     if adv is None:
         return "signal ?"

@@ -51,7 +51,8 @@ def test_demo_pipeline_with_tiny_models(serve_instance, ray_session, tmp_path):
     assert [line for line in console if FOREIGN.search(line)] == []
     steps = [line.strip() for line in console if line.startswith("   step ")]
     assert [s.split("  ")[0] for s in steps] == ["step 1/2", "step 2/2"]
-    assert all(re.search(r"reward [+-]\d\.\d{3}  signal \w+  KL \d\.\d{4}  malformed \d+%  [\d.]+ s", s) for s in steps)
+    assert all(re.search(r"reward [+-]\d\.\d{3}  signal \d+/2 groups  KL \d\.\d{4}  malformed \d+%  [\d.]+ s", s)
+               for s in steps), steps
     assert any(line.startswith("   Connected to Ray cluster. View the dashboard at http://") for line in console)
     assert console[-1].startswith("s3-ray demo finished in ") and console[-2].startswith("report: runs/demo/report/")
     assert proc.stdout.startswith("# s3-ray demo (embedded default)")  # the results table, on stdout
