@@ -100,7 +100,7 @@ def test_training_shows_one_line_per_rl_step_from_the_metrics_file(tmp_path: Pat
     metrics.write_text(json.dumps({"step": 9, "reward": 1.0}) + "\n")  # an earlier run's step: not shown
     records = [{"step": 0, "warmup/loss": 6.0, "phase": "warmup"}, {"step": 1, "warmup/loss": 4.5, "phase": "warmup"},
                {"step": 1, "reward": 0.25, "adv_std": 0.3, "kl": 0.002, "malformed_rate": 0.5, "time/step_s": 2.0},
-               {"step": 2, "reward": -0.5, "sample/signal_groups": 3, "kl": 0.01, "malformed_rate": 0.0,
+               {"step": 2, "reward": -0.5, "sample/signal_groups": 3, "sample/groups": 6, "kl": 0.01, "malformed_rate": 0.0,
                 "time/step_s": 1.5, "stop_reason": "KL above 0.5"}]
     con, err, _ = _console()
     with follow_training(con, metrics, TrainConfig(steps=3, warmup_steps=2, questions_per_step=4)):
@@ -108,7 +108,7 @@ def test_training_shows_one_line_per_rl_step_from_the_metrics_file(tmp_path: Pat
     lines = err.getvalue().splitlines()
     steps = [line for line in lines if line.startswith("step ")]
     assert steps == ["step 1/3  reward +0.250  signal yes  KL 0.0020  malformed 50%  2.0 s",
-                     "step 2/3  reward -0.500  signal 3/4 groups  KL 0.0100  malformed 0%  1.5 s"]
+                     "step 2/3  reward -0.500  signal 3/6 groups  KL 0.0100  malformed 0%  1.5 s"]
     assert any(line.startswith("format warm-up: 2/2 step in ") for line in lines)
     assert "warm-up loss 6.000 -> 4.500" in lines
     assert "the collapse guard stopped training after step 2: KL above 0.5" in lines
