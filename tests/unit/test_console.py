@@ -100,8 +100,8 @@ def test_training_shows_one_line_per_rl_step_from_the_metrics_file(tmp_path: Pat
     metrics.write_text(json.dumps({"step": 9, "reward": 1.0}) + "\n")  # an earlier run's step: not shown
     records = [{"step": 0, "warmup/loss": 6.0, "phase": "warmup"}, {"step": 1, "warmup/loss": 4.5, "phase": "warmup"},
                {"step": 1, "reward": 0.25, "adv_std": 0.3, "kl": 0.002, "malformed_rate": 0.5, "time/step_s": 2.0},
-               {"step": 2, "reward": -0.5, "sample/signal_groups": 3, "sample/groups": 6, "kl": 0.01, "malformed_rate": 0.0,
-                "time/step_s": 1.5, "stop_reason": "KL above 0.5"}]
+               {"step": 2, "reward": -0.5, "sample/signal_groups": 3, "sample/groups": 6, "kl": 0.01,
+                "malformed_rate": 0.0, "time/step_s": 1.5, "stop_reason": "KL above 0.5"}]
     con, err, _ = _console()
     with follow_training(con, metrics, TrainConfig(steps=3, warmup_steps=2, questions_per_step=4)):
         _append_slowly(metrics, records).join()
