@@ -1,16 +1,21 @@
-"""Build the retrieval index: `python -m jobs.build_index [--config C] [--corpus PATH] [--workers N] [--dry-run] [key=value ...]`.
+"""Build the retrieval index.
+
+    python -m jobs.build_index [--config C] [--corpus PATH] [--workers N] [--dry-run] [--verbose] [key=value ...]
 
 Dense and hybrid indexes need the corpus encoded. By default that happens in this process; with
 `--workers N` the passages are cut into chunks and encoded by Ray tasks on N workers (each loads
-the encoder once and keeps it), with a progress bar over finished chunks. Submit it to a cluster
-with `ray job submit -- python -m jobs.build_index --workers 8 retrieval.backend=dense`.
+the encoder once and keeps it), with a progress bar over the encoded passages. Submit it to a
+cluster with `ray job submit -- python -m jobs.build_index --workers 8 retrieval.backend=dense`.
+Ray's and the encoder's own output goes to `<run_dir>/logs/`.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from jobs import runtime
 from s3_ray.config import load_job_config
+from s3_ray.console import JobConsole, shown_path
 from s3_ray.data.embedded import resolve_paths
 from s3_ray.plans.build_index import build_index_plan
 from s3_ray.retrieval.index import build_index
@@ -29,18 +34,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
+    runtime.add_verbose_flag(ap)
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. retrieval.index_dir=runs/idx")
     args = ap.parse_args(argv)
     if args.workers < 0:
         ap.error("--workers must be >= 0")
+    job = JobConsole("index", verbose=args.verbose)
+    return job.run(lambda: _run(job, args))
+
+
+def _run(job: JobConsole, args: argparse.Namespace) -> int:
     cfg = load_job_config(args.config, args.overrides)
     corpus = args.corpus or resolve_paths(cfg.data).corpus
+    plan = build_index_plan(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker)
     if args.dry_run:
-        return build_index_plan(cfg, corpus, args.workers, args.chunk_size, args.gpus_per_worker).emit()
-    encode = ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
-                                 gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
-    manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)
-    print(f"{cfg.retrieval.index_dir}: {manifest.summary()}")
+        return plan.emit()
+    plan.require()  # the corpus, before an encoder loads or Ray starts
+    with job.logging_to(cfg.run_dir) as console:
+        encode = ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
+                                     gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
+        if encode is not None:
+            runtime.init_ray()
+        manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)
+        console.result(f"{shown_path(cfg.retrieval.index_dir, folder=True)}: {manifest.summary()}")
+        job.finished()
     return 0
 
 

@@ -9,9 +9,12 @@
     s3-ray infer                write a searcher's (or naive RAG's) contexts for a split as JSONL
     s3-ray sweep                Ray Tune sweep over search budgets or training settings (ASHA), resumable
 
-Every subcommand takes `--config PATH`, dotted `key=value` overrides and `--dry-run` (print the
-resolved plan: resources, models, data and output paths; starts nothing). `s3-ray <subcommand> --help`
-shows each one's options.
+Every subcommand takes `--config PATH`, dotted `key=value` overrides, `--dry-run` (print the
+resolved plan: resources, models, data and output paths; starts nothing) and `--verbose`. The
+console shows our own lines: stages with their seconds, progress bars, one line per RL step,
+results. Ray's, Serve's, Train's and the models' output goes to `<run_dir>/logs/` (`--verbose` or
+S3RAY_VERBOSE=1 prints it here too). Inputs are checked before Ray starts; known errors print as
+`error: <message>` and exit with status 2. `s3-ray <subcommand> --help` shows each one's options.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Run a context method (a searcher, or naive RAG) over a QA split and write the contexts as JSONL.
 
     python -m jobs.infer [--config PATH] [--searcher CKPT] [--split test] [--method s3|naive_rag]
-                         [--out PATH] [--serve | --retriever-url URL] [--dry-run] [key=value ...]
+                         [--out PATH] [--serve | --retriever-url URL] [--dry-run] [--verbose] [key=value ...]
 
 One row per question: id, question, golden_answers, method, searcher, context (ids + contents:
 what a generator should read), searches and the search trace. Searchers decode greedily. Rows are
 appended batch by batch, so a rerun skips ids already written (a torn last line from a crash is
 dropped and redone). The retriever is in-process by default (reads `retrieval.index_dir`); `--serve`
 uses the running `retriever` Serve app (deploying it if needed), `--retriever-url` any Search-R1/s3
-style `/retrieve` server. Default output: `<run_dir>/contexts/<split>.<method>.jsonl`.
+style `/retrieve` server. Default output: `<run_dir>/contexts/<split>.<method>.jsonl`; the
+models' and Ray's own output goes to `<run_dir>/logs/`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from jobs import runtime
 from s3_ray.config import S3Config, load_job_config
+from s3_ray.console import JobConsole, shown_path
 from s3_ray.eval.contexts import write_split_contexts
 from s3_ray.plans.infer import infer_plan
 
@@ -54,6 +56,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan (JSON) and exit; loads no model, starts no Ray")
+    runtime.add_verbose_flag(p)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rollout.max_turns=3")
     return p.parse_args(argv)
 
@@ -64,17 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--searcher only applies to --method s3, not {args.method!r}")
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    job = JobConsole("infer", verbose=args.verbose)
+    return job.run(lambda: _run(job, args))
+
+
+def _run(job: JobConsole, args: argparse.Namespace) -> int:
     cfg = load_job_config(args.config, args.overrides)
     searcher = (args.searcher or cfg.searcher.model) if args.method == "s3" else None
     out = Path(args.out) if args.out else cfg.path("contexts", f"{args.split}.{args.method}.jsonl")
+    plan = infer_plan(cfg, args.split, args.method, searcher, out, args.batch_size, serve=args.serve,
+                      retriever_url=args.retriever_url)
     if args.dry_run:
-        return infer_plan(cfg, args.split, args.method, searcher, out, args.batch_size, serve=args.serve,
-                          retriever_url=args.retriever_url).emit()
-    connect = functools.partial(build_retriever, cfg, args.serve, args.retriever_url)
-    written = write_split_contexts(cfg, args.split, args.method, searcher, out, connect,
-                                   batch_size=args.batch_size, log=runtime.log)
-    runtime.log(f"wrote {written} rows -> {out}")
-    print(out)
+        return plan.emit()
+    plan.require()  # the questions, the searcher and the index, before a model loads or Ray starts
+    with job.logging_to(cfg.run_dir) as console:
+        connect = functools.partial(build_retriever, cfg, args.serve, args.retriever_url)
+        written = write_split_contexts(cfg, args.split, args.method, searcher, out, connect,
+                                       batch_size=args.batch_size, log=runtime.log)
+        console.info(f"wrote {written} rows -> {shown_path(out)}")
+        console.result(str(out))
+        job.finished()
     return 0
 
 

@@ -1,29 +1,47 @@
 """Bring up what a job needs: a Ray connection and the retriever/generator Serve apps.
 
 A job submitted with `ray job submit` joins the running cluster; run directly, it starts a local
-one. Apps already running under the expected names are reused, so the demo, the trainer and the
-evaluator can share one deployment, but only when they serve what this job's config says (the
-generator's model, backend and decoding; the retriever's index and search settings): a reward
-must never subtract a baseline made with other settings. Otherwise the job stops with an error
-naming each differing key.
+one (with its dashboard: Ray Train's controller watches its own state through it). Apps already
+running under the expected names are reused, so the demo, the trainer and the evaluator can
+share one deployment, but only when they serve what this job's config says (the generator's
+model, backend and decoding; the retriever's index and search settings): a reward must never
+subtract a baseline made with other settings. Otherwise the job stops with an error naming each
+differing key.
+
+Ray's, Serve's and the workers' own output goes to the job's log (`s3_ray.console`): workers
+stream to the driver (`log_to_driver=True`), whose output the job console routes to
+`<run_dir>/logs/<job>.log`; Serve components write their own files in `<run_dir>/logs/serve/`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
+from s3_ray.console import current_job, info, logs_dir, shown_path
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 RETRIEVER_APP = "retriever"
 GENERATOR_APP = "generator"
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`, shared by every job."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's, Serve's, Train's and the models' own output on the console "
+                             "(it always goes to <run_dir>/logs/); S3RAY_VERBOSE=1 does the same")
+
+
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS (set by `ray job submit`) or start a local CPU cluster tuned for small boxes."""
+    """Join RAY_ADDRESS (set by `ray job submit`) or start a local CPU cluster tuned for small boxes.
+
+    The local cluster runs the dashboard: Ray Train's placement-group cleaner asks the State API
+    (served by the dashboard) whether the Train controller still lives, and without it the
+    cleaner logs a failure every second and never cleans up.
+    """
     import ray
 
     # Defaults that matter on small machines (see docs/operations.md): fast Train reports,
@@ -34,15 +52,27 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             object_store_memory=512 * 1024**2, log_to_driver=True)
+    job = current_job()
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    if joining:
+        # a running cluster's workers do not inherit this process's environment: hand it over
+        env = job.worker_env if job else {}
+        context = ray.init(log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+    else:
+        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=True,
+                           object_store_memory=512 * 1024**2, log_to_driver=True)
+    if job is not None:
+        job.ray_started(context, local=not joining)
 
 
-def deploy_services(cfg: S3Config, with_generator: bool = True) -> None:
-    """Start the retriever (and generator) apps, or reuse running ones that serve this config.
+def serve_logging(cfg: S3Config) -> dict[str, Any]:
+    """Serve's logging config for the apps a job starts: their files in `<run_dir>/logs/serve/`."""
+    return {"logs_dir": str((logs_dir(cfg.run_dir) / "serve").resolve())}
+
+
+def deploy_services(cfg: S3Config, with_generator: bool = True) -> list[str]:
+    """Start the retriever (and generator) apps, or reuse running ones that serve this config;
+    returns the names of the apps it started (not the reused ones).
 
     Raises `ServedMismatch` naming each key where a running app differs from `cfg`.
     """
@@ -55,24 +85,29 @@ def deploy_services(cfg: S3Config, with_generator: bool = True) -> None:
     from s3_ray.retrieval.index import read_manifest
     from s3_ray.serving.served import check_reusable, generator_served, retriever_served
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=serve_logging(cfg))
     running = set(serve.status().applications)
+    started = []
     if RETRIEVER_APP in running:
         expected = retriever_served(cfg.retrieval, read_manifest(cfg.retrieval.index_dir).corpus_sha256)
         check_reusable(RETRIEVER_APP, served_by(RETRIEVER_APP), expected)
         log(f"reusing the running {RETRIEVER_APP} app (same index and search settings)")
     else:
-        log(f"deploying {RETRIEVER_APP} app (index {cfg.retrieval.index_dir})")
-        serve.run(build_retriever(RetrieverAppArgs.from_config(cfg)), name=RETRIEVER_APP, route_prefix="/")
+        log(f"deploying the {RETRIEVER_APP} app (index {shown_path(cfg.retrieval.index_dir, folder=True)})")
+        serve.run(build_retriever(RetrieverAppArgs.from_config(cfg)), name=RETRIEVER_APP, route_prefix="/",
+                  logging_config=serve_logging(cfg))
+        started.append(RETRIEVER_APP)
     if not with_generator:
-        return
+        return started
     if GENERATOR_APP in running:
         check_reusable(GENERATOR_APP, served_by(GENERATOR_APP), generator_served(cfg.generator))
         log(f"reusing the running {GENERATOR_APP} app (model {cfg.generator.model}, same decoding)")
     else:
-        log(f"deploying {GENERATOR_APP} app (model {cfg.generator.model})")
+        log(f"deploying the {GENERATOR_APP} app (model {cfg.generator.model})")
         serve.run(build_generator(GeneratorAppArgs.from_config(cfg)), name=GENERATOR_APP,
-                  route_prefix="/generator")
+                  route_prefix="/generator", logging_config=serve_logging(cfg))
+        started.append(GENERATOR_APP)
+    return started
 
 
 def served_by(app: str, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -105,4 +140,5 @@ def start_services(cfg: S3Config) -> tuple[Any, Any]:
 
 
 def log(msg: str) -> None:
-    print(f"[s3-ray] {msg}", file=sys.stderr, flush=True)
+    """A line on the job's console (`s3_ray.console.info`); picklable into Ray tasks."""
+    info(msg)

@@ -20,14 +20,19 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
-    """One local CPU Ray cluster for the whole test session (never attaches to RAY_ADDRESS)."""
+    """One local CPU Ray cluster for the whole test session (never attaches to RAY_ADDRESS).
+
+    With the dashboard, as the jobs start theirs: Ray Train's placement-group cleaner asks the
+    State API it serves whether a run's controller is alive (without it, the cleaner fails every
+    second and outlives the run).
+    """
     import ray
 
     os.environ.setdefault("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     ctx = ray.init(
         address="local",
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,
         object_store_memory=256 * 1024**2,
         log_to_driver=False,
     )

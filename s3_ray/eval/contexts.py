@@ -54,24 +54,28 @@ def context_row(item: QAItem, output: MethodOutput, method: str, searcher: str |
 
 def write_contexts(items: list[QAItem], method: ContextMethod, out: Path, searcher: str | None = None,
                    batch_size: int = 8, log: Callable[[str], None] = print) -> int:
-    """Append one context row per item not yet in `out`; returns how many rows were written now."""
+    """Append one context row per item not yet in `out` (a bar on the job's console counts them);
+    returns how many rows were written now."""
+    from s3_ray.console import active
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(out, method.name, searcher)
     todo = [q for q in items if q.id not in done]
     log(f"{method.name}: {len(done)} of {len(items)} questions already in {out}; {len(todo)} to go")
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i : i + batch_size]
-        outputs = method.contexts(batch)
-        if len(outputs) != len(batch):
-            raise RuntimeError(f"method {method.name!r} returned {len(outputs)} contexts for {len(batch)} questions")
-        with out.open("a", encoding="utf-8") as fh:
-            for item, output in zip(batch, outputs):
-                fh.write(json.dumps(context_row(item, output, method.name, searcher), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        log(f"  {method.name}: {min(i + batch_size, len(todo))}/{len(todo)}")
+    with active().bar(len(items), method.name, unit="q", initial=len(items) - len(todo), enabled=bool(todo)) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            outputs = method.contexts(batch)
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"method {method.name!r} returned {len(outputs)} contexts for {len(batch)} questions")
+            with out.open("a", encoding="utf-8") as fh:
+                for item, output in zip(batch, outputs):
+                    fh.write(json.dumps(context_row(item, output, method.name, searcher), ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            bar.update(len(batch))
     return len(todo)
 
 

@@ -78,6 +78,11 @@ def token_counter(model: str) -> Callable[[str], int]:
     return TokenCounter(model)
 
 
+def record_path(out_dir: str | os.PathLike[str], method: str) -> Path:
+    """The JSONL file of a method's per-question records in `out_dir` (one line per question)."""
+    return Path(out_dir) / f"{method}.jsonl"
+
+
 def evaluate_method(items: list[QAItem], method: ContextMethod, generator: Answerer, out_dir: str | os.PathLike[str],
                     batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
                     count_tokens: Callable[[str], int] | None = None, judge: bool = False) -> list[dict[str, Any]]:
@@ -89,7 +94,7 @@ def evaluate_method(items: list[QAItem], method: ContextMethod, generator: Answe
     so one file never mixes both. Cost per record: `seconds` (method + answer + judge, the batch's
     wall time shared evenly), `lm_calls` (the method's own LM) and `generator_calls` (answer + judge).
     """
-    path = Path(out_dir) / f"{method.name}.jsonl"
+    path = record_path(out_dir, method.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _finished(path, judge)
     todo = [q for q in items if q.id not in done]
@@ -220,24 +225,30 @@ def serial_map(fn: Callable[[PairJob], dict[str, float]], jobs: list[PairJob]) -
 def run_pair(job: PairJob) -> dict[str, float]:
     """Evaluate one method on one data set (resumable) and return its summary. A finished pair is
     summarised from its file without building the method (no model is loaded to resume)."""
+    from s3_ray.console import active
+
     t0 = time.perf_counter()
-    done = _finished(Path(job.out_dir) / f"{job.method.name}.jsonl", job.judge)
-    if all(q.id in done for q in job.items):
-        job.log(f"  {job.dataset + '/' if job.dataset else ''}{job.method.name}: already evaluated")
+    label = pair_label(job)
+    done = _finished(record_path(job.out_dir, job.method.name), job.judge)
+    before = sum(1 for q in job.items if q.id in done)
+    if before == len(job.items):
+        job.log(f"{label}: already evaluated")
         return summarize([done[q.id] for q in job.items])
     method = job.method.build() if isinstance(job.method, MethodRef) else job.method
     if method.name != job.method.name:
         raise ValueError(f"method factory for {job.method.name!r} built a method named {method.name!r}")
-    label = f"{job.dataset}/{method.name}" if job.dataset else method.name
-
-    def progress(done: int, total: int) -> None:
-        job.log(f"  {label}: {done}/{total} questions")
-
-    records = evaluate_method(job.items, method, job.generator, job.out_dir, batch_size=job.batch_size,
-                              progress=progress, count_tokens=job.count_tokens, judge=job.judge)
+    with active().bar(len(job.items), label, unit="q", initial=before) as bar:
+        records = evaluate_method(job.items, method, job.generator, job.out_dir, batch_size=job.batch_size,
+                                  progress=lambda n, _total: bar.set(before + n), count_tokens=job.count_tokens,
+                                  judge=job.judge)
     summary = summarize(records)
-    job.log(f"  {label}: GenAcc {100 * summary['genacc']:.1f} ({time.perf_counter() - t0:.0f} s)")
+    job.log(f"{label}: GenAcc {100 * summary['genacc']:.1f} ({time.perf_counter() - t0:.0f} s)")
     return summary
+
+
+def pair_label(job: PairJob) -> str:
+    """`<data set>/<method>`, or the method alone for the single split of `data`."""
+    return f"{job.dataset}/{job.method.name}" if job.dataset else job.method.name
 
 
 def run_pairs(jobs: list[PairJob], map_fn: PairMap | None = None) -> dict[str, dict[str, dict[str, float]]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
+from s3_ray.console import shown_path
 from s3_ray.eval.methods import ContextMethod, build_method
 from s3_ray.eval.runner import MethodRef, PairMap, run_datasets, run_suite, token_counter
 from s3_ray.types import QAItem
@@ -85,7 +86,7 @@ def evaluate(cfg: S3Config, retriever: Any, generator: Any, searchers: dict[str,
 
     items = load_split(cfg.data, cfg.eval.split)
     out = out_dir or cfg.path("eval", cfg.eval.split)
-    log(f"evaluating on {len(items)} {cfg.eval.split} questions -> {out}")
+    log(f"evaluating on {len(items)} {cfg.eval.split} questions -> {shown_path(out, folder=True)}")
     summaries = run_suite(_methods(cfg, retriever, searchers, map_fn), items, generator, out,
                           batch_size=cfg.generator.batch_size, log=log, count_tokens=_counter(cfg),
                           judge=cfg.reward.use_judge, map_fn=map_fn)

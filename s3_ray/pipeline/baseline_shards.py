@@ -35,6 +35,7 @@ def run_sharded(cfg: S3Config, split: str, shards: int, task: ShardTask, task_cp
                 task_gpus: float = 0.0, log: Callable[[str], None] = print) -> dict[str, int]:
     """Split the missing questions of `split` over `shards` Ray tasks running `task`; every shard
     file is merged at the end. Returns `precompute_sharded`'s counts."""
+    from s3_ray.console import shown_path
     from s3_ray.data.embedded import load_split
     from s3_ray.ray_tasks import ray_task_map
     from s3_ray.reward.fingerprint import open_baseline
@@ -56,7 +57,7 @@ def run_sharded(cfg: S3Config, split: str, shards: int, task: ShardTask, task_cp
             raise
 
     counts = precompute_sharded(items, main, shards, run)
-    log(f"baseline {split} ({main.path}): {counts['total']} questions, {counts['computed']} computed "
+    log(f"baseline {split} ({shown_path(main.path)}): {counts['total']} questions, {counts['computed']} computed "
         f"in {counts['shards']} shards, {counts['recovered']} recovered from shard files, "
         f"{counts['skipped']} already stored")
     return counts

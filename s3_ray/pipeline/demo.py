@@ -2,7 +2,7 @@
 
 Ray and the Serve apps come up through the `start_services` the caller passes (`jobs.runtime`'s),
 and training runs through `s3_ray.rl.launch.run_training` (the TorchTrainer driver), exactly as
-when each job runs on its own.
+when each job runs on its own; its steps are shown from the metrics file as they happen.
 Everything lands below `run_dir`; a rerun reuses what is done (index, baselines, cached
 generator answers, finished evaluations).
 """
@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from s3_ray.config import S3Config
-
-
-class Stages:
-    """Wall time of each stage, logged as it goes and kept for the report."""
-
-    def __init__(self, log: Callable[[str], None] = print) -> None:
-        self.seconds: dict[str, float] = {}
-        self.log = log
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.log(f"== {name} ==")
-        t0 = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - t0, 1)
-        self.log(f"== {name}: done in {self.seconds[name]:.0f} s ==")
+from s3_ray.console import Console, Stages, active, shown_path
 
 
 def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]],
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the five stages and write `<run_dir>/report/` (results.md, results.json, accuracy.png,
     training.png). `start_services(cfg)` starts Ray and the retriever and generator apps and returns
-    their clients. Returns {"summaries": {method: summary}, "report": results.md path, "total_seconds"}."""
+    their clients. Stages, bars and training steps go to `console` (default: the active one),
+    other lines to `log` (default: the console's).
+    Returns {"summaries": {method: summary}, "report": results.md path, "total_seconds"}."""
+    from s3_ray.console.training import follow_training
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.report import plot_training, write_report
     from s3_ray.eval.suite import evaluate
@@ -49,11 +36,13 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     from s3_ray.rl.launch import run_training, training_items
     from s3_ray.tracking import read_metrics
 
+    con = console or active()
+    log = log or con.info
     t_start = time.perf_counter()
-    st = Stages(log)
+    st = Stages(con)
     with st.stage("1/5 build the BM25 index"):
         manifest = build_index(resolve_paths(cfg.data).corpus, cfg.retrieval)
-        log(f"index: {manifest}")
+        log(f"index: {manifest.summary()}")
     with st.stage("2/5 start Ray and the retriever + generator Serve apps"):
         retriever, generator = start_services(cfg)
     with st.stage("3/5 precompute naive-RAG baselines (train + test)"):
@@ -61,9 +50,9 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
             precompute_split(cfg, split, retriever, generator, log=log)
     with st.stage("4/5 train the searcher (Ray Train, GRPO)"):
         baseline = open_baseline(cfg, "train")
-        items, dropped = training_items(cfg, baseline)
-        log(f"{len(items)} training questions kept, {dropped} dropped (naive RAG already answers them)")
-        result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward), name="demo")
+        items, dropped = training_items(cfg, baseline)  # stage 3 logged what the filter keeps
+        with follow_training(con, cfg.path("train", "metrics.jsonl"), cfg.train):
+            result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward), name="demo")
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         trained = result.checkpoint.path
@@ -72,7 +61,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
         if warm is not None:
             searchers["s3_warmup_only"] = warm
         searchers["s3_trained"] = trained
-        log(f"trained searcher: {trained}")
+        log(f"trained searcher: {shown_path(trained, folder=True)}")
     with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
         summaries, _ = evaluate(cfg, retriever, generator, searchers, log=log)
 

@@ -10,11 +10,14 @@ printed by `Plan.emit` as one JSON object:
 * `missing`: inputs that are not there yet (an index, a baseline, a data file). They are reported,
   not fatal (exit status 0), because an earlier job (`build_index`, `precompute`) or another
   machine provides them;
-* `problems`: contradictions that make the run fail whatever exists (exit status 2).
+* `problems`: contradictions that make the run fail whatever exists (exit status 2), among
+  them a data file that does not parse (a malformed line, a repeated id: `DataError`'s message).
 
+A real run builds the same plan first and stops before Ray starts when anything is missing or
+wrong (`Plan.require` raises `InputError`, printed as one `error:` line, exit status 2).
 A bad config key never gets this far: `load_job_config` raises `ConfigError` naming the key.
 """
 
-from s3_ray.plans.plan import Plan
+from s3_ray.plans.plan import InputError, Plan
 
-__all__ = ["Plan"]
+__all__ = ["InputError", "Plan"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,22 @@ def index_entry(cfg: S3Config, plan: Plan, required: bool = True, what: str = "r
     return entry
 
 
+def questions_read(plan: Plan, what: str, read: Callable[[], Sized]) -> int | None:
+    """How many questions `read()` finds in a data file; a file that does not parse (a malformed
+    line, a repeated id) is a problem quoting the reader's `DataError` (file and line)."""
+    from s3_ray.data.jsonl import DataError
+
+    try:
+        return len(read())
+    except (DataError, ValueError) as err:  # DataError: file:line: what; ValueError: an unreadable format
+        plan.problems.append(f"{what}: {err}")
+        return None
+
+
 def data_entry(cfg: S3Config, plan: Plan, splits: list[str], corpus: bool = False) -> dict[str, Any]:
-    """Split files (and the corpus) with existence checks; `None` paths are the embedded set."""
+    """Split files (checked and parsed) and the corpus (checked); `None` paths are the embedded set."""
     from s3_ray.data.embedded import resolve_paths
+    from s3_ray.data.qa import read_qa
 
     paths = resolve_paths(cfg.data)
     out: dict[str, Any] = {"source": "embedded" if cfg.data.corpus_path is None else "files"}
@@ -57,7 +71,11 @@ def data_entry(cfg: S3Config, plan: Plan, splits: list[str], corpus: bool = Fals
         out["corpus"] = plan.file(paths.corpus, "data.corpus_path")
     for split in splits:
         limit = cfg.data.train_limit if split == "train" else cfg.data.test_limit
-        out[split] = {**plan.file(paths.split(split), f"data.{split}_path"), "limit": limit}
+        path = paths.split(split)
+        entry = {**plan.file(path, f"data.{split}_path"), "limit": limit}
+        if entry["exists"]:
+            entry["questions"] = questions_read(plan, f"data.{split}_path", lambda p=path: read_qa(p))
+        out[split] = entry
     return out
 
 

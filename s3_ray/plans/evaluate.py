@@ -6,18 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.plans.entries import budgets, generator_entry, index_entry
+from s3_ray.plans.entries import budgets, generator_entry, index_entry, questions_read
 from s3_ray.plans.plan import Plan
 
 
 def datasets_entry(cfg: S3Config, plan: Plan) -> list[dict[str, Any]]:
     """`eval.datasets` (format resolved, files checked), or the `eval.split` of `data` when empty."""
-    from s3_ray.data.datasets import HF_REPO, dataset_path, infer_format
+    from s3_ray.data.datasets import HF_REPO, dataset_path, infer_format, load_eval_dataset
     from s3_ray.data.embedded import resolve_paths
+    from s3_ray.data.qa import read_qa
 
     if not cfg.eval.datasets:
-        return [{"name": cfg.eval.split, "format": "flashrag", "limit": cfg.data.test_limit,
-                 **plan.file(resolve_paths(cfg.data).split(cfg.eval.split), f"data.{cfg.eval.split}_path")}]
+        what, path = f"data.{cfg.eval.split}_path", resolve_paths(cfg.data).split(cfg.eval.split)
+        entry = {"name": cfg.eval.split, "format": "flashrag", "limit": cfg.data.test_limit, **plan.file(path, what)}
+        if entry["exists"]:
+            entry["questions"] = questions_read(plan, what, lambda: read_qa(path))
+        return [entry]
     datasets = []
     for spec in cfg.eval.datasets:
         fmt = spec.format
@@ -31,7 +35,11 @@ def datasets_entry(cfg: S3Config, plan: Plan) -> list[dict[str, Any]]:
         if fmt == "hf":
             entry.update(source=f"hub {HF_REPO}/{spec.name}", split=spec.path)
         else:
-            entry.update(plan.file(dataset_path(spec.path, fmt), f"eval.datasets[{spec.name}]"))
+            what, path = f"eval.datasets[{spec.name}]", dataset_path(spec.path, fmt)
+            entry.update(plan.file(path, what))
+            if entry["exists"] and fmt in ("flashrag", "parquet", "mirage"):  # read in full: every row checked
+                entry["questions"] = questions_read(
+                    plan, what, lambda p=path, f=fmt, s=spec: load_eval_dataset(s.name, p, f, tasks=s.tasks))
         if spec.tasks:
             entry["tasks"] = spec.tasks
         datasets.append(entry)

@@ -10,8 +10,14 @@ from typing import Any
 from s3_ray.config import S3Config
 
 
+class InputError(ValueError):
+    """A job cannot start: inputs it needs are missing, or the config contradicts itself (what its
+    dry run lists under `missing` and `problems`). Raised before Ray starts or a model loads."""
+
+
 class Plan:
-    """Collects a job's plan, its missing inputs and its problems, then prints them as JSON."""
+    """Collects a job's plan, its missing inputs and its problems, then prints them as JSON
+    (`emit`, the dry run) or stops a real run that could not succeed (`require`)."""
 
     def __init__(self, job: str, cfg: S3Config) -> None:
         self.job = job
@@ -45,3 +51,19 @@ class Plan:
         if self.problems:
             print(f"[s3-ray] dry run of {self.job}: {len(self.problems)} problem(s)", file=sys.stderr)
         return 2 if self.problems else 0
+
+    def require(self) -> None:
+        """Raise `InputError` (one line naming every problem and missing input) unless the job can
+        start: a real run needs what a dry run only reports.
+
+        >>> from s3_ray.config import load_config
+        >>> plan = Plan("evaluate", load_config(None))
+        >>> plan.missing.append("checkpoint trained: /x does not exist")
+        >>> plan.require()
+        Traceback (most recent call last):
+        ...
+        s3_ray.plans.plan.InputError: evaluate cannot start: checkpoint trained: /x does not exist (`--dry-run` shows the whole plan)
+        """
+        issues = [*self.problems, *self.missing]
+        if issues:
+            raise InputError(f"{self.job} cannot start: " + "; ".join(issues) + " (`--dry-run` shows the whole plan)")

@@ -33,8 +33,3 @@ def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here
                          "curves": plan.output(cfg.path("train", "curves.png")),
                          "warmup_reference": plan.output(cfg.path("ray", name, "warmup_reference"))})
     return plan
-
-
-def train_dry_run(cfg: S3Config) -> int:
-    """`python -m jobs.train --dry-run`: print the plan; exit status as `Plan.emit`."""
-    return train_plan(cfg).emit()

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from s3_ray.config import RetrievalConfig
 from s3_ray.data.corpus import read_corpus
@@ -148,7 +147,9 @@ def build_index(corpus_path: str | os.PathLike[str], cfg: RetrievalConfig, progr
                 FORMAT_VERSION, cfg.backend, params, sha):
             return old
     start = time.perf_counter()
-    steps = tqdm(total=3, desc=f"index {corpus.name}", disable=not progress)
+    from s3_ray.console import active
+
+    steps = active().bar(3, f"index {corpus.name} (read, build, save)", unit="step", enabled=progress)
     passages = read_corpus(corpus)
     steps.update()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -203,9 +204,13 @@ def _reusable_embeddings(old: Manifest | None, target: Path, cfg: RetrievalConfi
 
 
 def _encode_in_process(encoder: Encoder, texts: list[str], batch: int, progress: bool) -> np.ndarray:
+    from s3_ray.console import active
+
     chunks = []
-    for start in tqdm(range(0, len(texts), batch), desc="encode passages", unit="batch", disable=not progress):
-        chunks.append(encoder.encode_passages(texts[start:start + batch]))
+    with active().bar(len(texts), "encode passages", unit="passage", enabled=progress) as bar:
+        for start in range(0, len(texts), batch):
+            chunks.append(encoder.encode_passages(texts[start:start + batch]))
+            bar.update(len(chunks[-1]))
     return np.concatenate(chunks)
 
 

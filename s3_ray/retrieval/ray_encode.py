@@ -1,7 +1,7 @@
 """Corpus encoding on Ray: passages cut into chunks, encoded by Ray tasks, reassembled in corpus order.
 
 Each worker process loads the encoder once (from a picklable factory) and keeps it for the
-chunks it gets next. `ray` and `tqdm` are imported when encoding runs.
+chunks it gets next. `ray` is imported when encoding runs; the bar goes to the job's console.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def encode_with_ray(texts: list[str], factory: Callable[[], Encoder], workers: i
     At most `workers` chunks run at once, so a large corpus never floods the object store.
     """
     import ray
-    from tqdm.auto import tqdm
+
+    from s3_ray.console import active
 
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"workers and chunk_size must be >= 1, got {workers}, {chunk_size}")
@@ -44,7 +45,7 @@ def encode_with_ray(texts: list[str], factory: Callable[[], Encoder], workers: i
     starts = list(range(0, len(texts), chunk_size))
     results: dict[int, np.ndarray] = {}
     pending: dict[Any, int] = {}
-    bar = tqdm(total=len(texts), desc=f"encode passages ({workers} workers)", unit="passage", disable=not progress)
+    bar = active().bar(len(texts), f"encode passages ({workers} workers)", unit="passage", enabled=progress)
     next_chunk = 0
     while next_chunk < len(starts) or pending:
         while next_chunk < len(starts) and len(pending) < workers:

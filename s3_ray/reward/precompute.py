@@ -26,9 +26,9 @@ def precompute_baseline(items: Sequence[QAItem], retriever: Retriever, generator
     Each batch is one retrieval call and one generator call (plus one judge call when the
     cache's settings say `judge`), written to disk before the next
     starts, so an interrupted run loses at most one batch. Returns counts
-    `{"total", "skipped", "computed"}`.
+    `{"total", "skipped", "computed"}`. The bar (`progress`) goes to the job's console.
     """
-    from tqdm import tqdm
+    from s3_ray.console import active
 
     if k != cache.settings.init_k:
         raise BaselineError(f"k={k} but {cache.path} is for init_k={cache.settings.init_k}")
@@ -40,7 +40,7 @@ def precompute_baseline(items: Sequence[QAItem], retriever: Retriever, generator
     if len(set(ids)) != len(ids):
         raise ValueError("items contain duplicate question ids")
     todo = [it for it in items if it.id not in cache]
-    bar = tqdm(total=len(todo), desc="naive-RAG baseline", unit="q", disable=not progress)
+    bar = active().bar(len(todo), f"naive-RAG baseline ({cache.path.stem})", unit="q", enabled=progress and bool(todo))
     for lo in range(0, len(todo), batch_size):
         batch = todo[lo : lo + batch_size]
         hits = retriever.search([it.search_text for it in batch], k) if k > 0 else [[] for _ in batch]
@@ -68,12 +68,13 @@ def precompute_split(cfg: S3Config, split: str, retriever: Retriever, generator:
     Returns `{"split", "path", "total", "computed", "skipped", "genacc", "em", "kept", "dropped"}`;
     kept/dropped are s3's training filter (naive RAG already right, or a yes/no question).
     """
+    from s3_ray.console import shown_path
     from s3_ray.data.embedded import load_split
 
     items = load_split(cfg.data, split)
     cache = open_baseline(cfg, split)  # checks the settings before any work
     counts = precompute_baseline(items, retriever, generator, cfg.rollout.init_k, cache,
                                  batch_size=batch_size, progress=progress)
-    log(f"baseline {split} ({cache.path}): {counts['total']} questions, {counts['computed']} computed, "
+    log(f"baseline {split} ({shown_path(cache.path)}): {counts['total']} questions, {counts['computed']} computed, "
         f"{counts['skipped']} already stored")
     return {"split": split, "path": str(cache.path), **counts, **summarize_split(cfg, split, log)}

@@ -12,7 +12,8 @@ from s3_ray.reward.training_filter import filter_unanswered
 
 
 def summarize_split(cfg: S3Config, split: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Naive-RAG accuracy of a finished split and what s3's training filter keeps; logged and returned.
+    """Naive-RAG accuracy of a finished split and what s3's training filter keeps; logged (the
+    filter only for the train split, the one it applies to) and returned.
 
     Every question of the split must have a record (else BaselineMissing naming it).
     Returns `{"genacc", "em", "kept", "dropped"}`.
@@ -28,5 +29,6 @@ def summarize_split(cfg: S3Config, split: str, log: Callable[[str], None] = prin
            "kept": len(kept), "dropped": dropped}
     log(f"naive RAG (init_k={cfg.rollout.init_k}, {cfg.generator.model}): genacc={out['genacc']:.3f} "
         f"em={out['em']:.3f}")
-    log(f"s3 training filter keeps {len(kept)} of {len(items)} ({dropped} answered by naive RAG or yes/no)")
+    if split == "train":
+        log(f"s3 training filter keeps {len(kept)} of {len(items)} ({dropped} answered by naive RAG or yes/no)")
     return out

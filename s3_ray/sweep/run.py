@@ -1,7 +1,8 @@
 """The sweep itself: a Ray Tune Tuner over the trial functions, started fresh or resumed.
 
 The trials are `inference_trial` and `train_trial` of `s3_ray.sweep.trials` (each runs in its own
-Tune process); `ray` is imported only when a sweep runs.
+Tune process); the console shows them through `s3_ray.sweep.progress`. `ray` is imported only
+when a sweep runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def run_sweep(cfg: S3Config, retriever: Any, generator: Any, name: str | None = 
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from s3_ray.sweep.progress import trial_progress
     from s3_ray.sweep.trials import inference_trial, train_trial
 
     cfg = cfg.absolute()  # trial processes run in other directories
@@ -58,6 +60,7 @@ def run_sweep(cfg: S3Config, retriever: Any, generator: Any, name: str | None = 
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:
         store_config(cfg, name)
+        progress = trial_progress(len(configs) * cfg.sweep.num_samples, cfg.sweep.metric)
         space: dict[str, Any] = {k: tune.grid_search(v) for k, v in cfg.sweep.param_space.items()}
         if cfg.sweep.num_samples > 1 and "seed" not in space:
             space["seed"] = tune.randint(0, 2**31 - 1)
@@ -68,7 +71,7 @@ def run_sweep(cfg: S3Config, retriever: Any, generator: Any, name: str | None = 
                 metric=cfg.sweep.metric, mode=cfg.sweep.metric_mode, num_samples=cfg.sweep.num_samples,
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.sweep.max_concurrent),
                 scheduler=_scheduler(cfg, max(c.train.steps for c in configs))),
-            run_config=tune.RunConfig(name=name, storage_path=str(path.parent)),
+            run_config=tune.RunConfig(name=name, storage_path=str(path.parent), callbacks=[progress]),
         )
     return result_rows(tuner.fit(), cfg)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs import runtime
-from s3_ray.config import ConfigError
+from s3_ray.config import ConfigError, load_job_config
 
 CONFIGS = Path(runtime.__file__).parent / "configs"
 JOBS = ["train", "sweep", "precompute", "build_index", "serve", "infer", "demo"]
@@ -52,9 +52,16 @@ def test_dry_run_resolves_shipped_configs(job: str, config: str, capsys: pytest.
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_bad_key_fails_by_name(job: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match="train.nope"):
-        _dry(job, ["--config", str(CONFIGS / "demo.yaml"), "train.nope=1"], capsys)
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_bad_key_fails_by_name_in_one_line(job: str, dry_run: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ConfigError is the user's to fix: one `error:` line naming the key, exit status 2, no
+    traceback, dry run or not (nothing heavy starts either way)."""
+    args = ["--config", str(CONFIGS / "demo.yaml"), "train.nope=1", *(["--dry-run"] if dry_run else [])]
+    assert importlib.import_module(f"jobs.{job}").main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: ") and "train.nope" in err
+    with pytest.raises(ConfigError, match="train.nope"):  # the library itself still raises
+        load_job_config(str(CONFIGS / "demo.yaml"), ["train.nope=1"])
 
 
 def test_train_plan_resources_follow_the_config(capsys: pytest.CaptureFixture[str]) -> None:
