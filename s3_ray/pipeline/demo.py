@@ -27,12 +27,14 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     Returns {"summaries": {method: summary}, "report": results.md path, "total_seconds"}."""
     from s3_ray.console.training import follow_training
     from s3_ray.data.embedded import load_split, resolve_paths
+    from s3_ray.eval.records import scores_by_question
     from s3_ray.eval.report import plot_training, write_report
     from s3_ray.eval.suite import evaluate
     from s3_ray.retrieval.index import build_index
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.reward.precompute import precompute_split
+    from s3_ray.pipeline.verdict import verdict
     from s3_ray.rl.launch import run_training, training_items
     from s3_ray.tracking import read_metrics
 
@@ -62,7 +64,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
             searchers["s3_warmup_only"] = warm
         searchers["s3_trained"] = trained
         log(f"trained searcher: {shown_path(trained, folder=True)}")
-    with st.stage("5/5 evaluate naive RAG vs untrained vs trained searcher"):
+    with st.stage("5/5 evaluate naive RAG vs warm-up-only vs trained searcher"):
         summaries, _ = evaluate(cfg, retriever, generator, searchers, log=log)
 
     report_dir = cfg.path("report")
@@ -70,11 +72,14 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     report_dir.mkdir(parents=True, exist_ok=True)
     plot_training(metrics, report_dir / "training.png")
     total = round(time.perf_counter() - t_start, 1)
-    reading = verdict(summaries, metrics)
+    eval_dir = cfg.path("eval", cfg.eval.split)
+    per_question = {name: scores_by_question(eval_dir / f"{name}.jsonl") for name in summaries}
+    reading, figures = verdict(per_question, metrics)
     md = write_report(
         report_dir, summaries, title="s3-ray demo (embedded default)",
         extra={"stage_seconds": st.seconds, "total_seconds": total, "trained_checkpoint": trained,
-               "train_questions": len(items), "train_dropped": dropped, "verdict": reading},
+               "train_questions": len(items), "train_dropped": dropped, "verdict": reading,
+               "intervals": figures},
         notes=[*reading,
                f"{len(load_split(cfg.data, cfg.eval.split))} {cfg.eval.split} questions; "
                f"budgets init_k={cfg.rollout.init_k} top_k={cfg.rollout.top_k} "
@@ -100,33 +105,3 @@ def warmup_checkpoint(result: Any) -> str | None:
         if metrics.get("step") == 0:
             return ckpt.path
     return None
-
-
-def verdict(summaries: dict[str, dict[str, float]], train_metrics: list[dict[str, Any]]) -> list[str]:
-    """Plain-language reading of the demo's numbers, including how much they can be trusted.
-
-    >>> s = {"naive_rag": {"n": 20, "genacc": 0.3}, "s3_trained": {"n": 20, "genacc": 0.35}}
-    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[0]
-    'trained searcher vs naive RAG: +5.0 GenAcc points (1 of 20 questions; one question = 5.0 points)'
-    >>> verdict(s, [{"step": 1, "adv_std": 0.0}])[1]
-    'RL had a reward signal in 0 of 1 steps (every trajectory of a group scored the same otherwise), so RL did not move the searcher; differences come from sampling and decoding, not learning'
-    """
-    rag, trained = summaries.get("naive_rag"), summaries.get("s3_trained")
-    if not rag or not trained:
-        return ["incomplete evaluation"]
-    n = int(rag["n"])
-    gap = trained["genacc"] - rag["genacc"]
-    lines = [f"trained searcher vs naive RAG: {100 * gap:+.1f} GenAcc points "
-             f"({round(abs(gap) * n)} of {n} questions; one question = {100 / n:.1f} points)"]
-    signal = sum(1 for r in train_metrics if r.get("adv_std", 0.0) > 0)
-    steps = len(train_metrics)
-    line = f"RL had a reward signal in {signal} of {steps} steps (every trajectory of a group scored the same otherwise)"
-    if signal == 0:
-        line += ", so RL did not move the searcher; differences come from sampling and decoding, not learning"
-    lines.append(line)
-    warm = summaries.get("s3_warmup_only")
-    if warm:
-        lines.append(f"trained vs warm-up-only searcher (RL's own share): {100 * (trained['genacc'] - warm['genacc']):+.1f} points")
-    if gap <= 0 or signal == 0:
-        lines.append("this short CPU run checks the pipeline end to end; it is not evidence that RL helps here")
-    return lines

@@ -28,7 +28,7 @@ TINY = {
 }
 STAGES = ["1/5 build the BM25 index", "2/5 start Ray and the retriever + generator Serve apps",
           "3/5 precompute naive-RAG baselines (train + test)", "4/5 train the searcher (Ray Train, GRPO)",
-          "5/5 evaluate naive RAG vs untrained vs trained searcher"]
+          "5/5 evaluate naive RAG vs warm-up-only vs trained searcher"]
 # what other programs print: worker prefixes, log records, bars and warnings of libraries
 FOREIGN = re.compile(r"\(\w+ pid=\d+|\bpid=\d+\)|INFO|WARNING|Traceback|CALL \w+ OK|Reporting training result|"
                      r"PlacementGroupCleaner|core_worker|Loading weights|Writing model shards|Warning|it/s\]")
