@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from s3_ray.rl.precision import training_autocast
 from s3_ray.types import Trajectory
 
 
@@ -145,7 +146,9 @@ def grid_logits(
 
     With start > 0 the LM head runs only from that position on (`logits_to_keep`), which skips
     the vocabulary projection over the prompt: the bulk of s3 sequences. The forward is called on
-    whatever object is given, so DDP wrappers all-reduce gradients as usual.
+    whatever object is given, so DDP wrappers all-reduce gradients as usual. Every training
+    forward (policy, old policy, reference) passes here and runs under `training_autocast`:
+    bf16 compute over fp32 master weights on a GPU (`s3_ray.rl.precision`), plain fp32 on CPU.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs (greedy has none), got {temperature}")
@@ -158,7 +161,8 @@ def grid_logits(
         kwargs["logits_to_keep"] = t_len - start
     if output_hidden_states:
         kwargs["output_hidden_states"] = True
-    out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+    with training_autocast(device):
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
     return out.logits[:, :-1].float() / temperature, out
 
 
