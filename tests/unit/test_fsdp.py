@@ -48,7 +48,7 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from s3_ray.rl.weight_sync import policy_state_dict
+    from s3_ray.rl.weight_sync import iter_policy_weights
     from s3_ray.config import load_config
     from s3_ray.rl.policy import frozen_copy, shard_for_training
     from s3_ray.rl.sharding import full_state_dict, is_sharded, is_sharded_tensor
@@ -87,7 +87,7 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
                                       [QAItem("q", "q", ("a",))], rank=rank, world=world, rollout_model=copy_model)
             trainer.weights_changed()
             trainer.sync_rollout_weights()  # collective
-            engine_weights = policy_state_dict(model)  # collective
+            engine_weights = dict(iter_policy_weights(model))  # collective: one gather at a time
             if rank == 0:
                 assert _max_diff(_plain(copy_model), after1) == 0.0
                 assert not any(is_sharded_tensor(v) for v in engine_weights.values())
