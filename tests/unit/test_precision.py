@@ -121,8 +121,11 @@ class _FakeCudaLoad:
 def _load_on_fake_gpu(monkeypatch, tiny, **train: Any) -> tuple[SearcherPolicy, _FakeCudaLoad]:
     import transformers
 
+    from s3_ray.models import registry
+
     fake = _FakeCudaLoad(tiny[0])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(registry, "flash_attention_available", lambda: True)  # a GPU with flash_attn
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
     cfg = S3Config(searcher=SearcherConfig(model="tiny-random"), train=TrainConfig(**train))
     return SearcherPolicy.load(cfg, device=torch.device("cuda", 1)), fake
@@ -135,6 +138,7 @@ def _dtypes(model: Any) -> set[torch.dtype]:
 def test_ddp_on_a_gpu_trains_fp32_masters_against_a_bf16_reference(monkeypatch, tiny) -> None:
     policy, fake = _load_on_fake_gpu(monkeypatch, tiny, kl_coef=0.01)
     assert fake.kwargs["dtype"] == torch.float32  # not the bf16 a GPU load defaults to
+    assert fake.kwargs["attn_implementation"] == "sdpa"  # FlashAttention-2 refuses fp32 weights
     assert fake.to_calls == [((torch.device("cuda", 1),), {})]
     assert _dtypes(policy.model) == {torch.float32} and policy.model.training
     assert _dtypes(policy.ref) == {torch.bfloat16} and not any(p.requires_grad for p in policy.ref.parameters())
