@@ -14,8 +14,6 @@ from engine_start import MODEL, skip_without_vllm, start_or_fail
 
 skip_without_vllm()
 
-import torch
-
 from s3_ray.agent.policy import HFPolicy
 from s3_ray.agent.vllm_policy import VLLMPolicy
 from s3_ray.rl.batch import collate, token_logprobs
