@@ -47,7 +47,8 @@ def warm_up(model: Any, tok: Any, retriever: Any, pool: list[Any], args: Any) ->
     losses = []
     for _ in range(args.warmup_steps):
         batch = rng.sample(pool, args.warmup_batch)
-        losses.append(warmup_step(model, tok, retriever, batch, budget, rng, opt, follow_fraction=args.follow))
+        losses.append(warmup_step(model, tok, retriever, batch, budget, rng, opt, follow_fraction=args.follow,
+                                  follow_docs=args.follow_docs))
     model.eval()
     model.requires_grad_(False)
     return losses
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-batch", type=int, default=4)
     p.add_argument("--warmup-lr", type=float, default=1e-4)
     p.add_argument("--follow", type=float, default=0.0, help="train.warmup_follow_fraction of the warm-up")
+    p.add_argument("--follow-docs", type=int, default=None, help="train.warmup_follow_docs of the warm-up")
     p.add_argument("--warmup-pool", choices=["others", "train", "dropped"], default="others",
                    help="warm up on questions other than the probed ones, on the filtered training set, "
                         "or on the questions the filter drops")

@@ -18,6 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+# Where faiss keeps Flat/IVF shards (retrieval.faiss_gpu): "auto" = GPUs when the installed faiss
+# can use one, True = GPUs required, False = host memory. Resolved by s3_ray.retrieval.faiss_build.
+FaissGpu = Literal["auto"] | bool
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -63,7 +68,8 @@ class RetrievalConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1)
     pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the embedding dim.")
     pq_nbits: int = Field(8, ge=1, le=16)
-    faiss_gpu: bool = Field(True, description="Move Flat/IVF shards to GPUs when faiss has GPU support.")
+    faiss_gpu: FaissGpu = Field("auto", description="Flat/IVF shards on GPUs: auto = when faiss-gpu sees one; "
+                                "true = required (error otherwise); false = host memory. See docs/retrieval.md.")
     # hybrid
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
@@ -182,6 +188,9 @@ class TrainConfig(_Strict):
     warmup_follow_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
                                      "documents (label-free second-hop demonstrations; 0 = query the question).")
+    warmup_follow_docs: int | None = Field(
+        None, ge=1, description="Follow demonstrations query a name read in the first this-many initial documents "
+                                "(the top-ranked ones are about the question's own entity); None: all of them.")
     micro_batch: int = Field(2, ge=1, description="Trajectories per forward/backward; gradients accumulate over the step.")
     ppo_epochs: int = Field(
         1, ge=1, description="Optimiser passes over each step's batch; 1 is on-policy (without a critic the "
@@ -197,6 +206,10 @@ class TrainConfig(_Strict):
         None, ge=2, description="Longest prompt + response the update feeds; longer prompts lose their oldest "
                                 "tokens (a response that alone does not fit is an error). None: no limit.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
+    share_prefix: bool = Field(
+        True, description="Update forwards read the tokens all rows of a micro-batch share (a group's prompt) once "
+                          "and reuse their KV cache (same gradients up to float rounding). Off under FSDP, with "
+                          "gradient checkpointing and for PPO's value head.")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (peft); 0 trains every weight.")
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)

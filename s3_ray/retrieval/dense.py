@@ -3,9 +3,9 @@
 The corpus embeddings are kept as `embeddings.npy` (plain numpy, never pickle) so another index
 type can be built later without re-encoding. The rows can be split into `num_shards` contiguous
 ranges, one faiss index each; a query searches every shard and the per-shard top-k lists are
-merged, so an index larger than one device's memory can be spread over several (one shard per
-GPU when faiss has GPUs, else all in host memory). faiss is imported only when an index is built
-or opened.
+merged, so an index larger than one device's memory can be spread over several (shards spread
+round-robin over the GPUs when `faiss_gpu` allows it, see `faiss_build`; else all in host
+memory). faiss is imported only when an index is built or opened.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from s3_ray.config import FaissGpu
 from s3_ray.data.corpus import read_corpus, write_corpus
 from s3_ray.retrieval.encoders import Encoder
+from s3_ray.retrieval.faiss_build import cuda_device_count, faiss_gpus, gpus_for_shards, import_faiss
 from s3_ray.types import Passage, SearchHit
 
 PASSAGES_FILE = "passages.jsonl"
@@ -91,19 +93,9 @@ def _check_buildable(p: FaissParams, n_rows: int, dim: int) -> None:
                              "or num_shards, or use index_type flat/hnsw")
 
 
-def _faiss() -> Any:
-    """faiss, or an error that says how to install it (it is an optional extra)."""
-    try:
-        import faiss
-    except ImportError as err:
-        raise ImportError("dense retrieval needs faiss: pip install 's3-ray[dense]' "
-                          "(faiss-cpu; faiss-gpu-cu12 comes with the 'gpu' extra)") from err
-    return faiss
-
-
 def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
     """One inner-product faiss index over unit vectors (trained first where the type needs it)."""
-    faiss = _faiss()
+    faiss = import_faiss()
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = x.shape
@@ -125,7 +117,7 @@ def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
 
 def set_search_params(index: Any, ef_search: int, nprobe: int) -> None:
     """Apply search-time knobs (HNSW efSearch, IVF nprobe) to a CPU index."""
-    faiss = _faiss()
+    faiss = import_faiss()
 
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = ef_search
@@ -147,7 +139,7 @@ def build_shards(embeddings: np.ndarray, params: FaissParams) -> tuple[list[Any]
 def save_dense(directory: str | os.PathLike[str], passages: Sequence[Passage], shards: Sequence[Any],
                offsets: Sequence[int], embeddings: np.ndarray | None = None) -> None:
     """Write a dense index folder: passages, shard files (faiss' own format), embeddings.npy, dense.json."""
-    faiss = _faiss()
+    faiss = import_faiss()
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -197,15 +189,17 @@ class DenseRetriever:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], encoder: Encoder, ef_search: int = 64, nprobe: int = 16,
-             use_gpu: bool = True) -> DenseRetriever:
-        """Open what `save` wrote; shards go to GPUs (round-robin) when faiss has them and `use_gpu`."""
-        faiss = _faiss()
+             faiss_gpu: FaissGpu = "auto") -> DenseRetriever:
+        """Open what `save` wrote; Flat/IVF shards go to GPUs (round-robin) as `faiss_gpu` decides
+        (`faiss_build.gpus_for_shards`: "auto", True = required, False = host memory)."""
+        faiss = import_faiss()
 
         d = Path(directory)
         if not (d / META_FILE).is_file():
             raise FileNotFoundError(f"not a dense index folder (no {META_FILE}): {d}")
         meta = json.loads((d / META_FILE).read_text())
         shards = []
+        n_gpus = 0
         for i, size in enumerate(meta["sizes"]):
             path = d / f"shard_{i:03d}.faiss"
             if not path.is_file():
@@ -213,19 +207,19 @@ class DenseRetriever:
             shard = faiss.read_index(str(path))
             if int(shard.ntotal) != size:
                 raise ValueError(f"{path}: holds {shard.ntotal} vectors, {META_FILE} says {size}")
+            if i == 0:  # all shards have one type; refuse before reading the rest of a large index
+                n_gpus = gpus_for_shards(faiss_gpu, faiss_gpus(faiss), cuda_device_count,
+                                         hnsw=hasattr(shard, "hnsw"))
             set_search_params(shard, ef_search, nprobe)
             shards.append(shard)
         retriever = cls(read_corpus(d / PASSAGES_FILE), shards, meta["offsets"], encoder)
-        if use_gpu:
-            retriever._to_gpus()
+        if n_gpus:
+            retriever._to_gpus(n_gpus)
         return retriever
 
-    def _to_gpus(self) -> None:
-        faiss = _faiss()
+    def _to_gpus(self, n_gpus: int) -> None:
+        faiss = import_faiss()
 
-        n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if n_gpus == 0 or any(hasattr(s, "hnsw") for s in self._shards):
-            return  # CPU build of faiss, no GPU, or HNSW (which faiss cannot run on GPU)
         self._gpu = [faiss.StandardGpuResources() for _ in range(n_gpus)]
         self._shards = [faiss.index_cpu_to_gpu(self._gpu[i % n_gpus], i % n_gpus, s)
                         for i, s in enumerate(self._shards)]

@@ -279,7 +279,7 @@ def load_retriever(cfg: RetrievalConfig, corpus_path: str | os.PathLike[str] | N
             raise IndexMismatchError(f"{cfg.index_dir}: built with {manifest.dim}-dim embeddings, the encoder "
                                      f"gives {enc.dim}")
         parts.append(DenseRetriever.load(root / _dense_subdir(cfg.backend), enc, ef_search=cfg.hnsw_ef_search,
-                                         nprobe=cfg.ivf_nprobe, use_gpu=cfg.faiss_gpu))
+                                         nprobe=cfg.ivf_nprobe, faiss_gpu=cfg.faiss_gpu))
     for part in parts:
         if len(part) != manifest.n_passages:
             raise IndexMismatchError(f"{cfg.index_dir}: manifest says {manifest.n_passages} passages, "

@@ -134,6 +134,46 @@ def first_trained_position(loss_mask: Tensor) -> int:
     return int(cols[0].item()) if cols.numel() else 0
 
 
+def common_prefix(input_ids: Tensor, attention_mask: Tensor) -> int:
+    """How many leading tokens every row shares (real tokens only; rows are right-padded).
+
+    >>> common_prefix(torch.tensor([[1, 2, 3, 9], [1, 2, 4, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    2
+    """
+    lengths = attention_mask.sum(dim=1)
+    limit = int(lengths.min().item())
+    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(dim=0)
+    differ = torch.nonzero(~same).flatten()
+    return int(differ[0].item()) if differ.numel() else limit
+
+
+def _shared_prefix_past(model: Any, input_ids: Tensor, length: int) -> Any:
+    """The KV cache of the first `length` tokens, computed once (one row) and expanded to every row.
+
+    Gradients flow back through the expansion into the one prefix computation, so the parameter
+    gradients equal those of a full forward per row."""
+    bare = getattr(model, "module", model)
+    decoder = bare.get_decoder()
+    out = decoder(input_ids=input_ids[:1, :length], use_cache=True)
+    past = out.past_key_values
+    past.batch_repeat_interleave(input_ids.shape[0])
+    return past
+
+
+def can_share_prefix(model: Any) -> bool:
+    """Whether `grid_logits` may read a shared prefix once: an HF causal LM (or a DDP/peft wrapper of
+    one) that is not FSDP-sharded (its root must run every forward) and does not recompute
+    activations (gradient checkpointing turns the KV cache off in training)."""
+    from s3_ray.rl.sharding import is_sharded
+
+    bare = getattr(model, "module", model)
+    if not hasattr(bare, "get_decoder") or is_sharded(bare):
+        return False
+    inner = bare.get_base_model() if hasattr(bare, "peft_config") else bare
+    # transformers 5 names it is_activation_checkpointing, earlier versions is_gradient_checkpointing
+    return not any(getattr(inner, name, False) for name in ("is_activation_checkpointing", "is_gradient_checkpointing"))
+
+
 def grid_logits(
     model: Any,
     input_ids: Tensor,
@@ -141,14 +181,18 @@ def grid_logits(
     temperature: float,
     start: int = 0,
     output_hidden_states: bool = False,
+    share_prefix: bool = False,
 ) -> tuple[Tensor, Any]:
     """Float32 logits / temperature for grid columns [start, T-1): (B, T-1-start, V); and the raw output.
 
     With start > 0 the LM head runs only from that position on (`logits_to_keep`), which skips
     the vocabulary projection over the prompt: the bulk of s3 sequences. The forward is called on
-    whatever object is given, so DDP wrappers all-reduce gradients as usual. Every training
-    forward (policy, old policy, reference) passes here and runs under `training_autocast`:
-    bf16 compute over fp32 master weights on a GPU (`s3_ray.rl.precision`), plain fp32 on CPU.
+    whatever object is given, so DDP wrappers all-reduce gradients as usual. `share_prefix` (see
+    `can_share_prefix`) reads the tokens every row shares, up to `start`, once: a GRPO group's rows
+    share their whole prompt, and any batch the searcher's instructions. Every training forward
+    (policy, old policy, reference; the shared prefix too) passes here and runs under
+    `training_autocast`: bf16 compute over fp32 master weights on a GPU (`s3_ray.rl.precision`),
+    plain fp32 on CPU.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs (greedy has none), got {temperature}")
@@ -156,13 +200,20 @@ def grid_logits(
     if not 0 <= start < t_len - 1:
         raise ValueError(f"start must be in [0, {t_len - 1}), got {start}")
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"use_cache": False}
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    prefix = min(common_prefix(input_ids, attention_mask), start) if share_prefix and len(input_ids) > 1 else 0
+    kwargs: dict[str, Any] = {"use_cache": prefix > 0}
     if start > 0:
         kwargs["logits_to_keep"] = t_len - start
     if output_hidden_states:
         kwargs["output_hidden_states"] = True
     with training_autocast(device):
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+        if prefix > 0:
+            kwargs["past_key_values"] = _shared_prefix_past(model, input_ids, prefix)
+            kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
+            out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs)
+        else:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     return out.logits[:, :-1].float() / temperature, out
 
 
@@ -177,7 +228,8 @@ def gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def token_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 4) -> Tensor:
+def token_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 4,
+                   share_prefix: bool = False) -> Tensor:
     """(B, T-1) log p(token t + 1 | tokens <= t) without gradients, `chunk_size` rows per forward.
 
     Used for the old-policy and reference log-probs; chunking caps the (rows, T, V) logits memory.
@@ -191,7 +243,7 @@ def token_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chun
     for lo in range(0, b, chunk_size):
         mb = batch.rows(lo, min(lo + chunk_size, b))
         start = first_trained_position(mb.loss_mask)
-        logits, _ = grid_logits(model, mb.input_ids, mb.attention_mask, temperature, start)
+        logits, _ = grid_logits(model, mb.input_ids, mb.attention_mask, temperature, start, share_prefix=share_prefix)
         lp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device)).cpu()
         out[lo : lo + len(mb), start : start + lp.shape[1]] = lp
     return out

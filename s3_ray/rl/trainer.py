@@ -208,7 +208,8 @@ class SearcherTrainer:
         for i in range(steps):
             items = stream.take(self.cfg.train.warmup_batch // self.world)
             loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
-                               follow_fraction=self.cfg.train.warmup_follow_fraction)
+                               follow_fraction=self.cfg.train.warmup_follow_fraction,
+                               follow_docs=self.cfg.train.warmup_follow_docs)
             losses.append(loss)
             if log is not None:
                 log({"warmup/loss": loss}, i)

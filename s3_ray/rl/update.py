@@ -42,6 +42,7 @@ from s3_ray.rl.advantages import (
 )
 from s3_ray.rl.batch import (
     TrainBatch,
+    can_share_prefix,
     collate,
     first_trained_position,
     gather_logprobs,
@@ -198,6 +199,7 @@ class PolicyUpdater:
         logits, out = grid_logits(
             self.model, mb.input_ids, mb.attention_mask, self.temperature, start,
             output_hidden_states=self.value_head is not None,
+            share_prefix=self.cfg.share_prefix and self.value_head is None and can_share_prefix(self.model),
         )
         logp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device))
         with contextlib.nullcontext() if entropy_grad else torch.no_grad():
@@ -270,7 +272,9 @@ class PolicyUpdater:
             return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "update_skipped": 1.0, "adv_mean": 0.0,
                     "adv_std": 0.0, **common}
         t_ref = time.perf_counter()
-        ref_logp = token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch) if self.use_kl else None
+        ref_logp = (token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch,
+                                   share_prefix=self.cfg.share_prefix and can_share_prefix(self.ref_model))
+                    if self.use_kl else None)
         t_ref = time.perf_counter() - t_ref
         t_policy = time.perf_counter()
 

@@ -104,6 +104,7 @@ def format_demonstrations(
     rng: random.Random,
     stop_fraction: float = 0.25,
     follow_fraction: float = 0.0,
+    follow_docs: int | None = None,
 ) -> list[str]:
     """One target turn per item, to follow that item's first searcher prompt.
 
@@ -111,8 +112,12 @@ def format_demonstrations(
     `stop_fraction` a stopping turn that keeps 1..`budget.keep_per_turn` random documents of the
     init block (ids 1..len(init block)), so both endings of an episode are seen. Of the search
     turns, a share `follow_fraction` keeps random documents and queries a random name from
-    `document_names` instead (when the init block has one).
+    `document_names` of the first `follow_docs` initial documents (None: all of them) instead
+    (when they hold one). The top-ranked documents are the ones about the question's own entity,
+    so their names are the candidates a second hop starts from; which one is right is left to RL.
     """
+    if follow_docs is not None and follow_docs < 1:
+        raise ValueError(f"follow_docs must be >= 1 (or None for all), got {follow_docs}")
     if len(items) != len(init_passages):
         raise ValueError(f"{len(items)} items but {len(init_passages)} init-passage lists")
     if not 0.0 <= stop_fraction <= 1.0:
@@ -125,7 +130,7 @@ def format_demonstrations(
             raise ValueError(f"item {item.id!r} has an empty question")
         k = min(budget.keep_per_turn, len(docs))
         kept = sorted(rng.sample(range(1, len(docs) + 1), rng.randint(1, k) if k > 0 else 0))
-        names = document_names(docs, item.question) if follow_fraction > 0 else []
+        names = document_names(list(docs)[:follow_docs], item.question) if follow_fraction > 0 else []
         if rng.random() < stop_fraction:
             targets.append(final_turn(kept))
         elif names and rng.random() < follow_fraction:
@@ -137,15 +142,16 @@ def format_demonstrations(
 
 
 def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAItem], budget: RolloutConfig,
-                rng: random.Random, optimizer: torch.optim.Optimizer, follow_fraction: float = 0.0) -> float:
+                rng: random.Random, optimizer: torch.optim.Optimizer, follow_fraction: float = 0.0,
+                follow_docs: int | None = None) -> float:
     """One warm-up step on `items`: their initial documents (one retrieval call), one demonstration
     each after the real first searcher prompt, one `sft_step`. Returns the loss."""
     from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
 
-    hits = retriever.search([q.question for q in items], budget.init_k)
+    hits = retriever.search([q.search_text for q in items], budget.init_k)
     init = [[h.passage for h in row] for row in hits]
-    targets = format_demonstrations(items, init, budget, rng, follow_fraction=follow_fraction)
-    prompts = [encode_prompt(tokenizer, build_searcher_messages(q.question, docs, budget))
+    targets = format_demonstrations(items, init, budget, rng, follow_fraction=follow_fraction, follow_docs=follow_docs)
+    prompts = [encode_prompt(tokenizer, build_searcher_messages(q.search_text, docs, budget))
                for q, docs in zip(items, init)]
     return sft_step(model, tokenizer, prompts, targets, optimizer)
 

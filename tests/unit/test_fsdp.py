@@ -62,7 +62,10 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
         initial, tok = load_causal_lm("tiny-random", for_training=True)
         step1, step2 = _group(tok, 1.0), _group(tok, 0.0)  # the same batches on every rank
         for algo in ("grpo", "ppo"):
-            cfg = TrainConfig(lr=3e-3, kl_coef=0.01, clip_ratio=0.2, max_grad_norm=1.0, algorithm=algo)
+            # share_prefix off: sharded forwards never share (FSDP's root runs each one), so the
+            # unsharded run must read every row in full too for the two to match to float precision
+            cfg = TrainConfig(lr=3e-3, kl_coef=0.01, clip_ratio=0.2, max_grad_norm=1.0, algorithm=algo,
+                              share_prefix=False)
 
             def fresh(sharded: bool):
                 model = copy.deepcopy(initial)

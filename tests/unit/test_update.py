@@ -353,3 +353,29 @@ def test_non_finite_gradient_skips_the_optimiser_step(model_tok):
     metrics = PolicyUpdater(model, None, _cfg(), pad_id=tok.pad_token_id).step(trajs)
     assert metrics["nonfinite_grad"] == 1.0 and metrics["loss"] != metrics["loss"]  # NaN
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
+    """Rows that start alike (a GRPO group's prompt) give the same log-probs and parameter
+    gradients whether the shared prefix is read once or once per row."""
+    import copy
+
+    from s3_ray.rl.batch import can_share_prefix, common_prefix, grid_logits
+
+    model, tok = load_causal_lm("tiny-random", for_training=True)
+    prompt = tok.encode("Who founded Holt Company? Doc 1 Holt Company makes rope.", add_special_tokens=False)
+    rows = [prompt + tok.encode(t, add_special_tokens=False) for t in ("the answer", "a longer reply here", "x")]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    assert common_prefix(ids, mask) == len(prompt) and can_share_prefix(model)
+    start = len(prompt) - 1
+    grads = []
+    for share in (False, True):
+        m = copy.deepcopy(model)
+        logits, _ = grid_logits(m, ids, mask, 1.0, start, share_prefix=share)
+        (logits.log_softmax(-1)[..., 0] * mask[:, start + 1:]).sum().backward()
+        grads.append(({n: p.grad.clone() for n, p in m.named_parameters()}, logits.detach()))
+    (g0, l0), (g1, l1) = grads
+    assert torch.allclose(l0, l1, atol=1e-4)
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)

@@ -1,0 +1,142 @@
+"""The RL proof's figures: per-question GenAcc files in, intervals, curves and the report out.
+
+Used by `rl_proof.py`; kept apart so the arithmetic reads on its own (and is testable by doctest).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from s3_ray.eval.stats import bootstrap_mean, paired_differences, pooled_differences
+
+GOAL_RL_MINUS_WARMUP = 5.0
+GOAL_RL_MINUS_NAIVE = 12.5
+
+
+def genacc_by_question(path: Path) -> dict[str, float]:
+    """{question id: genacc} of an evaluation file (`s3_ray.eval.runner` records)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["id"]] = float(rec["genacc"])
+    return out
+
+
+def points(result: dict[str, Any]) -> dict[str, Any]:
+    """A bootstrap result in GenAcc points (x100), rounded for the report.
+
+    >>> points({"mean": 0.05, "ci95": [0.01, 0.1], "n": 200})
+    {'mean': 5.0, 'ci95': [1.0, 10.0], 'n': 200}
+    """
+    return {"mean": round(100 * result["mean"], 2), "ci95": [round(100 * x, 2) for x in result["ci95"]],
+            "n": result["n"]}
+
+
+def comparisons(per_seed: list[dict[str, dict[str, float]]], shared: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per seed and pooled: RL minus warm-up-only and RL minus naive RAG, with paired bootstrap 95%
+    intervals over questions. `per_seed[i]` holds that seed's {"s3_trained", "s3_warmup_only"}
+    per-question GenAcc; `shared` the deterministic methods' (naive_rag, ...)."""
+    out: dict[str, Any] = {"per_seed": [], "pooled": {}}
+    diffs: dict[str, list[dict[str, float]]] = {"rl_minus_warmup": [], "rl_minus_naive": []}
+    for seed_acc in per_seed:
+        d = {"rl_minus_warmup": paired_differences(seed_acc["s3_trained"], seed_acc["s3_warmup_only"]),
+             "rl_minus_naive": paired_differences(seed_acc["s3_trained"], shared["naive_rag"])}
+        out["per_seed"].append({k: points(bootstrap_mean(list(v.values()))) for k, v in d.items()})
+        for k, v in d.items():
+            diffs[k].append(v)
+    if per_seed:
+        out["pooled"] = {k: points(bootstrap_mean(pooled_differences(v))) for k, v in diffs.items()}
+    return out
+
+
+def goal(pooled: dict[str, Any]) -> dict[str, Any]:
+    """Whether the pooled figures meet the proof's goal (RL - warm-up >= +5 with a lower bound above
+    0, RL - naive RAG >= +12.5)."""
+    if not pooled:
+        return {"met": False, "why": "no seed finished"}
+    w, n = pooled["rl_minus_warmup"], pooled["rl_minus_naive"]
+    checks = {"rl_minus_warmup_mean": w["mean"] >= GOAL_RL_MINUS_WARMUP, "rl_minus_warmup_low_above_0": w["ci95"][0] > 0,
+              "rl_minus_naive_mean": n["mean"] >= GOAL_RL_MINUS_NAIVE}
+    return {"met": all(checks.values()), **checks}
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values.
+
+    >>> moving_average([0, 1, 2, 3], 2)
+    [0.0, 0.5, 1.5, 2.5]
+    """
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1): i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def plot_reward_curves(curves: dict[int, list[tuple[int, float]]], path: Path, window: int = 5) -> Path:
+    """Training success rate (GenAcc of the sampled rollouts) by RL step, moving average, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for seed, points_ in sorted(curves.items()):
+        if points_:
+            steps, vals = zip(*points_)
+            ax.plot(steps, moving_average(list(vals), window), label=f"seed {seed}")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(f"training GenAcc (moving average of {window})")
+    ax.set_title("Success rate on training questions during RL")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def where_it_went(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Totals of one seed's RL steps: episodes and groups sampled, groups with a signal, seconds."""
+    keys = {"episodes": "sample/episodes", "groups": "sample/groups", "signal_groups": "sample/signal_groups",
+            "rollout_s": "time/rollout_s", "reward_s": "time/reward_s", "update_s": "time/update_s",
+            "prefill_s": "rollout/prefill_seconds", "decode_s": "rollout/decode_seconds",
+            "ref_forward_s": "time/ref_forward_s", "policy_fwd_bwd_s": "time/policy_fwd_bwd_s",
+            "step_s": "time/step_s"}
+    out = {name: round(sum(float(m.get(key, 0.0)) for m in metrics), 1) for name, key in keys.items()}
+    out["steps"] = len(metrics)
+    out["steps_with_signal"] = sum(1 for m in metrics if m.get("sample/signal_groups", m.get("adv_std", 0.0)) > 0)
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"Test questions: {report['test_questions']} (one question = {100 / report['test_questions']:.1f} points); "
+             f"seeds {report['seeds']}", "",
+             "| method | GenAcc per seed | mean |", "|---|---|---|"]
+    for method, vals in report["genacc"].items():
+        shown = " / ".join(f"{100 * v:.1f}" for v in vals)
+        lines.append(f"| {method} | {shown} | {100 * statistics.mean(vals):.1f} |")
+    lines += ["", "| comparison | per seed (mean [95% CI]) | pooled |", "|---|---|---|"]
+    for key, label in (("rl_minus_warmup", "RL - warm-up only"), ("rl_minus_naive", "RL - naive RAG")):
+        per = "; ".join(f"{s[key]['mean']:+.1f} [{s[key]['ci95'][0]:+.1f}, {s[key]['ci95'][1]:+.1f}]"
+                        for s in report["comparisons"]["per_seed"])
+        pooled = report["pooled"].get(key)
+        shown = f"{pooled['mean']:+.1f} [{pooled['ci95'][0]:+.1f}, {pooled['ci95'][1]:+.1f}]" if pooled else "-"
+        lines.append(f"| {label} | {per} | {shown} |")
+    g = report["goal"]
+    lines += ["", f"Goal (RL - warm-up >= +{GOAL_RL_MINUS_WARMUP:g} with its lower bound above 0, RL - naive RAG >= "
+                  f"+{GOAL_RL_MINUS_NAIVE:g}): {'met' if g['met'] else 'not met'} {json.dumps(g)}", "",
+              "| seed | training s | RL steps with signal | episodes | groups | with signal | rollout s | reward s | "
+              "update s |", "|---|---|---|---|---|---|---|---|---|"]
+    for seed, secs, w in zip(report["seeds"], report["train_seconds"], report["where"]):
+        lines.append(f"| {seed} | {secs:.0f} | {w['steps_with_signal']} of {w['steps']} | {w['episodes']:.0f} | "
+                     f"{w['groups']:.0f} | {w['signal_groups']:.0f} | {w['rollout_s']:.0f} | {w['reward_s']:.0f} | "
+                     f"{w['update_s']:.0f} |")
+    lines.append(f"\nEvaluation seconds: {json.dumps(report['eval_seconds'])}; total wall time "
+                 f"{report['total_s'] / 60:.1f} min")
+    return "\n".join(lines)
