@@ -70,7 +70,7 @@ def _run(rank: int, world: int, port: int, model_name: str, steps: int, out: str
 
     from s3_ray.config import TrainConfig
     from s3_ray.models import load_causal_lm
-    from s3_ray.rl.policy import inference_copy, shard_for_training
+    from s3_ray.rl.policy import frozen_copy, shard_for_training
     from s3_ray.rl.sharding import full_state_dict
     from s3_ray.rl.update import PolicyUpdater
 
@@ -87,7 +87,7 @@ def _run(rank: int, world: int, port: int, model_name: str, steps: int, out: str
         ref = copy.deepcopy(plain).eval().requires_grad_(False)
         rollout = None
         if strategy == "fsdp":
-            rollout = inference_copy(plain)
+            rollout = frozen_copy(plain)
             shard_for_training(model, ref)
             wrapped = model
         else:

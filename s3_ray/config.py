@@ -109,7 +109,12 @@ class SearcherConfig(_Strict):
     num_threads: int = Field(2, ge=1)
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Rollout engine; vllm (GPU extra) gets the trainer's weights after every step.")
-    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM rollout engine's share of GPU memory.")
+    gpu_memory_utilization: float = Field(
+        0.4, gt=0, le=1, description="Share of its GPU's memory each worker's vLLM rollout engine takes (weights, KV "
+        "cache); the trainer on that GPU keeps the rest, checked when the engine starts.")
+    lora_push: Literal["adapter", "merged"] = Field(
+        "adapter", description="LoRA runs on vllm: push only the adapter (the engine serves LoRA) or merged full "
+        "weights after every step.")
 
 
 class RolloutConfig(_Strict):

@@ -263,11 +263,13 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
     """The rollout policy `cfg.backend` names, sampling from `model`'s current weights.
 
     transformers: an `HFPolicy` over `model` itself (it always sees the latest weights). vllm: a
-    `VLLMPolicy` engine built from `cfg.model` (for its architecture and tokenizer files) and
-    loaded with `weights` (plain Hugging Face names), by default `model`'s own state dict. A LoRA
-    or sharded model has no plain state dict of its own: pass its merged / gathered weights
-    (`s3_ray.rl.weight_sync.policy_state_dict`). The caller refreshes the engine whenever `model`
-    changes.
+    `VLLMPolicy` engine built from `cfg.model` (for its architecture and tokenizer files) on
+    `model`'s GPU (sharing it with the trainer), loaded with `weights` (plain Hugging Face names:
+    a state dict or (name, tensor) pairs), by default `model`'s own state dict. A LoRA or sharded
+    model has no plain state dict of its own: pass its merged / gathered weights
+    (`s3_ray.rl.weight_sync.iter_policy_weights`), or with `cfg.lora_push: adapter` its base
+    weights: the engine then serves LoRA and takes the adapter separately. The caller refreshes
+    the engine whenever `model` changes.
     """
     if cfg.backend == "transformers":
         return HFPolicy(unwrap(model), tokenizer, cfg)
@@ -275,12 +277,14 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
         from s3_ray.agent.vllm_policy import VLLMPolicy
 
         bare = unwrap(model)
+        lora = hasattr(bare, "peft_config")
         if weights is None:
-            if hasattr(bare, "peft_config") or _is_fsdp(bare):
+            if lora or _is_fsdp(bare):
                 raise ValueError(f"make_policy: {type(bare).__name__} is a LoRA or sharded model; pass its plain "
-                                 "weights (s3_ray.rl.weight_sync.policy_state_dict)")
+                                 "weights (s3_ray.rl.weight_sync.iter_policy_weights)")
             weights = bare.state_dict()
-        policy = VLLMPolicy(cfg.model, tokenizer, cfg, seed=seed)
+        rank = max(int(c.r) for c in bare.peft_config.values()) if lora and cfg.lora_push == "adapter" else 0
+        policy = VLLMPolicy(cfg.model, tokenizer, cfg, seed=seed, colocate_with=bare, max_lora_rank=rank)
         policy.load_weights(weights)
         return policy
     raise ValueError(f"searcher.backend must be 'transformers' or 'vllm', got {cfg.backend!r}")

@@ -8,138 +8,87 @@ a row that stopped on ``</search_complete>`` with a false value is resumed from 
 with the rest of its token budget, as `HFPolicy` would simply have kept decoding. Tags in another
 letter case are not stop strings, but `stop_length` still cuts the row at them.
 
-Weight refresh (`load_weights`) is written for the vLLM V1 engine (checked on vLLM 0.32.0, CPU
-build, by `tests/vllm/`). The engine runs in its own process and its RPC channel (untyped msgpack
-from the client to the engine process) turns a bare tensor argument into a list, so
-each tensor travels as (name, dtype, shape, raw bytes) through `LLM.collective_rpc`, in buckets,
-to methods that `WeightLoader` (passed as `worker_extension_cls`) adds to every worker. Once all
-buckets are staged, the worker's in-place `reload_weights` (vLLM 0.32) loads them through the
-model's own `load_weights`, which maps Hugging Face names onto vLLM's fused layers (q/k/v ->
-qkv_proj, gate/up -> gate_up_proj) and re-processes kernel formats; workers without it (older
-V1) get a plain `load_weights`. The prefix cache is then dropped: its KV came from old weights.
-Copying through CPU suits a searcher of a few billion parameters; bigger policies spread over
-many GPUs would want vLLM's NCCL / CUDA-IPC weight transfer instead.
+Placement: built beside a trainer (`colocate_with`, the trainer's model), the engine runs on that
+model's GPU and takes `searcher.gpu_memory_utilization` of it, checked against what the trainer
+needs (`s3_ray.models.vllm_placement`); on CPU it runs where the CPU platform puts it.
+
+Weight refresh is written for the vLLM V1 engine (checked on vLLM 0.32.0, CPU build, by
+`tests/vllm/`). `load_weights` streams (name, tensor) pairs, each cast to the engine's dtype and
+packed as it comes, in buckets of `bucket_bytes`, through `LLM.collective_rpc` to the worker
+extension of `s3_ray.agent.vllm_weights`, which loads them layer by layer through vLLM's in-place
+reload; the prefix cache is then dropped (its KV came from old weights). With `max_lora_rank`
+the engine serves LoRA (`enable_lora`) and `load_adapter` swaps in a peft adapter folder as a new
+`LoRARequest` (a new adapter id per push, the previous one removed), which every later rollout
+uses: a LoRA run then sends its adapter (megabytes) instead of merged full weights. Copying
+through CPU suits a searcher of a few billion parameters; bigger policies spread over many GPUs
+would want vLLM's NCCL / CUDA-IPC weight transfer instead.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from s3_ray.agent.policy_api import PolicyStats, check_seqs, stop_length, strip_trailing
+from s3_ray.agent.vllm_weights import (
+    COMMIT_METHOD,
+    EXTENSION,
+    STAGE_METHOD,
+    in_layer_order,
+    pack_tensor,
+    packed_bytes,
+    weight_buckets,
+)
 from s3_ray.config import SearcherConfig
 from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
+from s3_ray.models.vllm_placement import place_engine
 
 STOP_STRINGS = ("</query>", "</search_complete>")
 """Where vLLM pauses a row; `stop_length` then decides whether the turn really ended."""
 
-STAGE_METHOD, COMMIT_METHOD = "s3_stage_weights", "s3_commit_weights"
-"""Worker methods `WeightLoader` adds (prefixed so they cannot shadow vLLM's own)."""
-
-EXTENSION = "s3_ray.agent.vllm_policy.WeightLoader"
-"""Qualified name vLLM resolves inside each worker process."""
-
 RPC_TIMEOUT_S = 600.0
-"""Upper bound on one weight bucket's round trip to the workers."""
+"""Upper bound on one weight bucket's (or adapter's) round trip to the workers."""
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The `max_lora_rank` values vLLM 0.32 accepts."""
 
 
-class WeightLoader:
-    """Mixed into every vLLM worker (`worker_extension_cls`); `self` is the worker there.
+@dataclass
+class SyncStats:
+    """One push into the engine: full weights (`tensors` > 0) or a LoRA adapter (`tensors` 0)."""
 
-    Buckets are staged, then applied at once: vLLM's in-place reload re-processes a layer (fused
-    or repacked kernel weights) after loading it, which needs all of that layer's tensors.
+    kind: str            # "weights" or "adapter"
+    nbytes: int          # bytes sent (weights: in the engine's dtype; adapter: its safetensors file)
+    seconds: float
+    tensors: int = 0
+
+
+def lora_rank_for_vllm(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of `rank`.
+
+    >>> lora_rank_for_vllm(4), lora_rank_for_vllm(16)
+    (8, 16)
     """
-
-    def s3_stage_weights(self, packed: list[tuple[str, str, list[int], bytes]]) -> int:
-        """Keep one bucket of packed tensors until `s3_commit_weights`; returns how many."""
-        staged = self.__dict__.setdefault("_s3_staged", [])
-        staged.extend(packed)
-        return len(packed)
-
-    def s3_commit_weights(self) -> int:
-        """Load every staged tensor into the running model; returns how many were loaded."""
-        staged = self.__dict__.pop("_s3_staged", [])
-        if not staged:
-            raise RuntimeError("s3_commit_weights: no staged weights (call s3_stage_weights first)")
-        weights = (unpack_tensor(p) for p in staged)
-        reload = getattr(self, "reload_weights", None)
-        # vLLM 0.32's in-place reload re-processes kernel formats and resets derived caches; older
-        # workers' reload_weights() only re-reads the checkpoint from disk, so they copy parameters.
-        # What the real engine does with Hugging Face names: a tied `lm_head.weight` is skipped
-        # (the Llama loader ties it to embed_tokens), and each reload logs "RotaryEmbedding:
-        # Failed to load weights": its cos/sin cache is no checkpoint tensor, so the unchanged
-        # old values are put back.
-        if reload is not None and _accepts(reload, "weights_iterator"):
-            reload(weights_iterator=weights, is_checkpoint_format=True)
-        else:
-            self.model_runner.get_model().load_weights(weights=weights)  # type: ignore[attr-defined]
-        return len(staged)
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether `fn` takes a keyword argument `name` (by name, or through **kwargs)."""
-    params = inspect.signature(fn).parameters.values()
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def pack_tensor(name: str, tensor: Any) -> tuple[str, str, list[int], bytes]:
-    """(name, dtype, shape, raw bytes): plain msgpack types, so the engine's RPC channel carries
-    them (it turns a bare tensor argument into a list) and any dtype, bf16 included, survives.
-
-    >>> import torch
-    >>> n, t = unpack_tensor(pack_tensor("w", torch.arange(6, dtype=torch.bfloat16).view(2, 3)))
-    >>> n, t.dtype, t.tolist()
-    ('w', torch.bfloat16, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
-    """
-    import torch
-
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-    return name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), raw
-
-
-def unpack_tensor(packed: tuple[str, str, list[int], bytes] | list[Any]) -> tuple[str, Any]:
-    """Inverse of `pack_tensor`: (name, CPU tensor)."""
-    import torch
-
-    name, dtype_name, shape, raw = packed
-    dtype = getattr(torch, dtype_name)
-    if not raw:
-        return name, torch.empty(shape, dtype=dtype)
-    return name, torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
-
-
-def weight_buckets(packed: Iterable[tuple[str, str, list[int], bytes]],
-                   max_bytes: int) -> Iterator[list[tuple[str, str, list[int], bytes]]]:
-    """Group packed tensors into lists of at most `max_bytes` (a bigger tensor goes alone).
-
-    >>> ws = [("a", "float32", [4], bytes(16)), ("b", "float32", [4], bytes(16)), ("c", "float32", [10], bytes(40))]
-    >>> [[p[0] for p in b] for b in weight_buckets(ws, max_bytes=32)]
-    [['a', 'b'], ['c']]
-    """
-    bucket: list[tuple[str, str, list[int], bytes]] = []
-    size = 0
-    for item in packed:
-        nbytes = len(item[3])
-        if bucket and size + nbytes > max_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append(item)
-        size += nbytes
-    if bucket:
-        yield bucket
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"train.lora_rank={rank} is above the largest rank vLLM serves ({LORA_RANKS[-1]})")
 
 
 class VLLMPolicy:
     """Batched sampling of one searcher turn per sequence on an in-process vLLM `LLM` engine."""
 
     def __init__(self, model_name_or_path: str, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
-                 bucket_bytes: int = 256 << 20, **engine_kwargs: Any) -> None:
+                 bucket_bytes: int = 256 << 20, colocate_with: Any = None, max_lora_rank: int = 0,
+                 **engine_kwargs: Any) -> None:
         """`tokenizer` is the trainer's (it decodes rows for `stop_length`); the engine loads the
-        same files from `model_name_or_path`. `engine_kwargs` go to `vllm.LLM` (e.g. dtype,
-        enforce_eager) and override the defaults set here and the CPU platform's
+        same files from `model_name_or_path`. `colocate_with`: the trainer's model, whose GPU
+        the engine shares (`s3_ray.models.vllm_placement`). `max_lora_rank` > 0 serves LoRA
+        adapters of up to that rank (`load_adapter`). `engine_kwargs` go to `vllm.LLM` (e.g.
+        dtype, enforce_eager) and override the defaults set here and the CPU platform's
         (`s3_ray.models.vllm_engine`)."""
         vllm = import_vllm("searcher.backend='vllm'", "searcher.backend='transformers'")
         from s3_ray.models import resolve_model
@@ -151,7 +100,10 @@ class VLLMPolicy:
         self.stats = PolicyStats()
         self.resumed_rows = 0
         self.weight_syncs = 0
+        self.last_sync: SyncStats | None = None
         self.bucket_bytes = bucket_bytes
+        self.max_lora_rank = lora_rank_for_vllm(max_lora_rank) if max_lora_rank > 0 else 0
+        self.adapter: Any = None  # the LoRARequest every rollout uses, once an adapter is loaded
         eos = tokenizer.eos_token_id
         self._drop = {tokenizer.pad_token_id, eos} - {None}
         kwargs: dict[str, Any] = {
@@ -161,9 +113,14 @@ class VLLMPolicy:
             "seed": seed,
             "worker_extension_cls": EXTENSION,
         }
+        if self.max_lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
+        kwargs.update(place_engine(colocate_with, cfg.gpu_memory_utilization))
         kwargs.update(engine_kwargs)
         self._vllm = vllm
         self.llm = start_engine(vllm, kwargs)
+        # the dtype the engine holds its weights in (what `load_weights` casts to); None if unknown
+        self.dtype = getattr(getattr(self.llm, "model_config", None), "dtype", None)
 
     def close(self) -> None:
         """Stop the engine's processes (frees their memory); the policy is unusable afterwards."""
@@ -183,7 +140,8 @@ class VLLMPolicy:
     def _run(self, prompts: list[list[int]], budgets: list[int]) -> list[tuple[list[int], bool]]:
         """One engine call: (new token ids, whether the row stopped on a stop string) per prompt."""
         params = [self._params(b) for b in budgets]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        extra = {"lora_request": self.adapter} if self.adapter is not None else {}
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, **extra)
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         results = []
@@ -220,22 +178,56 @@ class VLLMPolicy:
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
         return results
 
-    def load_weights(self, state_dict: Mapping[str, Any]) -> float:
-        """Replace the engine's weights with `state_dict` (Hugging Face names, any device/dtype);
-        returns the seconds it took. The prefix cache is dropped: its KV came from old weights."""
-        if not state_dict:
-            raise ValueError("load_weights got an empty state dict")
+    def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> float:
+        """Replace the engine's weights with `weights`: a state dict, or (name, tensor) pairs
+        consumed one at a time (Hugging Face names, any device/dtype, each decoder layer's tensors
+        together, as a state dict orders them). Each tensor is cast to the engine's dtype and
+        sent in buckets; returns the seconds it took. The prefix cache is then dropped: its KV
+        came from old weights."""
         t0 = time.perf_counter()
-        packed = (pack_tensor(name, t) for name, t in state_dict.items())
-        sent = 0
+        items = weights.items() if isinstance(weights, Mapping) else weights
+        packed = (pack_tensor(name, t, self.dtype) for name, t in in_layer_order(items))
+        sent = nbytes = 0
         for bucket in weight_buckets(packed, self.bucket_bytes):
             counts = self.llm.collective_rpc(STAGE_METHOD, timeout=RPC_TIMEOUT_S, args=(bucket,))
             if any(c != len(bucket) for c in counts):
                 raise RuntimeError(f"vLLM workers staged {counts} tensors of a bucket of {len(bucket)}")
             sent += len(bucket)
+            nbytes += packed_bytes(bucket)
+            del bucket  # the next bucket is packed only now: one bucket in host memory at a time
+        if not sent:
+            raise ValueError("load_weights got no weights (an empty state dict)")
         counts = self.llm.collective_rpc(COMMIT_METHOD, timeout=RPC_TIMEOUT_S)
         if any(c != sent for c in counts):
             raise RuntimeError(f"vLLM workers loaded {counts} tensors of the {sent} sent")
         self.llm.reset_prefix_cache()
+        return self._synced(SyncStats("weights", nbytes, time.perf_counter() - t0, tensors=sent))
+
+    def load_adapter(self, folder: str | Path) -> float:
+        """Serve the LoRA adapter in `folder` (peft layout: adapter_config.json and the weights)
+        from now on, under a new adapter id (vLLM caches adapters by id), and drop the previous
+        one; returns the seconds it took. The folder must stay until the next push (vLLM may
+        read it again)."""
+        if not self.max_lora_rank:
+            raise ValueError("load_adapter needs an engine built with max_lora_rank > 0 (LoRA serving)")
+        path = Path(folder)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{path}: no adapter_config.json (write the adapter in peft's layout)")
+        from vllm.lora.request import LoRARequest
+
+        t0 = time.perf_counter()
+        number = self.weight_syncs + 1  # adapter ids must be > 0 and new for every push
+        request = LoRARequest(lora_name=f"s3-searcher-{number}", lora_int_id=number, lora_path=str(path))
+        engine = self.llm.llm_engine
+        if not engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the LoRA adapter in {path}")
+        previous, self.adapter = self.adapter, request
+        if previous is not None:
+            engine.remove_lora(previous.lora_int_id)
+        nbytes = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        return self._synced(SyncStats("adapter", nbytes, time.perf_counter() - t0))
+
+    def _synced(self, stats: SyncStats) -> float:
         self.weight_syncs += 1
-        return time.perf_counter() - t0
+        self.last_sync = stats
+        return stats.seconds

@@ -152,7 +152,8 @@ def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool
     """Load (model, tokenizer) with left padding for batched generation.
 
     On `device` (default: the first GPU, else CPU) and in `dtype` (default: bf16 on a GPU, fp32 on
-    CPU; FSDP training asks for fp32 master weights).
+    CPU; training asks for fp32 master weights). FlashAttention-2 computes in fp16/bf16 only, so
+    fp32 weights get SDPA, which runs its own flash kernel on the bf16 tensors autocast gives it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,6 +164,8 @@ def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool
     kwargs = attention_kwargs()
     if dtype is not None:
         kwargs["dtype"] = dtype
+        if dtype == torch.float32 and kwargs["attn_implementation"] == "flash_attention_2":
+            kwargs["attn_implementation"] = "sdpa"
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

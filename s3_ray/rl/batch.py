@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from s3_ray.rl.precision import training_autocast
 from s3_ray.types import Trajectory
 
 
@@ -188,7 +189,10 @@ def grid_logits(
     the vocabulary projection over the prompt: the bulk of s3 sequences. The forward is called on
     whatever object is given, so DDP wrappers all-reduce gradients as usual. `share_prefix` (see
     `can_share_prefix`) reads the tokens every row shares, up to `start`, once: a GRPO group's rows
-    share their whole prompt, and any batch the searcher's instructions.
+    share their whole prompt, and any batch the searcher's instructions. Every training forward
+    (policy, old policy, reference; the shared prefix too) passes here and runs under
+    `training_autocast`: bf16 compute over fp32 master weights on a GPU (`s3_ray.rl.precision`),
+    plain fp32 on CPU.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs (greedy has none), got {temperature}")
@@ -203,12 +207,13 @@ def grid_logits(
         kwargs["logits_to_keep"] = t_len - start
     if output_hidden_states:
         kwargs["output_hidden_states"] = True
-    if prefix > 0:
-        kwargs["past_key_values"] = _shared_prefix_past(model, input_ids, prefix)
-        kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
-        out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs)
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    with training_autocast(device):
+        if prefix > 0:
+            kwargs["past_key_values"] = _shared_prefix_past(model, input_ids, prefix)
+            kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
+            out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs)
+        else:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     return out.logits[:, :-1].float() / temperature, out
 
 

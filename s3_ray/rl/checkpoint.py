@@ -41,7 +41,6 @@ FORMAT_VERSION = 1
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
 ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def _state_of(optimizer: Any) -> dict[str, Any]:
@@ -145,23 +144,13 @@ def save_hf_folder(folder: str | Path, model: Any, weights: dict[str, torch.Tens
 
 def _save_model(folder: Path, bare: Any, weights: dict[str, torch.Tensor] | None = None) -> bool:
     """Write the HF folder (merged when LoRA) and, for LoRA, the adapter; returns whether it was LoRA."""
-    from s3_ray.rl.lora import (
-        ADAPTER_NAME,
-        adapter_state_dict,
-        is_lora,
-        merged_state_dict,
-    )
+    from s3_ray.rl.lora import is_lora, merged_state_dict, write_adapter
 
     if not is_lora(bare):
         save_hf_folder(folder, bare, weights)
         return False
-    from safetensors.torch import save_file
-
     bare.get_base_model().save_pretrained(folder, state_dict=merged_state_dict(bare), safe_serialization=True)
-    adapter = folder / ADAPTER_DIR
-    adapter.mkdir()
-    save_file(adapter_state_dict(bare), str(adapter / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    bare.peft_config[ADAPTER_NAME].save_pretrained(str(adapter))
+    write_adapter(bare, folder / ADAPTER_DIR)
     return True
 
 
@@ -183,7 +172,7 @@ def _load_weights(directory: Path, model: Any) -> None:
     A LoRA model gets only its adapter back: its base weights are the run's base, not the merged
     export (which already contains the adapter).
     """
-    from s3_ray.rl.lora import is_lora, load_adapter_state_dict
+    from s3_ray.rl.lora import ADAPTER_WEIGHTS, is_lora, load_adapter_state_dict
 
     bare = unwrap(model)
     if is_lora(bare):

@@ -7,14 +7,17 @@ trained as its own adapter, merged into the base (`merge_lora`) and followed by 
 for RL: then "adapters off" == the warmed-up policy == the reference.
 
 Checkpoints keep the adapter (for an exact resume) and a merged copy of the weights (a plain HF
-folder that evaluation and serving load without peft); `merged_state_dict` builds the latter
-without touching the training model.
+folder that evaluation and serving load without peft); `iter_merged_weights` builds the latter
+(and the weights a vLLM engine gets in `searcher.lora_push: merged`) one tensor at a time without
+touching the training model. `write_adapter` writes the adapter alone in peft's layout, which a
+vLLM engine serving LoRA loads (`searcher.lora_push: adapter`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +27,8 @@ from s3_ray.config import TrainConfig
 from s3_ray.models import unwrap
 
 ADAPTER_NAME = "default"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""The adapter's weights file in peft's folder layout (beside `adapter_config.json`)."""
 
 
 def is_lora(model: Any) -> bool:
@@ -74,33 +79,56 @@ def _lora_layers(base: nn.Module) -> Iterator[tuple[str, Any]]:
             yield name, module
 
 
-@torch.no_grad()
 def merged_state_dict(model: Any) -> dict[str, Tensor]:
-    """The state dict a plain model with the adapter merged in would have (nothing is modified).
+    """The state dict a plain model with the adapter merged in would have (nothing is modified):
+    `iter_merged_weights` collected, for a checkpoint's plain HF folder."""
+    return dict(iter_merged_weights(model))
 
-    Keys lose peft's `.base_layer` and the `lora_*` entries; each adapted weight becomes
-    W + scale * B A (computed in float32, returned in W's dtype).
+
+def iter_merged_weights(model: Any) -> Iterator[tuple[str, Tensor]]:
+    """(name, tensor) of the plain model with the adapter merged in, one tensor at a time, in the
+    state dict's (layer by layer) order; nothing is modified.
+
+    Names lose peft's `.base_layer` and the `lora_*` entries go; each adapted weight becomes
+    W + scale * B A (computed in float32, returned in W's dtype), built only when it is reached,
+    so a consumer that drops each tensor never holds more than one merged weight.
     """
+    return _plain_weights(model, merge=True)
+
+
+def iter_base_weights(model: Any) -> Iterator[tuple[str, Tensor]]:
+    """(name, tensor) of the frozen base under the adapter, with plain names (the weights a
+    rollout engine that applies the adapter itself needs); one tensor at a time, nothing copied."""
+    return _plain_weights(model, merge=False)
+
+
+def _plain_weights(model: Any, merge: bool) -> Iterator[tuple[str, Tensor]]:
     bare = unwrap(model)
     if not is_lora(bare):
         raise ValueError(f"{type(bare).__name__} carries no LoRA adapter")
     base = bare.get_base_model()
-    out: dict[str, Tensor] = {}
-    for key, tensor in base.state_dict().items():
-        if ".lora_" in key:
-            continue
-        out[key.replace(".base_layer.", ".")] = tensor
+    adapted: dict[str, Any] = {}
     for name, layer in _lora_layers(base):
         if getattr(layer, "merged", False):
             continue  # the delta is in the base weight already
         if getattr(layer, "use_dora", {}).get(ADAPTER_NAME, False):
             # train.lora_* never builds DoRA; a model that arrives with one cannot be merged here
             raise ValueError(f"{name}: DoRA adapters cannot be merged; train with plain LoRA (train.lora_rank)")
-        key = f"{name}.weight"
-        weight = out[key]
-        delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
-        out[key] = (weight.float() + delta).to(weight.dtype)
-    return out
+        adapted[f"{name}.weight"] = layer
+    return _walk(base, adapted if merge else {})
+
+
+@torch.no_grad()
+def _walk(base: nn.Module, adapted: dict[str, Any]) -> Iterator[tuple[str, Tensor]]:
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        name = key.replace(".base_layer.", ".")
+        layer = adapted.get(name)
+        if layer is not None:
+            delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
+            tensor = (tensor.float() + delta).to(tensor.dtype)
+        yield name, tensor
 
 
 def adapter_state_dict(model: Any) -> dict[str, Tensor]:
@@ -108,6 +136,25 @@ def adapter_state_dict(model: Any) -> dict[str, Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unwrap(model)).items()}
+
+
+def write_adapter(model: Any, folder: str | Path) -> int:
+    """Write the adapter alone into a new `folder` in peft's layout (`adapter_model.safetensors`,
+    `adapter_config.json`), which peft and vLLM's LoRA loader read; returns the weights' bytes."""
+    from safetensors.torch import save_file
+
+    bare = unwrap(model)
+    out = Path(folder)
+    out.mkdir(parents=True)
+    save_file(adapter_state_dict(bare), str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    bare.peft_config[ADAPTER_NAME].save_pretrained(str(out))
+    return (out / ADAPTER_WEIGHTS).stat().st_size
+
+
+def adapter_rank(model: Any) -> int:
+    """The rank of the model's LoRA adapter (0 for a model without one)."""
+    bare = unwrap(model)
+    return int(bare.peft_config[ADAPTER_NAME].r) if is_lora(bare) else 0
 
 
 def load_adapter_state_dict(model: Any, state: dict[str, Tensor], where: str = "adapter") -> None:

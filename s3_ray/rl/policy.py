@@ -2,14 +2,15 @@
 
 `SearcherPolicy.load` builds, in order:
 
-1. the plain HF model on this worker's device (fp32 master weights under FSDP), with gradient
-   checkpointing when configured;
+1. the plain HF model on this worker's device in float32 master weights (DDP and FSDP alike;
+   on a GPU the training forwards compute in bf16 under autocast: `s3_ray.rl.precision`), with
+   gradient checkpointing when configured;
 2. a LoRA adapter (`train.lora_rank > 0`; peft), so only the adapter trains;
-3. the KL reference (`train.kl_coef > 0`): a frozen copy, or with LoRA the same model with its
-   adapter switched off (no second copy of the weights);
+3. the KL reference (`train.kl_coef > 0`): a frozen copy (bf16 on a GPU), or with LoRA the same
+   model with its adapter switched off (no second copy of the weights);
 4. the wrapper for several workers: DDP (`train.parallel: ddp`), or FSDP2 sharding of policy and
-   reference (`fsdp`), which also keeps an unsharded *rollout copy* for the transformers backend
-   (rollouts never run on shards: ranks would have to generate in lockstep).
+   reference (`fsdp`), which also keeps an unsharded bf16 (on a GPU) *rollout copy* for the
+   transformers backend (rollouts never run on shards: ranks would have to generate in lockstep).
 
 After a format warm-up, `rebase_after_warmup` makes the warmed-up policy the reference RL is held
 near (with LoRA: the warm-up adapter is merged into the base and a fresh adapter attached).
@@ -25,38 +26,56 @@ from typing import Any
 
 from s3_ray.config import S3Config, TrainConfig
 from s3_ray.models import unwrap
+from s3_ray.rl.precision import Precision, precision_for
 
 
-def build_policy(plain: Any, tc: TrainConfig) -> tuple[Any, Any]:
+def build_policy(plain: Any, tc: TrainConfig, frozen_dtype: Any = None) -> tuple[Any, Any]:
     """(policy, KL reference or None) around a plain HF model: with LoRA the reference is the
-    policy with its adapter off (no second copy of the weights), otherwise a frozen deep copy."""
+    policy with its adapter off (no second copy of the weights), otherwise a frozen copy in
+    `frozen_dtype` (default: `plain`'s own)."""
     from s3_ray.rl.lora import AdapterOffReference, apply_lora
 
     policy = apply_lora(plain, tc) if tc.lora_rank > 0 else plain
     ref = None
     if tc.kl_coef > 0:
-        ref = AdapterOffReference(policy) if tc.lora_rank > 0 else copy.deepcopy(plain).eval().requires_grad_(False)
+        ref = AdapterOffReference(policy) if tc.lora_rank > 0 else frozen_copy(plain, frozen_dtype)
     return policy, ref
 
 
-def inference_copy(plain: Any) -> Any:
-    """A frozen, unsharded copy of `plain` for rollouts while the trained policy is FSDP-sharded
-    (bf16 on a GPU); `s3_ray.rl.weight_sync` refreshes its weights after every update."""
+def frozen_copy(plain: Any, dtype: Any = None) -> Any:
+    """A frozen copy of the unsharded `plain` in `dtype` (default: its own), on its device: the KL
+    reference, or the rollout copy that samples while the trained policy is FSDP-sharded (whose
+    weights `s3_ray.rl.weight_sync.refresh_copy` refreshes after every update).
+
+    Built tensor by tensor: each parameter is cast straight into the copy, so the peak is the
+    copy plus one tensor (a deep copy cast afterwards first holds a second float32 model). Tied
+    weights stay tied. Buffers keep their dtype: rotary frequencies rounded to bf16 would shift
+    every position's angle (`Module.to(bf16)` would round them).
+    """
     import torch
 
-    out = copy.deepcopy(plain).eval().requires_grad_(False)
-    if next(out.parameters()).device.type == "cuda":
-        out = out.to(torch.bfloat16)
-    return out
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        for p in plain.parameters():  # a tied Parameter appears once
+            cast = dtype if dtype is not None and p.is_floating_point() else p.dtype
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype=cast, copy=True), requires_grad=False)
+        for b in plain.buffers():
+            memo[id(b)] = b.detach().clone()
+        out = copy.deepcopy(plain, memo)
+    return out.eval().requires_grad_(False)
 
 
 def shard_for_training(policy: Any, ref: Any) -> tuple[Any, Any]:
-    """FSDP-shard the policy and its frozen KL reference in place (`train.parallel: fsdp`)."""
+    """FSDP-shard the policy and its frozen KL reference in place (`train.parallel: fsdp`); a
+    bf16 reference computes in its own dtype (mixed precision needs fp32 master weights)."""
+    import torch
+
     from s3_ray.rl.sharding import shard_model
 
     shard_model(policy)
     if ref is not None:
-        shard_model(ref, trainable=False)
+        fp32 = next(ref.parameters()).dtype == torch.float32
+        shard_model(ref, trainable=False, mixed_precision=None if fp32 else False)
     return policy, ref
 
 
@@ -95,11 +114,13 @@ def enable_gradient_checkpointing(model: Any) -> None:
 
 class SearcherPolicy:
     """The trained policy (`model`, wrapped or sharded), its KL reference (`ref`), the unsharded
-    rollout copy (`rollout_copy`, FSDP with the transformers backend only) and the tokenizer."""
+    rollout copy (`rollout_copy`, FSDP with the transformers backend only) and the tokenizer.
+    `precision` says which dtypes they are held in (`s3_ray.rl.precision`)."""
 
     def __init__(self, cfg: S3Config, model: Any, ref: Any, tokenizer: Any, rollout_copy: Any = None,
-                 world: int = 1, rank: int = 0) -> None:
+                 world: int = 1, rank: int = 0, precision: Precision | None = None) -> None:
         self.cfg = cfg
+        self.precision = precision if precision is not None else precision_for("cpu")
         self.model = model
         self.ref = ref
         self.tokenizer = tokenizer
@@ -110,31 +131,33 @@ class SearcherPolicy:
     @classmethod
     def load(cls, cfg: S3Config, name: str | None = None, device: Any = None, world: int = 1,
              rank: int = 0) -> SearcherPolicy:
-        """Load `name` (default `cfg.searcher.model`) and build the policy around it."""
+        """Load `name` (default `cfg.searcher.model`) on `device` (default: the first GPU, else
+        the CPU) in float32 master weights, and build the policy around it."""
         import torch
 
         from s3_ray.models import load_causal_lm
 
-        tc = cfg.train
-        # FSDP keeps float32 master weights (it computes in bf16 on a GPU); DDP trains in the load dtype.
-        dtype = torch.float32 if tc.parallel == "fsdp" else None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = precision_for(device)
         plain, tok = load_causal_lm(name or cfg.searcher.model, num_threads=cfg.searcher.num_threads,
-                                    for_training=True, device=device, dtype=dtype)
-        if tc.gradient_checkpointing:
+                                    for_training=True, device=device, dtype=precision.master)
+        if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(plain)
-        policy = cls(cfg, None, None, tok, world=world, rank=rank)
+        policy = cls(cfg, None, None, tok, world=world, rank=rank, precision=precision)
         policy._build(plain)
         return policy
 
     def _build(self, plain: Any) -> None:
         """Wrap the plain HF model `plain`: LoRA, KL reference, DDP or FSDP, rollout copy."""
         tc = self.cfg.train
+        frozen = self.precision.frozen
         if tc.parallel == "fsdp":
             if self.rollout_copy is None and self.cfg.searcher.backend == "transformers":
-                self.rollout_copy = inference_copy(plain)
-            self.model, self.ref = shard_for_training(*build_policy(plain, tc))
+                self.rollout_copy = frozen_copy(plain, frozen)
+            self.model, self.ref = shard_for_training(*build_policy(plain, tc, frozen))
             return
-        policy, self.ref = build_policy(plain, tc)
+        policy, self.ref = build_policy(plain, tc, frozen)
         self.model = wrap_for_workers(policy, self.world)
 
     @property

@@ -16,7 +16,7 @@ from s3_ray.models import unwrap
 from s3_ray.rl import collectives
 from s3_ray.rl.curriculum import Curriculum
 from s3_ray.rl.sampling import GroupSampler
-from s3_ray.rl.weight_sync import RolloutWeights, policy_state_dict
+from s3_ray.rl.weight_sync import RolloutWeights
 from s3_ray.types import QAItem, RewardResult, Trajectory
 
 
@@ -119,10 +119,8 @@ class SearcherTrainer:
         if searcher.backend != "vllm":
             self.sync_rollout_weights()
             return make_policy(self.rollout_model if self.rollout_model is not None else bare, self.tokenizer, searcher)
-        if self.rollout_weights.engine is None:
-            engine = make_policy(bare, self.tokenizer, searcher, seed=self.cfg.seed + self.rank,
-                                 weights=policy_state_dict(self.model))
-            self.rollout_weights.attach_engine(engine)  # built with the current weights
+        if self.rollout_weights.engine is None:  # on this worker's GPU, with the current weights
+            self.rollout_weights.start_engine(self.model, self.tokenizer, searcher, seed=self.cfg.seed + self.rank)
         self.sync_rollout_weights()
         return self.rollout_weights.engine
 

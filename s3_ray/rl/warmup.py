@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from s3_ray.config import RolloutConfig
+from s3_ray.rl.precision import training_autocast
 from s3_ray.types import Passage, QAItem
 
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
@@ -190,7 +191,8 @@ def sft_step(
         labels[i, len(prompt) : len(ids)] = torch.tensor(target)
     device = next(model.parameters()).device
     optimizer.zero_grad(set_to_none=True)
-    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+    with training_autocast(device):  # bf16 compute over fp32 master weights on a GPU
+        out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
     logits = out.logits[:, :-1].float()
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100

@@ -48,9 +48,9 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from s3_ray.rl.weight_sync import policy_state_dict
+    from s3_ray.rl.weight_sync import iter_policy_weights
     from s3_ray.config import load_config
-    from s3_ray.rl.policy import inference_copy, shard_for_training
+    from s3_ray.rl.policy import frozen_copy, shard_for_training
     from s3_ray.rl.sharding import full_state_dict, is_sharded, is_sharded_tensor
     from s3_ray.rl.trainer import SearcherTrainer
     from s3_ray.types import QAItem
@@ -85,12 +85,12 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
                 save_checkpoint(ckpt, model, opt, step=1, tokenizer=tok, weights=after1)
             dist.barrier()
             # what rollouts sample from: the trainer's unsharded copy, and a vLLM engine's weights
-            copy_model = inference_copy(initial)
+            copy_model = frozen_copy(initial)
             trainer = SearcherTrainer(load_config(None, []), model, None, tok, None, None,
                                       [QAItem("q", "q", ("a",))], rank=rank, world=world, rollout_model=copy_model)
             trainer.weights_changed()
             trainer.sync_rollout_weights()  # collective
-            engine_weights = policy_state_dict(model)  # collective
+            engine_weights = dict(iter_policy_weights(model))  # collective: one gather at a time
             if rank == 0:
                 assert _max_diff(_plain(copy_model), after1) == 0.0
                 assert not any(is_sharded_tensor(v) for v in engine_weights.values())

@@ -1,5 +1,6 @@
-"""VLLMPolicy against a fake `vllm` module: what it sends the engine, where it cuts turns (as
-HFPolicy does), how it refreshes weights, and the trainer pushing weights after a step."""
+"""VLLMPolicy against a fake `vllm` module (`tests/fake_vllm.py`): what it sends the engine,
+where it cuts turns (as HFPolicy does), and how the worker side loads the weights it is sent.
+The trainer's pushes are in test_vllm_weight_sync.py, placement on GPUs in test_vllm_placement.py."""
 
 from __future__ import annotations
 
@@ -10,19 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from fake_vllm import install_fake_vllm
 from fakes import FakeRetriever
 from s3_ray.agent.policy import HFPolicy, make_policy
-from s3_ray.agent.vllm_policy import (
-    COMMIT_METHOD,
-    EXTENSION,
-    STAGE_METHOD,
-    STOP_STRINGS,
-    VLLMPolicy,
-    WeightLoader,
-)
+from s3_ray.agent.vllm_policy import STOP_STRINGS, VLLMPolicy
+from s3_ray.agent.vllm_weights import COMMIT_METHOD, EXTENSION, STAGE_METHOD, WeightLoader
 from s3_ray.config import S3Config, SearcherConfig, TrainConfig
 from s3_ray.models import load_causal_lm, resolve_model
-from s3_ray.rl.weight_sync import policy_state_dict
 from s3_ray.types import QAItem, RewardResult
 
 torch.set_num_threads(1)
@@ -33,93 +28,9 @@ def tiny():
     return load_causal_lm("tiny-random", for_training=True)
 
 
-class FakeWorker(WeightLoader):
-    """A vLLM worker as the extension sees it: `reload_weights` records what it was given."""
-
-    def __init__(self) -> None:
-        self.loaded: list[dict[str, torch.Tensor]] = []
-
-    def reload_weights(self, weights_iterator: Any, is_checkpoint_format: bool) -> None:
-        assert is_checkpoint_format
-        self.loaded.append({name: t.clone() for name, t in weights_iterator})
-
-
-class FakeLLM:
-    """Emits a planned token stream per original prompt and stops like vLLM: on eos, on a stop
-    string found in this call's output text (the token holding it included), or at max_tokens."""
-
-    def __init__(self, module: types.ModuleType, **kwargs: Any) -> None:
-        self.m = module
-        self.kwargs = kwargs
-        self.calls: list[tuple[list[list[int]], list[Any]]] = []
-        self.rpc: list[tuple[str, float | None, int]] = []
-        self.worker = FakeWorker()
-        self.prefix_resets = 0
-        module.engines.append(self)
-
-    def _plan(self, prompt: list[int]) -> list[int]:
-        for origin, plan in self.m.plans.items():
-            if tuple(prompt[: len(origin)]) == origin:
-                done = prompt[len(origin):]
-                assert plan[: len(done)] == done, "a resumed prompt must continue its own plan"
-                return plan[len(done):]
-        return list(self.m.default_plan)
-
-    def generate(self, prompts: list[dict], params: list[Any], use_tqdm: bool = True) -> list[Any]:
-        ids_in = [list(p["prompt_token_ids"]) for p in prompts]
-        self.calls.append((ids_in, list(params)))
-        tok, eos = self.m.tokenizer, self.m.tokenizer.eos_token_id
-        outs = []
-        for prompt, sp in zip(ids_in, params):
-            out: list[int] = []
-            reason = None
-            for t in self._plan(prompt)[: sp.kwargs["max_tokens"]]:
-                out.append(t)
-                if t == eos:
-                    break
-                text = tok.decode(out, skip_special_tokens=True)
-                hit = [s for s in sp.kwargs["stop"] if s in text]
-                if hit:
-                    reason = hit[0]
-                    break
-            comp = types.SimpleNamespace(token_ids=tuple(out), stop_reason=reason,
-                                         text=tok.decode(out, skip_special_tokens=True))
-            outs.append(types.SimpleNamespace(outputs=[comp]))
-        return outs
-
-    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
-        self.rpc.append((method, timeout, len(args[0]) if args else 0))
-        # The real client sends utility-call arguments to the engine process as untyped msgpack
-        # (vLLM 0.32 `MsgpackEncoder`): tuples arrive as lists, bytes as bytes, and anything that
-        # is not a plain msgpack type fails. The worker sees what a round trip leaves.
-        import msgpack
-
-        sent = msgpack.unpackb(msgpack.packb(list(args)), raw=False)
-        return [getattr(self.worker, method)(*sent)]
-
-    def reset_prefix_cache(self) -> bool:
-        self.prefix_resets += 1
-        return True
-
-
-class FakeSamplingParams:
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch, tiny):
-    m = types.ModuleType("vllm")
-    m.engines, m.plans, m.default_plan, m.tokenizer = [], {}, [], tiny[1]
-    m.LLM = lambda **kw: FakeLLM(m, **kw)
-    m.SamplingParams = FakeSamplingParams
-    # A GPU platform: the engine gets exactly the settings VLLMPolicy makes (the CPU platform's
-    # defaults are tested in test_vllm_engine.py).
-    m.platforms = types.ModuleType("vllm.platforms")
-    m.platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
-    monkeypatch.setitem(sys.modules, "vllm", m)
-    monkeypatch.setitem(sys.modules, "vllm.platforms", m.platforms)
-    return m
+    return install_fake_vllm(monkeypatch, tiny[1])
 
 
 def _ids(tok, text: str) -> list[int]:
@@ -252,16 +163,19 @@ def test_load_weights_sends_every_tensor_in_buckets(fake_vllm, tiny) -> None:
         assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
     with pytest.raises(ValueError, match="empty state dict"):
         policy.load_weights({})
+    assert policy.last_sync.kind == "weights" and policy.last_sync.tensors == 4
+    assert policy.last_sync.nbytes == sum(t.numel() * t.element_size() for t in state.values())
 
 
 def test_weight_loader_without_reload_weights_uses_model_load_weights() -> None:
-    from s3_ray.agent.vllm_policy import pack_tensor
+    from s3_ray.agent.vllm_weights import pack_tensor
 
     got: dict[str, torch.Tensor] = {}
     model = types.SimpleNamespace(load_weights=lambda weights: got.update(weights))
     # an older worker: its reload_weights() re-reads the checkpoint and takes no weights
     worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(get_model=lambda: model),
                                    reload_weights=lambda: pytest.fail("must not reload from disk"))
+    worker._s3_load = types.MethodType(WeightLoader._s3_load, worker)
     assert WeightLoader.s3_stage_weights(worker, [pack_tensor("w", torch.ones(2))]) == 1
     assert WeightLoader.s3_commit_weights(worker) == 1
     assert torch.equal(got["w"], torch.ones(2))
@@ -281,44 +195,6 @@ class AlternatingScorer:
 
     def score(self, trajs):
         return [RewardResult(float(i % 2 == 0)) for i in range(len(trajs))]
-
-
-@pytest.mark.parametrize("lora_rank", [0, 2])
-def test_trainer_pushes_updated_weights_into_the_engine(fake_vllm, tiny, lora_rank) -> None:
-    import copy
-
-    from s3_ray.rl.lora import merged_state_dict
-    from s3_ray.rl.policy import build_policy
-    from s3_ray.rl.trainer import SearcherTrainer
-
-    base, tok = tiny
-    fake_vllm.default_plan = _ids(tok, "<search_complete>True</search_complete>")
-    train = TrainConfig(questions_per_step=2, group_size=2, kl_coef=0.0, lr=1e-2, lora_rank=lora_rank, micro_batch=4)
-    cfg = S3Config(searcher=CFG.model_copy(update={"max_prompt_tokens": 1536}), train=train)
-    model, ref = build_policy(copy.deepcopy(base), train)
-    items = [QAItem("q1", "Where does the river Wend flow?", ("Alder Town",)),
-             QAItem("q2", "Who founded the company?", ("Clara Holt",))]
-    trainer = SearcherTrainer(cfg, model, ref, tok, FakeRetriever(), AlternatingScorer(), items, rank=3)
-    assert fake_vllm.engines == []  # the engine starts with the first rollout
-
-    metrics = trainer.train_step()
-    (engine,) = fake_vllm.engines
-    assert engine.kwargs["seed"] == cfg.seed + 3  # each Train worker samples differently
-    before, after = engine.worker.loaded  # at engine start, then after the update
-    now = merged_state_dict(model) if lora_rank else model.state_dict()
-    assert after.keys() == now.keys() and all(torch.equal(after[k], v) for k, v in now.items())
-    assert not any(".lora_" in k or ".base_layer." in k for k in after)
-    assert any(not torch.equal(before[k], after[k]) for k in after)  # the step moved the weights
-    assert metrics["time/weight_sync_s"] >= 0 and engine.prefix_resets == 2
-
-    trainer.train_step()  # the same engine serves the next rollout, refreshed once more
-    assert fake_vllm.engines == [engine] and len(engine.worker.loaded) == 3
-    trainer.sync_rollout_weights()  # nothing changed since: no extra push
-    assert len(engine.worker.loaded) == 3
-    trainer.weights_changed()
-    trainer.rollout(items[:1])
-    assert len(engine.worker.loaded) == 4
-    assert policy_state_dict(model).keys() == after.keys()
 
 
 def test_transformers_backend_trains_without_an_engine(fake_vllm, tiny) -> None:

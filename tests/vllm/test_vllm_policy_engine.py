@@ -14,21 +14,17 @@ from engine_start import MODEL, skip_without_vllm, start_or_fail
 
 skip_without_vllm()
 
-import torch
-
 from s3_ray.agent.policy import HFPolicy
-from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
-from s3_ray.agent.rollout import initial_passages, run_rollout
-from s3_ray.agent.vllm_policy import VLLMPolicy, policy_state_dict
-from s3_ray.config import RolloutConfig, SearcherConfig
-from s3_ray.rl.batch import collate, first_trained_position, gather_logprobs, grid_logits, token_logprobs
+from s3_ray.agent.vllm_policy import VLLMPolicy
+from s3_ray.rl.batch import collate, token_logprobs
+from s3_ray.rl.weight_sync import iter_policy_weights
 from s3_ray.types import QAItem, Trajectory
+from turns import GREEDY, QUESTIONS, assert_same_turns, first_prompts, rollout_turns, sft_step
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]  # a hang guard; ~2-3 min on 2 idle cores
 
-GREEDY = SearcherConfig(model=MODEL, temperature=0.0, max_new_tokens=32, max_prompt_tokens=1536, backend="vllm")
-BUDGET = RolloutConfig(init_k=3, top_k=3, keep_per_turn=2, max_turns=2)
-QUESTIONS = 3
+BUCKET_BYTES = 16 << 20
+"""Small buckets: a weight push reaches the worker in dozens of pieces, each loaded as whole layers."""
 
 LOGPROB_TOL = 1e-3
 """Engine vs trainer log-probs of the same tokens, both fp32. They differ only by rounding: vLLM
@@ -39,40 +35,12 @@ model before the push) are off by several nats (measured 8.2), which the test ch
 (> 100 x the tolerance)."""
 
 
-class Recorder:
-    """A policy that records every turn it writes (one list of token-id rows per call)."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.calls: list[list[list[int]]] = []
-
-    def generate(self, seqs: list[list[int]]) -> list[list[int]]:
-        out = self.policy.generate(seqs)
-        self.calls.append([list(row) for row in out])
-        return out
-
-    def reset_cache(self) -> None:
-        release = getattr(self.policy, "reset_cache", None)
-        if callable(release):
-            release()
-
-
-Turns = list[list[list[int]]]
-"""Token ids of every row of every policy call, in call order."""
-
-
-def rollout_turns(policy: Any, tok: Any, items: list[QAItem], retriever: Any) -> tuple[Turns, list[Trajectory]]:
-    """Every turn `policy` wrote in one greedy rollout over `items`, and the trajectories."""
-    rec = Recorder(policy)
-    trajs = run_rollout(items, rec, tok, retriever, BUDGET, GREEDY)
-    return rec.calls, trajs
-
-
 @pytest.fixture(scope="module")
 def engine(smollm2: tuple[Any, Any]) -> Iterator[VLLMPolicy]:
     """One rollout engine for the module (a start costs ~40 s here); stopped at the end."""
     _, tok = smollm2
-    policy = start_or_fail(lambda: VLLMPolicy(MODEL, tok, GREEDY, seed=0), "the vLLM rollout engine")
+    policy = start_or_fail(lambda: VLLMPolicy(MODEL, tok, GREEDY, seed=0, bucket_bytes=BUCKET_BYTES),
+                           "the vLLM rollout engine")
     yield policy
     policy.close()
 
@@ -80,14 +48,6 @@ def engine(smollm2: tuple[Any, Any]) -> Iterator[VLLMPolicy]:
 @pytest.fixture(scope="module")
 def items(test_questions: list[QAItem]) -> list[QAItem]:
     return test_questions[:QUESTIONS]
-
-
-def assert_same_turns(tok: Any, got: Turns, want: Turns) -> None:
-    """Same number of policy calls, and every row of every call the same token ids."""
-    assert [len(c) for c in got] == [len(c) for c in want]
-    for call, (g, w) in enumerate(zip(got, want)):
-        for row, (gi, wi) in enumerate(zip(g, w)):
-            assert gi == wi, f"call {call}, row {row}: vLLM {tok.decode(gi)!r} != HF {tok.decode(wi)!r}"
 
 
 def test_greedy_rollout_turns_equal_hfpolicy(engine: VLLMPolicy, smollm2: tuple[Any, Any], items: list[QAItem],
@@ -100,29 +60,6 @@ def test_greedy_rollout_turns_equal_hfpolicy(engine: VLLMPolicy, smollm2: tuple[
     # real turns: tag-ended ones, and (the untrained model rambles) rows cut by the token budget
     assert all(sum(t.loss_mask) > 0 for t in got_trajs)
     assert any(len(row) == GREEDY.max_new_tokens for call in got for row in call)
-
-
-def first_prompts(items: list[QAItem], tok: Any, retriever: Any) -> list[list[int]]:
-    """The token ids each episode's first turn starts from (instruction, question, naive top-k)."""
-    docs = initial_passages(items, retriever, BUDGET.init_k)
-    return [encode_prompt(tok, build_searcher_messages(it.search_text, d, BUDGET)) for it, d in zip(items, docs)]
-
-
-def sft_step(model: Any, tok: Any, items: list[QAItem], prompts: list[list[int]], target: str, lr: float) -> None:
-    """One real optimizer step (AdamW) on the NLL of `target` as the first turn after each prompt."""
-    ids = list(tok.encode(target, add_special_tokens=False))
-    rows = [Trajectory(it, list(p), list(ids), [1] * len(ids)) for it, p in zip(items, prompts)]
-    batch = collate(rows, pad_id=tok.pad_token_id)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    start = first_trained_position(batch.loss_mask)
-    logits, _ = grid_logits(model, batch.input_ids, batch.attention_mask, temperature=1.0, start=start)
-    mask = batch.loss_mask[:, start:]
-    loss = -(gather_logprobs(logits, batch.input_ids[:, start + 1 :]) * mask).sum() / mask.sum()
-    loss.backward()
-    opt.step()
-    model.eval()
-    model.requires_grad_(False)
 
 
 def engine_logprobs(policy: VLLMPolicy, prompts: list[list[int]],
@@ -160,12 +97,11 @@ def test_weight_push_then_turns_and_logprobs_follow_the_new_weights(engine: VLLM
     trainee = copy.deepcopy(base)
     trainee.requires_grad_(True)
     sft_step(trainee, tok, items[:2], prompts[:2], '<query>{"query": "founder of the town"}</query>', lr=5e-4)
-    state = policy_state_dict(trainee)
-    nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    seconds = engine.load_weights(state)
-    print(f"\nweight push: {len(state)} tensors, {nbytes / 2**20:.1f} MiB in {seconds:.2f} s; "
+    seconds = engine.load_weights(iter_policy_weights(trainee))  # streamed, BUCKET_BYTES at a time
+    sync = engine.last_sync
+    print(f"\nweight push: {sync.tensors} tensors, {sync.nbytes / 2**20:.1f} MiB in {seconds:.2f} s; "
           f"rows resumed after a false <search_complete> so far: {engine.resumed_rows}")
-    assert engine.weight_syncs == 1
+    assert engine.weight_syncs == 1 and sync.nbytes > 10 * BUCKET_BYTES  # loaded over many partial reloads
 
     got, got_trajs = rollout_turns(engine, tok, items, embedded_bm25)
     want, _ = rollout_turns(HFPolicy(trainee, tok, GREEDY), tok, items, embedded_bm25)
