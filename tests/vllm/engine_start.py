@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +21,20 @@ ENGINE_START_S = 420
 """Deadline of one engine start (~40-60 s eager on 2 busy cores, plus the model's one-off conversion)."""
 
 
+REQUIRE_ENV = "S3RAY_REQUIRE_VLLM"
+"""Set to 1 (as `.ci/run` does) to make a missing vLLM fail these tests instead of skipping them."""
+
+
 def skip_without_vllm() -> None:
-    """Skip the calling test module unless vLLM is installed. Checked without importing: with
-    `tests/` on sys.path this very folder is found as a namespace package `vllm` (no origin)
-    wherever the real one is missing."""
+    """Skip the calling test module unless vLLM is installed (fail instead when `S3RAY_REQUIRE_VLLM=1`).
+    Checked without importing: with `tests/` on sys.path this very folder is found as a namespace
+    package `vllm` (no origin) wherever the real one is missing."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or spec.origin is None:
-        pytest.skip("needs vLLM: build .venv-vllm with scripts/setup_vllm_cpu.sh", allow_module_level=True)
+        reason = "needs vLLM: build .venv-vllm with scripts/setup_vllm_cpu.sh"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but vLLM is not importable here ({reason})", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 @contextmanager
