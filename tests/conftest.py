@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # default 2 s makes each report() ~2 s
@@ -16,6 +17,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("S3RAY_FUZZ_TEST_TOKEN", "fuzz-" + "0123456789abcdef" * 2)
 
 import pytest
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+"""The checkout's run folder (`run_dir` defaults to runs/demo): tests write below tmp_path, never here."""
+_RUNS_BEFORE = pytest.StashKey[set]()
+
+
+def _run_entries() -> set[Path]:
+    return {p for pattern in ("*", "*/*", "*/*/*") for p in RUNS.glob(pattern)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_RUNS_BEFORE] = _run_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a test left files in the checkout's runs/ (a config without run_dir)."""
+    new = sorted(_run_entries() - session.config.stash.get(_RUNS_BEFORE, set()))
+    if new:
+        shown = ", ".join(str(p.relative_to(RUNS.parent)) for p in new[:5])
+        print(f"\nERROR: tests wrote into the checkout: {shown}{' ...' if len(new) > 5 else ''} "
+              "(give the config run_dir=tmp_path)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ def test_a_running_app_is_reused_only_with_the_same_settings(serve_instance, tmp
     from s3_ray.serving.served import ServedMismatch
 
     serve = serve_instance
-    cfg = load_config(None, [f"retrieval.index_dir={bm25_index(tmp_path)}", "generator.model=tiny-random",
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"retrieval.index_dir={bm25_index(tmp_path)}",
+                             "generator.model=tiny-random",
                              "generator.max_new_tokens=4", f"generator.cache_path={tmp_path / 'gen.sqlite'}",
                              f"serve.port={free_port()}", "serve.retriever_cpus=0.25", "serve.generator_cpus=0.25"])
     runtime.deploy_services(cfg)
