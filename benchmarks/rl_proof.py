@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -36,10 +37,22 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import load_guard  # noqa: E402  (sibling module)
 import proof_report  # noqa: E402  (sibling module)
 
-PROOF_DEFAULTS = ["data.train_limit=200", "data.test_limit=null", "train.checkpoint_every=2"]
-"""On top of the config (the demo's training recipe): the proof's data sizes."""
+PROOF_DATA = ["data.train_limit=200", "data.test_limit=null"]
+PROOF_RECIPE = [
+    # format warm-up that follows a name of the top document (the move a bridge question needs)
+    "train.warmup_steps=24", "train.warmup_batch=4", "train.warmup_lr=1e-4",
+    "train.warmup_follow_fraction=0.5", "train.warmup_follow_docs=1",
+    # GRPO: 2 questions x 8 samples at T=1.0, full fine-tuning without KL (no reference forward)
+    "train.steps=16", "train.questions_per_step=2", "train.group_size=8", "train.lr=2e-5", "train.kl_coef=0",
+    "searcher.temperature=1.0", "train.checkpoint_every=2",
+    # dense reward: the GenAcc gain plus 0.1 x the gold answer's log-likelihood gain over naive RAG
+    "reward.metric=mixed", "reward.logprob_weight=0.1",
+]
+PROOF_DEFAULTS = PROOF_DATA + PROOF_RECIPE
+"""On top of the config (the demo's): the proof's data sizes and its training recipe (docs/training.md)."""
 
 EVAL_BATCH = 32
 """Questions per evaluation batch: one batched rollout and one generator call each."""
@@ -117,6 +130,12 @@ def checkpoints(cfg: Any) -> dict[int, str]:
     return out
 
 
+def train_runs(cfg: Any) -> list[dict[str, Any]]:
+    """The training runs of one seed (a resumed seed has several): seconds and load averages."""
+    ledger = cfg.path("train_seconds.json")
+    return json.loads(ledger.read_text()).get("runs", []) if ledger.is_file() else []
+
+
 def train_seed(cfg: Any, retriever: Any, generator: Any, log: Any) -> tuple[dict[str, str], float]:
     """({"s3_warmup_only", "s3_trained"}: checkpoint, training seconds over all runs of this seed)."""
     from s3_ray.reward.fingerprint import open_baseline
@@ -130,18 +149,33 @@ def train_seed(cfg: Any, retriever: Any, generator: Any, log: Any) -> tuple[dict
         items, dropped = training_items(cfg, baseline)
         log(f"seed {cfg.seed}: training on {len(items)} questions ({dropped} dropped by the filter)")
         t0 = time.perf_counter()
+        loads = [round(os.getloadavg()[0], 2)]
         try:
             result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward), name="proof")
         finally:
             spent += time.perf_counter() - t0
+            loads.append(round(os.getloadavg()[0], 2))
+            runs = (json.loads(ledger.read_text()).get("runs", []) if ledger.is_file() else []) + [
+                {"seconds": round(time.perf_counter() - t0, 1), "load_avg_1m_start": loads[0],
+                 "load_avg_1m_end": loads[1]}]
             ledger.parent.mkdir(parents=True, exist_ok=True)
-            ledger.write_text(json.dumps({"seconds": spent}))
+            ledger.write_text(json.dumps({"seconds": spent, "runs": runs}))
         if result.error is not None:
             raise RuntimeError(f"seed {cfg.seed}: training failed: {result.error!r}")
     ckpts = checkpoints(cfg)
     if 0 not in ckpts or cfg.train.steps not in ckpts:
         raise RuntimeError(f"seed {cfg.seed}: expected checkpoints of step 0 and {cfg.train.steps}, found {sorted(ckpts)}")
     return {"s3_warmup_only": ckpts[0], "s3_trained": ckpts[cfg.train.steps]}, spent
+
+
+def world_version(cfg: Any) -> str:
+    """The embedded world's generator version (its manifest), or "custom data" for other data."""
+    from s3_ray.data.embedded import embedded_dir
+
+    if cfg.data.train_path or cfg.data.test_path:
+        return "custom data"
+    manifest = embedded_dir() / "manifest.json"
+    return json.loads(manifest.read_text()).get("generator_version", "unknown") if manifest.is_file() else "unknown"
 
 
 def repo_relative(value: Any) -> Any:
@@ -166,10 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--run-dir", default="runs/rl_proof")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rl_proof.json"))
+    load_guard.add_argument(p)
     p.add_argument("overrides", nargs="*", help=f"dotted config overrides (applied after {PROOF_DEFAULTS})")
     args = p.parse_args(argv)
-
-    import os
 
     from jobs import runtime
     from s3_ray.config import load_job_config
@@ -180,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from s3_ray.tracking import read_metrics
 
     log = runtime.log
+    machine = load_guard.start(args.allow_busy)
     root = Path(args.run_dir).resolve()
     shared_dirs = [f"retrieval.index_dir={root / 'index'}", f"generator.cache_path={root / 'cache' / 'generator.sqlite'}"]
     base = load_job_config(args.config, PROOF_DEFAULTS + shared_dirs + [f"run_dir={root}", *args.overrides])
@@ -201,13 +235,14 @@ def main(argv: list[str] | None = None) -> int:
 
     per_seed: list[dict[str, dict[str, float]]] = []
     report: dict[str, Any] = {}
-    train_seconds, where, curves = [], [], {}
+    train_seconds, where, curves, runs = [], [], {}, {}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         cfg = base.with_overrides({"seed": seed, "run_dir": str(root / f"seed{seed}")})
         ckpts, spent = train_seed(cfg, retriever, generator, log)
         train_seconds.append(round(spent, 1))
+        runs[seed] = train_runs(cfg)
         accs = {}
         for label, path in ckpts.items():
             accs[label], secs = evaluate(searcher(cfg, retriever, path, label), test, generator,
@@ -222,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("s3_warmup_only", "s3_trained"):
             genacc[label] = [sum(s[label].values()) / len(s[label]) for s in per_seed]
         report = {
+            "world": world_version(base), "reward_metric": base.reward.metric,
             "test_questions": len(test), "seeds": args.seeds[: len(per_seed)], "seeds_planned": args.seeds,
-            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "train_seconds": train_seconds, "train_runs": runs, "eval_seconds": eval_seconds,
+            "eval_questions_per_s": {k: round(len(test) / v, 3) for k, v in eval_seconds.items() if v > 1.0},
             "genacc": genacc, "comparisons": comp, "pooled": comp["pooled"], "goal": proof_report.goal(comp["pooled"]),
             "where": where, "curve_png": "rl_proof_curve.png",
             "config": repo_relative({k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout",
                                                                          "train")}),
-            "machine": {"cpus": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0]},
+            "machine": load_guard.finish(machine), "recipe": PROOF_RECIPE, "overrides": args.overrides,
             "total_s": round(time.perf_counter() - t_start, 1),
         }
         proof_report.plot_reward_curves(curves, out.with_name("rl_proof_curve.png"))

@@ -117,6 +117,16 @@ class GeneratorServer:
         answers = await asyncio.to_thread(self._gen.generate, flat)
         return split_merged(answers, requests)
 
+    async def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
+        """The gold answers' best mean token log-likelihood per prompt (the dense reward metric)."""
+        validate_prompts(prompts)
+        fn = getattr(self._gen, "answer_logprobs", None)
+        if not callable(fn):
+            from s3_ray.generation.likelihood import AnswerLogprobUnsupported
+
+            raise AnswerLogprobUnsupported(f"generator {self._gen.model_id!r} cannot score gold answers")
+        return await asyncio.to_thread(fn, prompts, answers)
+
     def model_id(self) -> str:
         return self._gen.model_id
 

@@ -133,6 +133,13 @@ class RewardConfig(_Strict):
     baseline: str = Field("naive_rag", description="Context method whose accuracy is subtracted (Gain Beyond <baseline>).")
     add_accuracy: bool = Field(False, description="s3's extra term: reward = GBR + GenAcc.")
     use_judge: bool = Field(False, description="Ask the generator to judge answers the span check rejects.")
+    metric: Literal["genacc", "answer_logprob", "mixed"] = Field(
+        "genacc", description="What the gain is measured in. genacc: s3's 0/1 generation accuracy; answer_logprob: "
+        "the frozen generator's mean token log-likelihood of the gold answer (best alias), dense, so any two "
+        "contexts differ; mixed: the GenAcc gain plus logprob_weight times the log-likelihood gain. Each is the "
+        "searcher's context minus naive RAG's.")
+    logprob_weight: float = Field(
+        0.1, ge=0, description="mixed only: weight of the log-likelihood gain (nats per token) beside the GenAcc gain.")
 
 
 class TrainConfig(_Strict):

@@ -136,6 +136,29 @@ class GeneratorClient:
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         return self.generate([build_answer_messages(q, list(c)) for q, c in zip(questions, contexts)])
 
+    def answer_logprobs(self, questions: Sequence[str], contexts: Sequence[Sequence[Passage]],
+                        golds: Sequence[Sequence[str]]) -> list[float]:
+        """Per (question, passages), the generator's best mean token log-likelihood of a gold answer
+        after s3's answer prompt (`s3_ray.generation.likelihood`)."""
+        if not (len(questions) == len(contexts) == len(golds)):
+            raise ValueError(f"{len(questions)} questions, {len(contexts)} contexts and {len(golds)} gold lists")
+        if not questions:
+            return []
+        prompts = [build_answer_messages(q, list(c)) for q, c in zip(questions, contexts)]
+        answers = [list(g) for g in golds]
+        if self._generator is not None:
+            fn = getattr(self._generator, "answer_logprobs", None)
+            if not callable(fn):
+                from s3_ray.generation.likelihood import AnswerLogprobUnsupported
+
+                raise AnswerLogprobUnsupported(f"{self.where} cannot score gold answers (no answer_logprobs)")
+            out = fn(prompts, answers)
+        else:
+            out = self._call_remote("answer_logprobs", (prompts, answers))
+        if len(out) != len(prompts):
+            raise GeneratorCallError(f"{self.where}: {len(prompts)} prompts gave {len(out)} log-likelihoods")
+        return [float(v) for v in out]
+
     async def agenerate(self, prompts: list[Messages]) -> list[str]:
         """`generate` for async callers (e.g. inside another deployment): never blocks the loop."""
         validate_prompts(prompts)

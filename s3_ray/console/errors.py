@@ -13,6 +13,7 @@ from __future__ import annotations
 KNOWN_ERRORS = frozenset({
     "s3_ray.config.ConfigError",
     "s3_ray.data.jsonl.DataError",
+    "s3_ray.generation.likelihood.AnswerLogprobUnsupported",
     "s3_ray.data.datasets.DatasetUnavailable",
     "s3_ray.models.registry.ModelError",
     "s3_ray.plans.plan.InputError",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.generation.base import Generator, Messages, validate_prompts
+from s3_ray.generation.likelihood import METRIC_KEY, AnswerLogprobUnsupported, validate_answers
 
 
 def cache_key(model_id: str, decoding: dict[str, Any], messages: Messages) -> str:
@@ -131,6 +132,34 @@ class CachedGenerator:
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         return [found[k] for k in keys]
+
+    def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
+        """The inner backend's `answer_logprobs`, cached apart from answers: the key adds the metric
+        to the decoding settings and the gold answers to the messages."""
+        validate_prompts(prompts)
+        validate_answers(len(prompts), answers)
+        inner = getattr(self.inner, "answer_logprobs", None)
+        if not callable(inner):
+            raise AnswerLogprobUnsupported(f"generator {self.model_id!r} ({type(self.inner).__name__}) cannot score "
+                                           "gold answers")
+        decoding = {**self.decoding, "metric": METRIC_KEY}
+        keys = [cache_key(self.model_id, decoding, [*m, {"role": "gold", "content": json.dumps(list(a))}])
+                for m, a in zip(prompts, answers)]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        todo: dict[str, tuple[Messages, list[str]]] = {}
+        for k, m, a in zip(keys, prompts, answers):
+            if k not in found and k not in todo:
+                todo[k] = (m, list(a))
+        if todo:
+            values = inner([m for m, _ in todo.values()], [a for _, a in todo.values()])
+            if len(values) != len(todo):
+                raise RuntimeError(f"{self.model_id}: {len(todo)} prompts gave {len(values)} log-likelihoods")
+            fresh = {k: repr(float(v)) for k, v in zip(todo, values)}
+            self.cache.put_many(fresh)
+            found.update(fresh)
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        return [float(found[k]) for k in keys]
 
     def stats(self) -> dict[str, float]:
         """Cache counters, merged with the inner generator's own stats when it has any."""

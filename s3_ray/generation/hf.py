@@ -13,6 +13,7 @@ from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
 from s3_ray.generation.fit import ChatTemplateCounter, PromptTooLongError, fit_prompt
+from s3_ray.generation.likelihood import answer_loglik, best_of, chat_answer_rows, validate_answers
 
 __all__ = ["PromptTooLongError", "TransformersGenerator"]
 
@@ -33,7 +34,8 @@ class TransformersGenerator:
         self.model, self.tokenizer = load_causal_lm(model_name, num_threads=num_threads)
         self._lock = threading.Lock()  # one forward pass at a time; stats stay consistent
         self._stats = {"calls": 0, "prompts": 0, "batches": 0, "max_batch": 0, "prompt_tokens": 0,
-                       "completion_tokens": 0, "truncated_prompts": 0, "seconds": 0.0}
+                       "completion_tokens": 0, "truncated_prompts": 0, "scored_answers": 0,
+                       "seconds": 0.0}
 
     @property
     def model_id(self) -> str:
@@ -65,6 +67,22 @@ class TransformersGenerator:
             return []
         with self._lock:
             return self._generate_locked(prompts)
+
+    def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
+        """Per prompt, the best over its answers of their mean token log-probability as the reply
+        (`s3_ray.generation.likelihood`); prompts are fitted exactly as for `generate`."""
+        validate_prompts(prompts)
+        validate_answers(len(prompts), answers)
+        if not prompts:
+            return []
+        with self._lock:
+            start = time.perf_counter()
+            encoded = [self.fit(m)[0] for m in prompts]
+            rows, owners = chat_answer_rows(ChatTemplateCounter(self.tokenizer), encoded, answers)
+            values = answer_loglik(self.model, rows, batch_size=self.batch_size)
+            self._stats["scored_answers"] += len(rows)
+            self._stats["seconds"] += time.perf_counter() - start
+        return best_of(values, owners, len(prompts))
 
     def _generate_locked(self, prompts: list[Messages]) -> list[str]:
         import torch

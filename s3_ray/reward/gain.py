@@ -3,7 +3,12 @@
 reward = GenAcc(G(q, D_s3)) - GenAcc(G(q, D_RAG)), with the second term read from the
 precomputed baseline. s3 also adds GenAcc itself (`add_accuracy`), which on its filtered
 training set (baseline always wrong) only rescales the reward.
-"""
+
+`reward.metric` picks what the gain is measured in (same shape, searcher's context minus naive
+RAG's): `genacc` (s3's), `answer_logprob` (the generator's mean token log-likelihood of the gold
+answer, `s3_ray.generation.likelihood`: dense, so a group whose GenAcc is flat still ranks its
+contexts) or `mixed` (the GenAcc gain plus `logprob_weight` x the log-likelihood gain). Naive
+RAG's context is the trajectory's initial documents, checked against the baseline record's ids."""
 
 from __future__ import annotations
 
@@ -49,6 +54,25 @@ class RewardScorer:
         self.cfg = cfg
         self.last_call: dict[str, float] = {}  # what the last `score` cost: answers, distinct contexts, cache hits
 
+    def check_metric(self) -> None:
+        """Fail now, in one line, when `reward.metric` needs log-likelihoods the generator cannot give
+        (e.g. an OpenAI-compatible server without prompt log-probs): one probe call, before training."""
+        if self.cfg.metric == "genacc":
+            return
+        from s3_ray.generation.likelihood import AnswerLogprobUnsupported
+        from s3_ray.types import Passage
+
+        try:
+            [value] = self.client.answer_logprobs(["What is the capital of France?"],
+                                                  [[Passage("probe", '"France"\nParis is the capital of France.')]],
+                                                  [["Paris"]])
+        except AnswerLogprobUnsupported as err:
+            raise AnswerLogprobUnsupported(f"reward.metric={self.cfg.metric} needs the gold answer's log-likelihood, "
+                                           f"which this generator cannot give: {err}") from None
+        if not value <= 0.0:
+            raise AnswerLogprobUnsupported(f"reward.metric={self.cfg.metric}: the generator returned {value!r} as a "
+                                           "mean log-probability (must be <= 0)")
+
     def _cache_hits(self) -> float | None:
         stats = getattr(self.client, "stats", None)
         if not callable(stats):
@@ -74,12 +98,38 @@ class RewardScorer:
             self.last_call["cache_hits"] = hits_after - hits_before
         golds = [t.item.golden_answers for t in trajectories]
         accs = batch_genacc(answers, golds, judge_with=self.client if self.cfg.use_judge else None)
+        lp_gain = self._logprob_gains(trajectories) if self.cfg.metric != "genacc" else None
         out: list[RewardResult] = []
-        for t, ans, acc, b in zip(trajectories, answers, accs, base):
-            out.append(RewardResult(
-                reward=gain_beyond_baseline(acc, b, add_accuracy=self.cfg.add_accuracy),
-                metrics={"genacc": acc, "em": exact_match(ans, t.item.golden_answers),
-                         "f1": f1(ans, t.item.golden_answers), "baseline_genacc": b,
-                         "gbr": gain_beyond_baseline(acc, b), "context_docs": float(len({p.id for p in t.context}))},
-            ))
+        for i, (t, ans, acc, b) in enumerate(zip(trajectories, answers, accs, base)):
+            reward = gain_beyond_baseline(acc, b, add_accuracy=self.cfg.add_accuracy)
+            metrics = {"genacc": acc, "em": exact_match(ans, t.item.golden_answers),
+                       "f1": f1(ans, t.item.golden_answers), "baseline_genacc": b,
+                       "gbr": gain_beyond_baseline(acc, b), "context_docs": float(len({p.id for p in t.context}))}
+            if lp_gain is not None:
+                lp, lp_base = lp_gain[i]
+                metrics |= {"answer_logprob": lp, "baseline_answer_logprob": lp_base, "logprob_gain": lp - lp_base}
+                if self.cfg.metric == "answer_logprob":
+                    reward = lp - lp_base
+                else:
+                    reward += self.cfg.logprob_weight * (lp - lp_base)
+            out.append(RewardResult(reward=reward, metrics=metrics))
         return out
+
+    def _logprob_gains(self, trajectories: list[Trajectory]) -> list[tuple[float, float]]:
+        """(log-likelihood with the searcher's context, with naive RAG's) per trajectory, in one call;
+        naive RAG's context (the initial documents) is scored once per question."""
+        naive: dict[str, list] = {}
+        for t in trajectories:
+            want = self.baseline.get(t.item.id).context_ids
+            got = [p.id for p in t.init_passages]
+            if got != want:
+                raise BaselineError(f"question {t.item.id!r}: the rollout's initial documents {got} are not the "
+                                    f"naive-RAG context {want} of {self.baseline.path}; rebuild the baseline with "
+                                    "this retriever and rollout.init_k")
+            naive.setdefault(t.item.id, t.init_passages)
+        qs = {t.item.id: t.item for t in trajectories}
+        rows = [(t.item.question, t.context, t.item.golden_answers) for t in trajectories]
+        rows += [(qs[q].question, ps, qs[q].golden_answers) for q, ps in naive.items()]
+        values = self.client.answer_logprobs([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        base = dict(zip(naive, values[len(trajectories):]))
+        return [(values[i], base[t.item.id]) for i, t in enumerate(trajectories)]

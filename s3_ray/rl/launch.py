@@ -18,6 +18,9 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
                  name: str = "train", fail_at_step: int | None = None, max_failures: int = 2) -> Any:
     """Fit a TorchTrainer; returns the Ray Train Result (its checkpoint is the trained searcher)."""
     cfg = cfg.absolute()  # workers run in other directories
+    check = getattr(scorer, "check_metric", None)
+    if callable(check):  # a reward the generator cannot compute stops here, before any worker starts
+        check()
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
