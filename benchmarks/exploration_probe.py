@@ -15,20 +15,25 @@ embedded training questions that naive RAG gets wrong (s3's filter), scores them
 generator (SmolLM2, in-process, cached) against the naive-RAG baseline, and reports what GRPO
 would see: trajectories with a positive / negative reward, groups whose rewards differ (the only
 ones that produce a gradient), and trajectories whose context holds the bridge question's second
-supporting passage (the document the answer needs). Prints a table and writes JSON.
+supporting passage (the document the answer needs). The same episodes are scored under each
+`reward.metric` (genacc, answer_logprob, mixed with `--logprob-weight`), so the groups with signal
+per metric compare like with like. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load_guard  # noqa: E402  (sibling module)
 
 
 def warm_up(model: Any, tok: Any, retriever: Any, pool: list[Any], args: Any) -> list[float]:
@@ -72,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                         "or on the questions the filter drops")
     p.add_argument("--train-limit", type=int, default=200, help="data.train_limit of --warmup-pool train/dropped")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logprob-weight", type=float, default=0.1, help="reward.logprob_weight of the mixed metric")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "exploration.json"))
+    load_guard.add_argument(p)
     args = p.parse_args(argv)
+    machine = load_guard.start(args.allow_busy)
 
     from s3_ray.agent.policy import HFPolicy
     from s3_ray.agent.rollout import rollout_stats, run_rollout
@@ -115,10 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         batch = [it for it in items for _ in range(args.group)]
         trajs = run_rollout(batch, HFPolicy(model, tok, scfg), tok, RetrieverClient.in_process(retriever),
                             RolloutConfig(), scfg)
-        rewards = [r.reward for r in RewardScorer(cached, baseline, RewardConfig()).score(trajs)]
+        scored = RewardScorer(cached, baseline, RewardConfig(metric="mixed", logprob_weight=args.logprob_weight)
+                              ).score(trajs)
+    rewards = [r.metrics["gbr"] for r in scored]  # reward.metric=genacc
+    per_metric = {"genacc": rewards, "answer_logprob": [r.metrics["logprob_gain"] for r in scored],
+                  "mixed": [r.reward for r in scored]}
+    signal: dict[str, int] = {}
+    for metric, values in per_metric.items():
+        by_q: dict[str, list[float]] = {}
+        for t, v in zip(trajs, values):
+            by_q.setdefault(t.item.id, []).append(v)
+        signal[metric] = sum(1 for g in by_q.values() if max(g) > min(g))
     groups: dict[str, list[float]] = {}
     for t, r in zip(trajs, rewards):
         groups.setdefault(t.item.id, []).append(r)
+    second = [t for t in trajs if t.item.meta.get("type") == "bridge" and len(t.item.meta.get("support", [])) > 1]
+    with_hop = [r.metrics["logprob_gain"] for t, r in zip(trajs, scored) if t in second
+                and t.item.meta["support"][1] in {p.id for p in t.context}]
+    without_hop = [r.metrics["logprob_gain"] for t, r in zip(trajs, scored) if t in second
+                   and t.item.meta["support"][1] not in {p.id for p in t.context}]
     bridge = [t for t in trajs if t.item.meta.get("type") == "bridge" and len(t.item.meta.get("support", [])) > 1]
     found = sum(1 for t in bridge if t.item.meta["support"][1] in {p.id for p in t.context})
     queries = [turn.query for t in trajs for turn in t.turns if turn.query]
@@ -129,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         "temperature": args.temperature, "trajectories": len(trajs),
         "positive": sum(1 for r in rewards if r > 0), "negative": sum(1 for r in rewards if r < 0),
         "groups_with_signal": sum(1 for g in groups.values() if max(g) > min(g)), "groups": len(groups),
+        "groups_with_signal_by_metric": signal, "logprob_weight": args.logprob_weight,
+        "logprob_gain_mean_second_hop_found": sum(with_hop) / len(with_hop) if with_hop else None,
+        "logprob_gain_mean_second_hop_missed": sum(without_hop) / len(without_hop) if without_hop else None,
         "bridge_trajectories": len(bridge), "bridge_second_hop_in_context": found,
         "distinct_queries": len(set(queries)), "example_queries": sorted(set(queries))[:8],
         **{k: v for k, v in rollout_stats(trajs).items() if k in ("searches_mean", "malformed_rate")},
-        "seconds": round(time.perf_counter() - t0, 1), "load_avg_1m_end": os.getloadavg()[0],
+        "seconds": round(time.perf_counter() - t0, 1), "machine": load_guard.finish(machine),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {report['trajectories']} | {report['positive']} | {report['negative']} | "
           f"{report['groups_with_signal']} of {report['groups']} | {found} of {len(bridge)} | "
           f"{report['searches_mean']:.2f} | {100 * report['malformed_rate']:.0f}% |")
+    print("groups with signal by reward.metric: " + ", ".join(f"{k} {v} of {len(groups)}" for k, v in signal.items()))
     print(f"example queries: {report['example_queries']}")
     print(f"written to {out}")
     return 0

@@ -17,6 +17,8 @@ same declaratively.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 
 from jobs import runtime
@@ -69,6 +71,10 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
                      "Ctrl-C or SIGTERM stops it")
         if args.once:
             return 0
+        # Ctrl-C stops it even when started from a shell that ignores SIGINT (`nohup ... &` starts
+        # background jobs with SIGINT ignored, and Python keeps an inherited "ignore")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while True:
                 time.sleep(3600)

@@ -172,6 +172,9 @@ class TrainConfig(_Strict):
         None, ge=1, description="Checkpoints kept on disk: this many with the highest training reward, plus the "
                                 "latest (for resume) when it is not among them. None: all. The warm-up "
                                 "checkpoint (reward NaN) is the first to go.")
+    cpu_compute: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Training forwards on CPU: fp32 (exact), bf16 autocast over fp32 master weights, or "
+        "auto (bf16 where the CPU multiplies bf16 natively: avx512_bf16 or AMX). Log-softmax stays fp32.")
     min_signal_groups: int = Field(
         0, ge=0, description="Dynamic sampling: a step samples rounds of questions_per_step questions until the "
                              "workers hold this many groups whose rewards differ (or max_sample_rounds), and only "

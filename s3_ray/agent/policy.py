@@ -8,7 +8,6 @@ the newly generated tokens are checked, never the prompt (which holds earlier tu
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from s3_ray.agent.policy_api import (
 )
 from s3_ray.config import SearcherConfig
 from s3_ray.models import unwrap
+from s3_ray.models.kv import cache_field
 
 
 def closing_ids(tokenizer: Any) -> Any:
@@ -162,7 +162,7 @@ class HFPolicy:
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
         with torch.inference_mode():
             out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True)
-        past = getattr(out, _cache_field())
+        past = getattr(out, cache_field())
         past.batch_select_indices(torch.tensor([slot[o] for o in owner], dtype=torch.long, device=ids.device))
         self.prefill_tokens += int(u_ids.numel()) + int(ids.shape[0])
         return past
@@ -189,7 +189,7 @@ class HFPolicy:
             "return_dict_in_generate": True,
         }
         if past is not None:
-            kwargs[_cache_field()] = past
+            kwargs[cache_field()] = past
         first_token: list[float] = []
         criteria = [_first_token_timer(first_token)]
         if self.stop_at_tags:
@@ -213,7 +213,7 @@ class HFPolicy:
             row = row[:cut] if cut is not None else row
             results.append(strip_trailing(row, self._drop))
         if cacheable:
-            self._cache = after_generate(getattr(out, _cache_field(), None), ids, mask, seqs, results, generated)
+            self._cache = after_generate(getattr(out, cache_field(), None), ids, mask, seqs, results, generated)
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0,
                        prefill_tokens=self.prefill_tokens - read_before,
                        prefill_seconds=(first_token[0] if first_token else time.perf_counter()) - t0)
@@ -238,16 +238,6 @@ class ScriptedPolicy:
             out.append(list(self.tokenizer.encode(turn, add_special_tokens=False)))
         self.stats.add(len(seqs), sum(len(o) for o in out), time.perf_counter() - t0)
         return out
-
-
-@functools.cache
-def _cache_field() -> str:
-    """The name `generate` takes the KV cache under and returns it as: `cache` since transformers
-    5.23 (`past_key_values` is deprecated there), `past_key_values` before (the vLLM extra pins
-    an older transformers)."""
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
-    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def _is_fsdp(model: Any) -> bool:

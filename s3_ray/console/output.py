@@ -133,6 +133,16 @@ class Stages:
         self.seconds[name] = round(time.perf_counter() - t0, 1)
         con.info(f"{INDENT}done in {format_seconds(time.perf_counter() - t0)}")
 
+    def summary(self) -> str:
+        """Each finished stage with its time, as people read it, in the order they ran.
+
+        >>> st = Stages.__new__(Stages)
+        >>> st.seconds = {"1/2 build the index": 0.1, "2/2 train": 187.0}
+        >>> st.summary()
+        '1/2 build the index 0.1 s, 2/2 train 3 min 7 s'
+        """
+        return ", ".join(f"{name} {format_seconds(secs)}" for name, secs in self.seconds.items())
+
 
 def shown_path(path: str | os.PathLike[str], folder: bool = False) -> str:
     """A path as the console shows it: relative to the working directory when below it (a

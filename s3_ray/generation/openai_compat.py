@@ -11,6 +11,12 @@ passages lose text first; `s3_ray.generation.fit`). Tokens are counted with the 
 tokenizer when one is on this machine (never downloaded), else estimated at one token per three
 characters, which over-counts English text; `decoding` records which count was used.
 
+`answer_logprobs` (the dense reward metric) asks the server for the log-probabilities of the
+prompt's own tokens: the answer prompt plus the gold answer as the assistant's reply, continued
+rather than closed (`continue_final_message`, `prompt_logprobs`: vLLM's OpenAI server and others
+built on it). A server that does not return them raises `AnswerLogprobUnsupported`, which the
+reward's check turns into a one-line error before training starts.
+
 The API key is read from the environment variable named in the config when a request is
 built. It is never stored in `model_id`, `decoding` (the response-cache key), error messages,
 `repr` or the pickled state.
@@ -34,6 +40,7 @@ from s3_ray.generation.fit import (
     fit_prompt,
     load_local_tokenizer,
 )
+from s3_ray.generation.likelihood import AnswerLogprobUnsupported, best_of, validate_answers
 from s3_ray.retry import Retry, Transient
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -177,6 +184,9 @@ class OpenAICompatGenerator:
         honours a numeric Retry-After); `stats()["retries"]` counts the retries."""
         body = {"model": self._model, "messages": messages, "max_tokens": self.max_new_tokens,
                 "temperature": self.temperature}
+        return self._post(body, self._parse)
+
+    def _post(self, body: dict[str, Any], parse: Any) -> Any:
 
         def count_retry(will_retry: bool) -> None:
             if will_retry:
@@ -188,10 +198,10 @@ class OpenAICompatGenerator:
             return self._fail(f"failed after {attempts} attempts{last}{err.cause}")
 
         return Retry(self.max_retries, self.backoff_s, self.max_backoff_s).call(
-            lambda: self._attempt(body), what=f"{self.base_url}/chat/completions", give_up=give_up,
+            lambda: self._attempt(body, parse), what=f"{self.base_url}/chat/completions", give_up=give_up,
             on_failure=count_retry)
 
-    def _attempt(self, body: dict[str, Any]) -> str:
+    def _attempt(self, body: dict[str, Any], parse: Any) -> Any:
         """One request: the answer, or `Transient` (refused, reset or timed out; a retryable status),
         or the error that no retry can change (authentication, another 4xx, a malformed reply)."""
         import httpx
@@ -210,8 +220,10 @@ class OpenAICompatGenerator:
             if resp.status_code == 200:
                 with self._lock:
                     self._latencies.append(time.perf_counter() - start)
-                return self._parse(resp)
+                return parse(resp)
             cause = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code == 400 and "prompt_logprobs" in body:
+                raise AnswerLogprobUnsupported(self._scrub(f"{self.base_url} refused prompt log-probs: {cause}"))
             if resp.status_code in (401, 403):
                 raise self._fail(f"authentication failed (HTTP {resp.status_code}); check the key in "
                                  f"${self.api_key_env}: {resp.text[:300]}")
@@ -261,6 +273,25 @@ class OpenAICompatGenerator:
             self._stats["seconds"] += time.perf_counter() - start
         return out
 
+    def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
+        """Per prompt, the best over its answers of their mean token log-probability as the reply,
+        from the server's prompt log-probs (one request per alias)."""
+        validate_prompts(prompts)
+        validate_answers(len(prompts), answers)
+        rows = [(self.fit(m)[0], a.strip(), i) for i, (m, alts) in enumerate(zip(prompts, answers))
+                for a in dict.fromkeys(x.strip() for x in alts)]
+
+        def one(row: tuple[Messages, str, int]) -> float:
+            msgs, alias, _ = row
+            body = {"model": self._model, "messages": [*msgs, {"role": "assistant", "content": alias}],
+                    "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "add_generation_prompt": False,
+                    "continue_final_message": True}
+            return self._post(body, lambda resp: tail_mean_logprob(resp, alias, self.base_url))
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(rows)))) as pool:
+            values = list(pool.map(one, rows))
+        return best_of(values, [r[2] for r in rows], len(prompts))
+
     def stats(self) -> dict[str, float]:
         """Counters since construction, token usage as the server reported it, request latency."""
         with self._lock:
@@ -279,3 +310,27 @@ class OpenAICompatGenerator:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def tail_mean_logprob(resp: Any, alias: str, where: str) -> float:
+    """Mean log-probability of the prompt's last tokens that spell `alias`, from a response's
+    `prompt_logprobs` (vLLM's shape: one `{token id: {"logprob", "decoded_token", ...}}` per prompt
+    token, `null` for the first). No such field: `AnswerLogprobUnsupported`."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    entries = data.get("prompt_logprobs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise AnswerLogprobUnsupported(f"{where} returned no prompt_logprobs: the server does not give the "
+                                       "log-probabilities of prompt tokens (use a vLLM server, or reward.metric=genacc)")
+    text, picked = "", []
+    for entry in reversed(entries):
+        if not isinstance(entry, dict) or not entry:
+            break
+        tok = next(iter(entry.values()))
+        picked.append(float(tok["logprob"]))
+        text = str(tok.get("decoded_token", "")) + text
+        if alias in text:
+            return sum(picked) / len(picked)
+    raise AnswerLogprobUnsupported(f"{where}: the prompt_logprobs returned do not end with the answer {alias!r}")

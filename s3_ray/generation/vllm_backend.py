@@ -15,7 +15,9 @@ import time
 from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
+from s3_ray.generation.fit import ChatTemplateCounter
 from s3_ray.generation.hf import TransformersGenerator
+from s3_ray.generation.likelihood import best_of, chat_answer_rows, validate_answers
 from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 
@@ -43,6 +45,8 @@ class VLLMGenerator:
         self.llm = start_engine(vllm, {**kwargs, **engine_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        # teacher forcing: the log-probability of every prompt token (the sampled token is never read)
+        self.score_params = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         self._lock = threading.Lock()
         self._stats = {"calls": 0, "prompts": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "truncated_prompts": 0, "seconds": 0.0}
@@ -83,8 +87,38 @@ class VLLMGenerator:
             self._stats["seconds"] += time.perf_counter() - start
         return out
 
+    def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
+        """Per prompt, the best over its answers of their mean token log-probability as the reply,
+        from the engine's prompt log-probs over prompt + answer (`s3_ray.generation.likelihood`)."""
+        validate_prompts(prompts)
+        validate_answers(len(prompts), answers)
+        if not prompts:
+            return []
+        with self._lock:
+            start = time.perf_counter()
+            encoded = [self.fit(m)[0] for m in prompts]
+            rows, owners = chat_answer_rows(ChatTemplateCounter(self.tokenizer), encoded, answers)
+            outputs = self.llm.generate([{"prompt_token_ids": p + a} for p, a in rows], self.score_params,
+                                        use_tqdm=False)
+            values = [answer_mean_logprob(res.prompt_logprobs, ans) for res, (_, ans) in zip(outputs, rows)]
+            self._stats["seconds"] += time.perf_counter() - start
+        return best_of(values, owners, len(prompts))
+
     def stats(self) -> dict[str, float]:
         s: dict[str, float] = dict(self._stats)
         s["completion_tokens_per_s"] = s["completion_tokens"] / s["seconds"] if s["seconds"] else 0.0
         s["prompts_per_s"] = s["prompts"] / s["seconds"] if s["seconds"] else 0.0
         return s
+
+
+def answer_mean_logprob(prompt_logprobs: Any, answer_ids: list[int]) -> float:
+    """Mean log-probability of the last `len(answer_ids)` prompt tokens, from vLLM's `prompt_logprobs`
+    (one `{token id: Logprob}` per prompt token, `None` for the first).
+
+    >>> class L:
+    ...     def __init__(self, v): self.logprob = v
+    >>> answer_mean_logprob([None, {5: L(-1.0)}, {7: L(-2.0), 1: L(-0.1)}, {9: L(-4.0)}], [7, 9])
+    -3.0
+    """
+    tail = prompt_logprobs[len(prompt_logprobs) - len(answer_ids):]
+    return sum(float(pos[tok].logprob) for pos, tok in zip(tail, answer_ids)) / len(answer_ids)

@@ -9,13 +9,13 @@ generator answers, finished evaluations).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from s3_ray.config import S3Config
 from s3_ray.console import Console, Stages, active, shown_path
+from s3_ray.console.bars import format_seconds
 
 
 def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]],
@@ -87,7 +87,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
                f"training: {cfg.train.steps} {cfg.train.algorithm.upper()} steps x "
                f"{cfg.train.questions_per_step} questions x {cfg.train.group_size} samples; "
                f"curves in training.png",
-               "stage seconds: " + json.dumps(st.seconds) + f"; total {total:.0f} s"],
+               f"stages: {st.summary()}; total {format_seconds(total)}"],
     )
     return {"summaries": summaries, "report": str(md), "total_seconds": total}
 

@@ -72,6 +72,14 @@ def verdict(per_question: Mapping[str, Mapping[str, float]],
     trained = per_question.get("s3_trained")
     if trained is None:
         return lines + ["no trained searcher was evaluated"], figs
+    warm = per_question.get("s3_warmup_only")
+    if warm is not None:
+        common = [q for q in trained if q in warm]
+        won = sum(1 for q in common if trained[q] > warm[q])
+        lost = sum(1 for q in common if trained[q] < warm[q])
+        figs["rl_changed"] = {"won": won, "lost": lost, "n": len(common)}
+        lines.append(f"RL changed {won + lost} of {len(common)} test answers against the warm-up alone: "
+                     f"{won} now right that were wrong, {lost} now wrong that were right")
     for key, other, name in (("trained_minus_warmup", "s3_warmup_only", "trained minus warm-up only (RL's own share)"),
                              ("trained_minus_naive", "naive_rag", "trained minus naive RAG")):
         if other in per_question:

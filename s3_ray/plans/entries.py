@@ -167,7 +167,9 @@ def training_entry(cfg: S3Config) -> dict[str, Any]:
             "questions_per_worker": t.questions_per_step // t.num_workers,
             "lr": t.lr, "kl_coef": t.kl_coef, "kl_target": t.kl_target, "lora_rank": t.lora_rank,
             "warmup_steps": t.warmup_steps, "checkpoint_every": t.checkpoint_every,
-            "keep_checkpoints": t.keep_checkpoints}
+            "keep_checkpoints": t.keep_checkpoints, "cpu_compute": t.cpu_compute,
+            "reward_metric": cfg.reward.metric,
+            **({"logprob_weight": cfg.reward.logprob_weight} if cfg.reward.metric == "mixed" else {})}
 
 
 def budgets(cfg: S3Config) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from s3_ray.models.kv import cache_field
 from s3_ray.rl.precision import training_autocast
 from s3_ray.types import Trajectory
 
@@ -155,7 +156,7 @@ def _shared_prefix_past(model: Any, input_ids: Tensor, length: int) -> Any:
     bare = getattr(model, "module", model)
     decoder = bare.get_decoder()
     out = decoder(input_ids=input_ids[:1, :length], use_cache=True)
-    past = out.past_key_values
+    past = getattr(out, cache_field())
     past.batch_repeat_interleave(input_ids.shape[0])
     return past
 
@@ -170,8 +171,11 @@ def can_share_prefix(model: Any) -> bool:
     if not hasattr(bare, "get_decoder") or is_sharded(bare):
         return False
     inner = bare.get_base_model() if hasattr(bare, "peft_config") else bare
-    # transformers 5 names it is_activation_checkpointing, earlier versions is_gradient_checkpointing
-    return not any(getattr(inner, name, False) for name in ("is_activation_checkpointing", "is_gradient_checkpointing"))
+    # newer transformers name it is_activation_checkpointing (the old name warns), older ones
+    # is_gradient_checkpointing: read whichever exists, the new one first
+    name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return not getattr(inner, name, False)
 
 
 def grid_logits(
@@ -209,7 +213,7 @@ def grid_logits(
         kwargs["output_hidden_states"] = True
     with training_autocast(device):
         if prefix > 0:
-            kwargs["past_key_values"] = _shared_prefix_past(model, input_ids, prefix)
+            kwargs[cache_field()] = _shared_prefix_past(model, input_ids, prefix)
             kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
             out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs)
         else:

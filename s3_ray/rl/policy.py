@@ -26,7 +26,7 @@ from typing import Any
 
 from s3_ray.config import S3Config, TrainConfig
 from s3_ray.models import unwrap
-from s3_ray.rl.precision import Precision, precision_for
+from s3_ray.rl.precision import Precision, configure_cpu_compute, precision_for
 
 
 def build_policy(plain: Any, tc: TrainConfig, frozen_dtype: Any = None) -> tuple[Any, Any]:
@@ -139,6 +139,7 @@ class SearcherPolicy:
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        configure_cpu_compute(cfg.train.cpu_compute)
         precision = precision_for(device)
         plain, tok = load_causal_lm(name or cfg.searcher.model, num_threads=cfg.searcher.num_threads,
                                     for_training=True, device=device, dtype=precision.master)

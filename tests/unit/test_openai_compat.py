@@ -44,6 +44,7 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
+        self.prompt_logprobs = False  # like vLLM's server: log-probs of the prompt's own tokens
         self.app = self._build()
 
     def _build(self) -> Any:
@@ -64,6 +65,15 @@ class FakeOpenAI:
             if self.fail_plan[content] > 0:
                 self.fail_plan[content] -= 1
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=500)
+            if self.prompt_logprobs and body.get("prompt_logprobs") is not None:
+                assert body["continue_final_message"] and not body["add_generation_prompt"]
+                # one "token" per word of the whole prompt; each word w has log-prob -len(w)/10
+                words = " ".join(m["content"] for m in body["messages"]).split(" ")
+                entries = [None] + [{str(i): {"logprob": -len(w) / 10, "rank": 1, "decoded_token": f" {w}"}}
+                                    for i, w in enumerate(words[1:], 1)]
+                return {"id": "x", "object": "chat.completion", "model": body["model"], "prompt_logprobs": entries,
+                        "choices": [{"index": 0, "finish_reason": "length",
+                                     "message": {"role": "assistant", "content": "x"}}]}
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
@@ -267,3 +277,34 @@ def test_decoding_and_pickle_carry_max_context_tokens(server) -> None:
     assert built.decoding["max_context_tokens"] == 96
     with pytest.raises(ValueError, match="max_context_tokens"):
         make(url, max_context_tokens=0)
+
+
+def test_answer_logprobs_from_prompt_logprobs_best_alias(server) -> None:
+    fake, url = server
+    fake.prompt_logprobs = True
+    gen = make(url)
+    got = gen.answer_logprobs([user("Where?"), user("Who?")], [["Paris", "the city of Paris"], ["Ada"]])
+    # "Paris": one word of 5 letters (-0.5); "the city of Paris": mean of -0.3, -0.4, -0.2, -0.5 = -0.35
+    assert got == pytest.approx([-0.35, -0.3])
+    body = fake.bodies[-1]
+    assert body["messages"][-1]["role"] == "assistant" and body["max_tokens"] == 1
+
+
+def test_a_server_without_prompt_logprobs_is_refused_in_one_line(server, tmp_path) -> None:
+    from s3_ray.clients.generator import GeneratorClient
+    from s3_ray.config import RewardConfig
+    from s3_ray.generation.likelihood import AnswerLogprobUnsupported
+    from s3_ray.reward import BaselineCache, BaselineSettings, RewardScorer
+
+    fake, url = server  # answers chat completions, ignores prompt_logprobs (like hosted APIs)
+    with pytest.raises(AnswerLogprobUnsupported, match="no prompt_logprobs"):
+        make(url).answer_logprobs([user("Where?")], [["Paris"]])
+    settings = BaselineSettings(generator="served-model", init_k=3, retriever="r", backend="openai", decoding="d")
+    scorer = RewardScorer(GeneratorClient.in_process(make(url)), BaselineCache(tmp_path / "b.jsonl", settings),
+                          RewardConfig(metric="answer_logprob"))
+    with pytest.raises(AnswerLogprobUnsupported, match="reward.metric=answer_logprob needs") as info:
+        scorer.check_metric()
+    assert "\n" not in str(info.value)
+    fake.status_for["Paris"] = 400  # a server that rejects the parameter (the probe's gold answer)
+    with pytest.raises(AnswerLogprobUnsupported, match="refused prompt log-probs"):
+        scorer.check_metric()

@@ -225,3 +225,48 @@ def test_frozen_copy_peaks_at_the_bf16_copy_not_a_second_fp32_model() -> None:
     streamed, deep = (float(part.split("=")[1]) for part in line.split()[1:3])
     assert deep > 0.9, line  # the measurement sees a deep copy's fp32 model
     assert streamed < 0.7, line  # the bf16 copy (0.5) plus at most one fp32 tensor in flight
+
+
+@pytest.fixture()
+def cpu_compute():
+    """Sets this process's `train.cpu_compute` for one test and restores fp32 after it."""
+    from s3_ray.rl import precision
+
+    yield precision.configure_cpu_compute
+    precision.configure_cpu_compute("fp32")
+
+
+def test_cpu_bf16_autocast_log_probs_agree_with_fp32_and_masters_stay_fp32(cpu_compute, tiny) -> None:
+    """`train.cpu_compute=bf16` on CPU: the update's log-probs (what the PPO ratio divides) stay within
+    0.05 nats per token of fp32's, the weights it trains stay float32 and the step moves them."""
+    from s3_ray.rl.batch import collate, token_logprobs
+    from s3_ray.rl.precision import precision_for
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    torch.manual_seed(0)
+    for p in model.parameters():  # weights of a trained model's size, so the log-probs are not uniform
+        p.data.normal_(0.0, 0.1)
+    trajs = [_traj(tok, 1.0), _traj(tok, 0.0)]
+    batch = collate(trajs, tok.pad_token_id)
+    mask = batch.loss_mask.bool()
+    assert cpu_compute("fp32") == "fp32" and precision_for("cpu").compute is None
+    fp32 = token_logprobs(model, batch)[mask]
+    assert cpu_compute("bf16") == "bf16" and precision_for("cpu").compute is torch.bfloat16
+    assert isinstance(training_autocast(torch.device("cpu")), torch.autocast)
+    bf16 = token_logprobs(model, batch)[mask]
+    assert bf16.dtype == torch.float32  # the log-softmax runs in fp32 on upcast logits
+    diff = (bf16 - fp32).abs()
+    assert 0 < diff.max().item() < 0.05, diff
+    before = [p.detach().clone() for p in model.parameters()]
+    PolicyUpdater(model, None, TrainConfig(lr=1e-3, kl_coef=0.0), pad_id=tok.pad_token_id).step(trajs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any((p.detach() != b).any() for p, b in zip(model.parameters(), before))
+
+
+def test_cpu_compute_auto_follows_the_cpu(cpu_compute, monkeypatch) -> None:
+    from s3_ray.rl import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert cpu_compute("auto") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert cpu_compute("auto") == "fp32"

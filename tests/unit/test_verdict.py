@@ -33,9 +33,13 @@ def test_verdict_interval_separates_a_clear_gain_from_noise():
                           [{"sample/signal_groups": 2}, {"sample/signal_groups": 0}, {"sample/signal_groups": 1}])
     assert lines[0] == "RL had a reward signal in 2 of 3 steps"
     assert figs["trained_minus_warmup"]["mean"] == 25.0 and figs["trained_minus_warmup"]["ci95"][0] > 0
-    assert "real gain" in lines[1] and "RL's own share" in lines[1]
+    assert lines[1] == ("RL changed 10 of 40 test answers against the warm-up alone: 10 now right that were "
+                        "wrong, 0 now wrong that were right")
+    assert figs["rl_changed"] == {"won": 10, "lost": 0, "n": 40}
+    assert "real gain" in lines[2] and "RL's own share" in lines[2]
     same = verdict({"s3_warmup_only": warm, "s3_trained": dict(warm)}, [{"adv_std": 0.0}])[0]
-    assert "did not move the searcher" in same[0] and "within noise" in same[1]
+    assert "did not move the searcher" in same[0] and same[1].startswith("RL changed 0 of 40")
+    assert "within noise" in same[2]
 
 
 def test_verdict_refuses_methods_that_answered_different_questions():
