@@ -136,16 +136,16 @@ def train_runs(cfg: Any) -> list[dict[str, Any]]:
     return json.loads(ledger.read_text()).get("runs", []) if ledger.is_file() else []
 
 
-def train_seed(cfg: Any, retriever: Any, generator: Any, log: Any) -> tuple[dict[str, str], float]:
-    """({"s3_warmup_only", "s3_trained"}: checkpoint, training seconds over all runs of this seed)."""
-    from s3_ray.reward.fingerprint import open_baseline
+def train_seed(cfg: Any, baseline: Any, retriever: Any, generator: Any, log: Any) -> tuple[dict[str, str], float]:
+    """({"s3_warmup_only", "s3_trained"}: checkpoint, training seconds over all runs of this seed).
+
+    `baseline` is the shared training baseline (under the proof's root, not the seed's run_dir)."""
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.rl.launch import run_training, training_items
 
     ledger = cfg.path("train_seconds.json")
     spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else 0.0
     if cfg.train.steps not in checkpoints(cfg):
-        baseline = open_baseline(cfg, "train")
         items, dropped = training_items(cfg, baseline)
         log(f"seed {cfg.seed}: training on {len(items)} questions ({dropped} dropped by the filter)")
         t0 = time.perf_counter()
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from s3_ray.config import load_job_config
     from s3_ray.data.embedded import load_split, resolve_paths
     from s3_ray.eval.methods import NaiveRAG
+    from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.precompute import precompute_split
     from s3_ray.retrieval.index import build_index
     from s3_ray.tracking import read_metrics
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         cfg = base.with_overrides({"seed": seed, "run_dir": str(root / f"seed{seed}")})
-        ckpts, spent = train_seed(cfg, retriever, generator, log)
+        ckpts, spent = train_seed(cfg, open_baseline(base, "train"), retriever, generator, log)
         train_seconds.append(round(spent, 1))
         runs[seed] = train_runs(cfg)
         accs = {}

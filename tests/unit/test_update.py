@@ -379,3 +379,32 @@ def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
     (g0, l0), (g1, l1) = grads
     assert torch.allclose(l0, l1, atol=1e-4)
     assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
+
+
+def test_a_prefix_shared_across_groups_gives_the_same_gradients():
+    """Rows of two groups (two questions) share only the instruction header: reading that header
+    once gives the log-probs and parameter gradients of the unshared computation."""
+    import copy
+
+    from s3_ray.rl.batch import common_prefix, grid_logits
+
+    model, tok = load_causal_lm("tiny-random", for_training=True)
+    header = tok.encode("Answer with tags. <question>", add_special_tokens=False)
+    prompts = [header + tok.encode(q, add_special_tokens=False) for q in ("Who founded Holt?", "Where is Mabun?")]
+    rows = [prompts[i % 2] + tok.encode(t, add_special_tokens=False)
+            for i, t in enumerate(("the answer", "a longer reply here", "x", "yes no"))]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    shared = common_prefix(ids, mask)
+    assert len(header) <= shared < min(map(len, prompts))
+    start = min(map(len, prompts)) - 1
+    grads = []
+    for share in (False, True):
+        m = copy.deepcopy(model)
+        logits, _ = grid_logits(m, ids, mask, 1.0, start, share_prefix=share)
+        (logits.log_softmax(-1)[..., 0] * mask[:, start + 1:]).sum().backward()
+        grads.append(({n: p.grad.clone() for n, p in m.named_parameters()}, logits.detach()))
+    (g0, l0), (g1, l1) = grads
+    assert torch.allclose(l0, l1, atol=1e-4)
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
