@@ -103,13 +103,21 @@ class OracleSearcher:
 
 
 def evaluate(method: Any, items: list[Any], generator: Any, out: Path, log: Any) -> tuple[dict[str, float], float]:
-    """(per-question GenAcc, seconds spent now) of one method, resumed from its file."""
+    """(per-question GenAcc, seconds spent on it over every run) of one method, resumed from its file.
+
+    The seconds are kept in `<out>/seconds.json`, so a resumed evaluation reports what it cost in
+    all, not the moment it took to read its finished file."""
     from s3_ray.eval.runner import evaluate_method
 
+    ledger = out / "seconds.json"
+    spent = json.loads(ledger.read_text()) if ledger.is_file() else {}
     t0 = time.perf_counter()
     records = evaluate_method(items, method, generator, out, batch_size=EVAL_BATCH,
                               progress=lambda done, total: log(f"  {method.name}: {done}/{total} questions"))
-    return {r["id"]: float(r["genacc"]) for r in records}, time.perf_counter() - t0
+    spent[method.name] = round(spent.get(method.name, 0.0) + time.perf_counter() - t0, 1)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text(json.dumps(spent))
+    return {r["id"]: float(r["genacc"]) for r in records}, spent[method.name]
 
 
 def searcher(cfg: Any, retriever: Any, path: str, name: str) -> Any:
