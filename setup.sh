@@ -73,7 +73,9 @@ if [ -n "$FAISS_BUILD" ]; then
 fi
 
 step "installing s3-ray (editable, extras: $EXTRAS)"
-"${PIP[@]}" install -q -e ".[$EXTRAS]"
+# setuptools warns on every editable build that same-named folders may shadow the package (this
+# checkout *is* that folder): silence that one message, keep every other warning
+PYTHONWARNINGS="ignore:Editable installation" "${PIP[@]}" install -q -e ".[$EXTRAS]"
 # refuse a venv holding two faiss builds (e.g. one installed by hand before), naming them
 "$VENV/bin/python" -c "
 import sys
