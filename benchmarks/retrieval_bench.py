@@ -11,8 +11,13 @@ Measures, on whatever machine runs it:
 3. BM25 index build time and memory per 100k passages (the embedded corpus repeated);
 4. faiss Flat vs HNSW vs IVF-PQ on 100k synthetic 384-dim unit vectors with cluster structure
    (random, not encoded text: encoding 100k passages with MiniLM on a small CPU takes ~1 h):
-   build time, index bytes, queries/s and recall@10 relative to Flat.
-Prints a table and writes everything to JSON.
+   build time, index bytes, queries/s and recall@10 relative to Flat;
+5. `compressed`: IVF-PQ with refine against flat, and `replica_shards`: the sharded retriever app
+   (benchmarks/retrieval_scale.py has what they measure).
+Prints a table and writes everything to JSON. `--only compressed,replica_shards` runs those
+sections and keeps the others' figures from the existing JSON. The 1-minute load average is
+recorded at the start and end; above 1.0 at the start the run writes nothing unless given
+`--allow-busy` (then the result says `"busy": true`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from s3_ray.data.embedded import embedded_dir
 from s3_ray.data.qa import read_qa
 from s3_ray.retrieval import BM25Retriever, build_index
 from s3_ray.types import Passage
+
+SECTIONS = ("bm25_impls", "bm25_build", "faiss", "serve", "compressed", "replica_shards")
 
 
 def rate(fn: Callable[[], Any], n_queries: int, min_s: float = 2.0) -> float:
@@ -216,29 +223,34 @@ def bench_serve_corpus(corpus: Path, queries: list[str], min_s: float, port: int
     return res
 
 
-def bench_serve(corpora: dict[str, Path], queries: list[str], min_s: float, per_client: int,
-                in_flight: int = 4) -> dict[str, Any]:
+PORT = 8765
+
+
+def start_serve() -> None:
     import ray
     from ray import serve
 
-    port = 8765
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token side effect for later CLI use
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
              log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        res: dict[str, Any] = {}
-        labels = list(corpora)
-        for label in labels:
-            res[label] = bench_serve_corpus(corpora[label], queries, min_s, port, in_flight, keep=label == labels[-1])
-        # latency under concurrency, on the last (largest) index, still deployed
-        res["http_32_clients"] = asyncio.run(_http_concurrent(f"http://127.0.0.1:{port}/retrieve", queries, 32,
-                                                              per_client))
-        res["http_32_clients"]["passages"] = res[labels[-1]]["passages"]
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+
+
+def bench_serve(corpora: dict[str, Path], queries: list[str], min_s: float, per_client: int,
+                in_flight: int = 4) -> dict[str, Any]:
+    from ray import serve
+
+    port = PORT
+    res: dict[str, Any] = {}
+    labels = list(corpora)
+    for label in labels:
+        res[label] = bench_serve_corpus(corpora[label], queries, min_s, port, in_flight, keep=label == labels[-1])
+    # latency under concurrency, on the last (largest) index, still deployed
+    res["http_32_clients"] = asyncio.run(_http_concurrent(f"http://127.0.0.1:{port}/retrieve", queries, 32,
+                                                          per_client))
+    res["http_32_clients"]["passages"] = res[labels[-1]]["passages"]
+    serve.delete("retriever")
     return res
 
 
@@ -246,24 +258,62 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/retrieval.json")
     ap.add_argument("--quick", action="store_true", help="10k vectors, short timings (a smoke run)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--allow-busy", action="store_true", help="write the result even if the machine was busy")
     args = ap.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if unknown := sorted(set(only) - set(SECTIONS)):
+        ap.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    load_start = os.getloadavg()
+    busy = load_start[0] > 1.0
+    if busy and not args.allow_busy:
+        print(f"1-minute load average is {load_start[0]:.2f} (> 1.0): the machine is busy, nothing measured; "
+              "rerun when it is idle, or pass --allow-busy to write a result marked busy")
+        return 3
     min_s = 0.5 if args.quick else 2.0
     corpus_path = embedded_dir() / "corpus.jsonl"
     passages = read_corpus(corpus_path)
     queries = [item.question for item in read_qa(embedded_dir() / "test.jsonl")]
     queries = (queries * (64 // len(queries) + 1))[:max(64, len(queries))]
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "processor": platform.processor() or platform.machine()}}
-    t0 = time.perf_counter()
-    results["bm25_impls"] = bench_bm25_impls(passages, queries, min_s)
-    results["bm25_build"] = bench_bm25_build(passages, 10_000 if args.quick else 100_000)
-    results["faiss"] = bench_faiss(10_000 if args.quick else 100_000, min_s)
-    big = _repeat_corpus(passages, 10_000 if args.quick else 100_000,
-                         Path(tempfile.mkdtemp(prefix="retrieval-bench-")) / "corpus.jsonl")
-    results["serve"] = bench_serve({"embedded": corpus_path, "repeated": big}, queries, min_s,
-                                   5 if args.quick else 20)
-    results["total_s"] = time.perf_counter() - t0
     out = Path(args.out)
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() and set(only) != set(SECTIONS) else {}
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "processor": platform.processor() or platform.machine()}
+    t0 = time.perf_counter()
+    n_vec = 10_000 if args.quick else 100_000
+    if "bm25_impls" in only:
+        results["bm25_impls"] = bench_bm25_impls(passages, queries, min_s)
+    if "bm25_build" in only:
+        results["bm25_build"] = bench_bm25_build(passages, n_vec)
+    if "faiss" in only:
+        results["faiss"] = bench_faiss(n_vec, min_s)
+    if "compressed" in only:
+        from retrieval_scale import bench_compressed
+
+        results["compressed"] = bench_compressed(n_vec, min_s, clustered_unit_vectors,
+                                                 results.get("faiss", {}).get("hnsw"))
+    if "serve" in only or "replica_shards" in only:
+        import ray
+
+        big = _repeat_corpus(passages, n_vec, Path(tempfile.mkdtemp(prefix="retrieval-bench-")) / "corpus.jsonl")
+        start_serve()
+        try:
+            if "serve" in only:
+                results["serve"] = bench_serve({"embedded": corpus_path, "repeated": big}, queries, min_s,
+                                               5 if args.quick else 20)
+            if "replica_shards" in only:
+                from retrieval_scale import bench_replica_shards
+
+                results["replica_shards"] = bench_replica_shards(corpus_path, big, queries, min_s)
+        finally:
+            ray.shutdown()
+    load_end = os.getloadavg()
+    run = {"sections": only, "total_s": time.perf_counter() - t0, "busy": busy,
+           "load_avg_start": list(load_start), "load_avg_end": list(load_end)}
+    for section in only:
+        results[section]["load_avg"] = {"start": list(load_start), "end": list(load_end), "busy": busy}
+    results["last_run"] = run
+    results["total_s"] = run["total_s"] if set(only) == set(SECTIONS) else results.get("total_s")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(render(results))
@@ -272,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
+    from retrieval_scale import render_scale
+
     s, f, bi, bb = r["serve"], r["faiss"], r["bm25_impls"], r["bm25_build"]
     c = s["http_32_clients"]
     rows = []
@@ -307,6 +359,7 @@ def render(r: dict[str, Any]) -> str:
                      f"{x['recall_at_10_vs_flat']:.3f}"))
     rows.append(("  ratio HNSW / Flat, IVF-PQ / Flat q/s (batch 64)",
                  f"{f['hnsw_over_flat_qps']:.1f}x, {f['ivfpq_over_flat_qps']:.1f}x"))
+    rows += render_scale(r)
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"| {a:<{width}} | {b} |" for a, b in rows)
 

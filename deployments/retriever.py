@@ -8,6 +8,14 @@ retriever call (one bm25s call, or one encoder batch + one faiss search). `GET /
 `serve run deployments.retriever:build_app index_dir=runs/index backend=bm25`, or from
 `deployments/serve_config.yaml` (see docs/retrieval.md).
 
+With `retrieval.replica_shards: N` the app is N shard deployments (`<name>Shard<i>`, each
+`serve.retriever_replicas` replicas that load only their shard) behind one front deployment
+(`ShardedRetrieverServer`, the ingress) with the same `/retrieve`, `/health` and `search` API. The
+front encodes dense queries once, fans each batch out to every shard and merges their top-k
+(`s3_ray.retrieval.shard_merge`). It refuses to start on an incomplete shard set or a shard of
+another corpus, checks every shard reply's corpus hash, retries a failed shard call on another
+replica of that shard, and fails a query whose shard stays down instead of answering without it.
+
 Every HTTP request passes the shared guard (`s3_ray.serving`): the bearer token when
 `serve.auth_token_env` is set, `serve.max_request_bytes`, and `serve.max_text_chars` per query
 (docs/security.md).
@@ -24,8 +32,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
+import numpy as np
+
 from s3_ray.config import RetrievalConfig, ServeConfig
+from s3_ray.retrieval.encoders import encoder_spec, load_encoder
 from s3_ray.retrieval.index import load_retriever, read_manifest
+from s3_ray.retrieval.manifest import Manifest
+from s3_ray.retrieval.shard_merge import ShardFanout
+from s3_ray.retrieval.shard_set import ShardReply, ShardSearcher, ShardSetError, check_shard_set, open_shard_set
+from s3_ray.retry import Retry
 from s3_ray.retrieval.schema import RetrieveRequest, RetrieveResponse, hits_to_json
 from s3_ray.serving import (
     GUARD_REJECTIONS,
@@ -78,9 +93,15 @@ class RetrieverServer:
         self.guard = Guard.from_config(args.serve)  # first: a missing token fails before the index loads
         self.max_batch = args.retrieval.max_batch
         self.manifest = read_manifest(args.retrieval.index_dir)
-        self.retriever = load_retriever(args.retrieval)
+        self.retriever: Any = self._open()
         self.batches = BatchStats()
         self._closing = False
+
+    def _open(self) -> Any:
+        return load_retriever(self.args.retrieval)
+
+    async def _search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        return await asyncio.to_thread(self.retriever.search, queries, k)
 
     # handle API ---------------------------------------------------------------------------
     async def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
@@ -102,7 +123,7 @@ class RetrieverServer:
         if not flat:
             return [[] for _ in queries]
         # Top-k lists are sorted, so one search at the largest k serves every smaller k.
-        hits = await asyncio.to_thread(self.retriever.search, flat, max(ks))
+        hits = await self._search(flat, max(ks))
         return [[h[:k] for h in group] for group, k in zip(split_merged(hits, queries), ks)]
 
     def stats(self) -> dict[str, Any]:
@@ -115,7 +136,7 @@ class RetrieverServer:
 
     async def check_health(self) -> None:
         """Serve's periodic probe: a replica whose index cannot answer a query gets replaced."""
-        hits = await asyncio.to_thread(self.retriever.search, ["health check"], 1)
+        hits = await self._search(["health check"], 1)
         if len(hits) != 1:
             raise RuntimeError(f"retriever returned {len(hits)} result lists for 1 query")
 
@@ -152,14 +173,96 @@ class RetrieverServer:
                 "corpus_sha256": m.corpus_sha256}
 
 
+class RetrieverShardServer:
+    """One replica of one shard: loads only that shard and answers the front's fan-out calls."""
+
+    def __init__(self, args: RetrieverAppArgs, shard: int) -> None:
+        self.searcher = ShardSearcher.open(args.retrieval, shard)
+
+    async def search_parts(self, queries: list[str], vectors: Any, depth: int) -> ShardReply:
+        return await asyncio.to_thread(self.searcher.search_parts, queries, vectors, depth)
+
+    def describe_shard(self) -> Manifest:
+        """This replica's shard manifest (its rows, passage and statistics hashes, corpus hash)."""
+        return self.searcher.describe()
+
+    async def check_health(self) -> None:
+        dim = self.searcher.manifest.dim
+        vectors = None if dim is None else np.zeros((1, dim), dtype=np.float32)
+        await asyncio.to_thread(self.searcher.search_parts, ["health check"], vectors, 1)
+
+
+class ShardedRetrieverServer(RetrieverServer):
+    """The front of a sharded index: RetrieverServer's API over a fan-out to the shard deployments."""
+
+    def __init__(self, args: RetrieverAppArgs, shards: list[Any]) -> None:
+        self._handles = list(shards)
+        self._verified = False
+        super().__init__(args)
+
+    def _open(self) -> ShardFanout:
+        cfg, s = self.args.retrieval, self.args.serve
+        top = open_shard_set(cfg)  # refuses a missing shard folder or one of another corpus or build
+        if len(self._handles) != cfg.replica_shards:
+            raise ShardSetError(f"{len(self._handles)} shard deployments for retrieval.replica_shards="
+                                f"{cfg.replica_shards}")
+        encoder = None
+        if cfg.backend in ("dense", "hybrid"):
+            encoder = load_encoder(encoder_spec(cfg), cfg.encode_batch_size)
+        return ShardFanout(cfg, top, self._call_shard, encoder, transient=shard_transient_errors(),
+                           timeout_s=s.shard_timeout_s, retry=Retry(s.shard_retries, 0.1, 2.0))
+
+    async def _call_shard(self, shard: int, queries: list[str], vectors: Any, depth: int) -> ShardReply:
+        return await self._handles[shard].search_parts.remote(queries, vectors, depth)
+
+    async def verify_shards(self) -> None:
+        """What the shard replicas report must be the set the folders hold (first search, health checks)."""
+        found = await asyncio.gather(*(h.describe_shard.remote() for h in self._handles))
+        check_shard_set(self.retriever.top, list(found), self.args.retrieval, "shard replicas")
+        self._verified = True
+
+    async def _search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        if not self._verified:
+            await self.verify_shards()
+        return await self.retriever.search(queries, k)
+
+    async def check_health(self) -> None:
+        await self.verify_shards()
+        await super().check_health()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.batches.as_dict(), "failed_shard_calls": self.retriever.failed_calls}
+
+
+def shard_transient_errors() -> tuple[type[BaseException], ...]:
+    """The errors of a shard call that another attempt may not meet (replica death, overload)."""
+    import ray.exceptions as rex
+    from ray.serve import exceptions as sex
+
+    return (rex.RayActorError, rex.ActorUnavailableError, rex.GetTimeoutError, sex.BackPressureError,
+            sex.DeploymentUnavailableError, sex.ReplicaUnavailableError)
+
+
 def build_app(args: RetrieverAppArgs | dict[str, Any]) -> "Application":
     """The bound app; replicas, CPUs and batching come from `args.serve`.
 
     A relative index folder is resolved here, against the caller's directory, because replicas
     may run elsewhere.
     """
+    from ray import serve
+
     a = RetrieverAppArgs.coerce(args).absolute()
     s = a.serve
-    deployment = serve_deployment(RetrieverServer, {"_search_merged": Batching(s.max_batch_size, s.batch_wait_timeout_s)},
-                                  **replica_options(s, "retriever", a.name))
-    return deployment.bind(a)
+    batching = {"_search_merged": Batching(s.max_batch_size, s.batch_wait_timeout_s)}
+    if a.retrieval.replica_shards == 1:
+        return serve_deployment(RetrieverServer, batching, **replica_options(s, "retriever", a.name)).bind(a)
+    if Path(a.retrieval.index_dir).is_dir():
+        # checked here too, so a bad shard set fails in the caller with the shard named (a replica's
+        # refusal reaches serve.run only as "failed to update the deployments"); folders only the
+        # retriever nodes see are checked by the front replica
+        open_shard_set(a.retrieval)
+    shards = []
+    for i in range(a.retrieval.replica_shards):
+        options = replica_options(s, "retriever", f"{a.name}Shard{i}")
+        shards.append(serve.deployment(RetrieverShardServer, **options).bind(a, i))
+    return serve_deployment(ShardedRetrieverServer, batching, **replica_options(s, "retriever", a.name)).bind(a, shards)

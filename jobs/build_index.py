@@ -6,6 +6,9 @@ Dense and hybrid indexes need the corpus encoded. By default that happens in thi
 `--workers N` the passages are cut into chunks and encoded by Ray tasks on N workers (each loads
 the encoder once and keeps it), with a progress bar over the encoded passages. Submit it to a
 cluster with `ray job submit -- python -m jobs.build_index --workers 8 retrieval.backend=dense`.
+With `retrieval.replica_shards > 1` the
+corpus is cut into that many shards, built in parallel as Ray tasks (one per shard; each encodes
+its own passages, `--gpus-per-worker` GPUs each); an unchanged shard is not rebuilt.
 Ray's and the encoder's own output goes to `<run_dir>/logs/`.
 """
 
@@ -20,6 +23,7 @@ from s3_ray.data.embedded import resolve_paths
 from s3_ray.plans.build_index import build_index_plan
 from s3_ray.retrieval.index import build_index
 from s3_ray.retrieval.ray_encode import ray_passage_encoder
+from s3_ray.retrieval.ray_shards import ray_shard_map
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +55,15 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
         return plan.emit()
     plan.require()  # the corpus, before an encoder loads or Ray starts
     with job.logging_to(cfg.run_dir) as console:
-        encode = ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
-                                     gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
-        if encode is not None:
+        sharded = cfg.retrieval.replica_shards > 1
+        encode = None if sharded else ray_passage_encoder(cfg.retrieval, args.workers, chunk_size=args.chunk_size,
+                                                          gpus_per_worker=args.gpus_per_worker,
+                                                          progress=not args.quiet)
+        if encode is not None or sharded:
             runtime.init_ray()
-        manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode)
+        shard_map = ray_shard_map(gpus_per_task=args.gpus_per_worker) if sharded else None
+        manifest = build_index(corpus, cfg.retrieval, progress=not args.quiet, encode_passages=encode,
+                               shard_map=shard_map)
         console.result(f"{shown_path(cfg.retrieval.index_dir, folder=True)}: {manifest.summary()}")
         job.finished()
     return 0

@@ -44,7 +44,7 @@ class DataConfig(_Strict):
 
 class RetrievalConfig(_Strict):
     """Index build and search settings. Build-time fields go into the index manifest; search-time
-    fields (`hnsw_ef_search`, `ivf_nprobe`, `rrf_k`, `fusion_depth`, `faiss_gpu`) do not."""
+    fields (`hnsw_ef_search`, `ivf_nprobe`, `refine_k_factor`, `rrf_k`, `fusion_depth`, `faiss_gpu`) do not."""
 
     backend: Literal["bm25", "dense", "hybrid"] = "bm25"
     index_dir: str = Field("runs/index", description="Where build_index writes and the retriever reads.")
@@ -68,11 +68,31 @@ class RetrievalConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1)
     pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the embedding dim.")
     pq_nbits: int = Field(8, ge=1, le=16)
+    pq_refine: Literal["none", "sq8", "fp16", "mmap"] = Field(
+        "none", description="ivfpq: re-rank the best PQ candidates with stored vectors (faiss refine): sq8 / fp16 "
+        "copies in memory, or mmap = the exact fp32 vectors memory-mapped from the index file.")
+    opq: bool = Field(False, description="ivfpq: learn an OPQ rotation before PQ (better codes, slower build).")
+    refine_k_factor: int = Field(8, ge=1, description="ivfpq with pq_refine: re-rank k x this many PQ candidates.")
+    replica_shards: int = Field(
+        1, ge=1, description="Cut the corpus into this many shard indexes, each served by its own Serve replicas; "
+        "a front deployment fans every query out and merges the top-k (docs/retrieval.md).")
     faiss_gpu: FaissGpu = Field("auto", description="Flat/IVF shards on GPUs: auto = when faiss-gpu sees one; "
                                 "true = required (error otherwise); false = host memory. See docs/retrieval.md.")
     # hybrid
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
+
+    @model_validator(mode="after")
+    def _ivfpq_only(self) -> "RetrievalConfig":
+        if self.index_type != "ivfpq":
+            for key, default in (("pq_refine", "none"), ("opq", False)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"retrieval.{key}={getattr(self, key)!r} applies to index_type ivfpq only, "
+                                     f"index_type is {self.index_type!r}")
+        if self.replica_shards > 1 and self.bm25_impl != "bm25s" and self.backend != "dense":
+            raise ValueError("retrieval.replica_shards > 1 needs bm25_impl bm25s (sharded BM25 with corpus-wide "
+                             "statistics); pyserini indexes are not sharded")
+        return self
 
 
 class GeneratorConfig(_Strict):
@@ -302,11 +322,18 @@ class ServeConfig(_Strict):
     retriever_replicas: int = Field(1, ge=1)
     retriever_cpus: float = Field(0.25, gt=0)
     retriever_gpus: float = Field(0.0, ge=0, description="GPUs per retriever replica (dense encoder, faiss GPU).")
+    retriever_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per retriever replica (and per shard replica), e.g. "
+        "{retriever_node: 0.01} to place them on cluster.yaml's cpu_retriever nodes.")
     generator_replicas: int = Field(1, ge=1)
     generator_cpus: float = Field(0.5, gt=0)
     generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica (transformers/vLLM on GPU).")
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1, description="Most concurrent retriever or generator calls merged into one.")
+    shard_timeout_s: float = Field(30.0, gt=0, description="Sharded retriever: one shard call's time limit.")
+    shard_retries: int = Field(
+        2, ge=0, description="Sharded retriever: retries of a failed shard call (Serve routes each to a healthy "
+                             "replica of that shard); then the query fails, never returning a partial top-k.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve probes each replica.")
     health_check_timeout_s: float = Field(30.0, gt=0)

@@ -19,7 +19,7 @@ KNOWN_ERRORS = frozenset({
     "s3_ray.plans.plan.InputError",
     "s3_ray.retrieval.encoders.EncoderError",
     "s3_ray.retrieval.faiss_build.FaissBuildError",
-    "s3_ray.retrieval.index.IndexMismatchError",
+    "s3_ray.retrieval.manifest.IndexMismatchError",
     "s3_ray.retrieval.lucene.LuceneUnavailableError",
     "s3_ray.reward.baseline_file.BaselineError",
     "s3_ray.reward.baseline_file.BaselineMissing",

@@ -13,7 +13,7 @@ from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
 from s3_ray.generation.fit import ChatTemplateCounter, PromptTooLongError, fit_prompt
-from s3_ray.generation.likelihood import answer_loglik, best_of, chat_answer_rows, validate_answers
+from s3_ray.generation.likelihood import answer_loglik, score_with_tokenizer
 
 __all__ = ["PromptTooLongError", "TransformersGenerator"]
 
@@ -71,18 +71,8 @@ class TransformersGenerator:
     def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
         """Per prompt, the best over its answers of their mean token log-probability as the reply
         (`s3_ray.generation.likelihood`); prompts are fitted exactly as for `generate`."""
-        validate_prompts(prompts)
-        validate_answers(len(prompts), answers)
-        if not prompts:
-            return []
-        with self._lock:
-            start = time.perf_counter()
-            encoded = [self.fit(m)[0] for m in prompts]
-            rows, owners = chat_answer_rows(ChatTemplateCounter(self.tokenizer), encoded, answers)
-            values = answer_loglik(self.model, rows, batch_size=self.batch_size)
-            self._stats["scored_answers"] += len(rows)
-            self._stats["seconds"] += time.perf_counter() - start
-        return best_of(values, owners, len(prompts))
+        return score_with_tokenizer(self, prompts, answers,
+                                    lambda rows: answer_loglik(self.model, rows, batch_size=self.batch_size))
 
     def _generate_locked(self, prompts: list[Messages]) -> list[str]:
         import torch

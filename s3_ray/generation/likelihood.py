@@ -18,8 +18,12 @@ computation, batched with left padding so only the answer's positions go through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from s3_ray.generation.base import Messages, validate_prompts
+from s3_ray.generation.fit import ChatTemplateCounter
 
 METRIC_KEY = "answer_logprob"
 """Added to a backend's `decoding` for cache keys: a log-likelihood never reads as an answer."""
@@ -116,3 +120,26 @@ def chat_answer_rows(counter: Any, prompt_ids: Sequence[list[int]], answers: Seq
                 rows.append((list(ids), ans))
                 owners.append(i)
     return rows, owners
+
+
+Rows = list[tuple[list[int], list[int]]]
+
+
+def score_with_tokenizer(backend: Any, prompts: list[Messages], answers: list[list[str]],
+                         score_rows: Callable[[Rows], list[float]]) -> list[float]:
+    """`answer_logprobs` of a backend that holds the model's tokenizer (transformers, vLLM): check
+    the inputs, fit each prompt exactly as `generate` does, make one (prompt, answer) row per alias,
+    score the rows with `score_rows` under the backend's lock (its seconds counted in its stats),
+    and keep the best alias per prompt."""
+    validate_prompts(prompts)
+    validate_answers(len(prompts), answers)
+    if not prompts:
+        return []
+    with backend._lock:
+        start = time.perf_counter()
+        encoded = [backend.fit(m)[0] for m in prompts]
+        rows, owners = chat_answer_rows(ChatTemplateCounter(backend.tokenizer), encoded, answers)
+        values = score_rows(rows)
+        backend._stats["scored_answers"] = backend._stats.get("scored_answers", 0) + len(rows)
+        backend._stats["seconds"] += time.perf_counter() - start
+    return best_of(values, owners, len(prompts))

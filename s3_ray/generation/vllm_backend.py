@@ -15,9 +15,8 @@ import time
 from typing import Any
 
 from s3_ray.generation.base import Messages, validate_prompts
-from s3_ray.generation.fit import ChatTemplateCounter
 from s3_ray.generation.hf import TransformersGenerator
-from s3_ray.generation.likelihood import best_of, chat_answer_rows, validate_answers
+from s3_ray.generation.likelihood import score_with_tokenizer
 from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
 
 
@@ -90,19 +89,12 @@ class VLLMGenerator:
     def answer_logprobs(self, prompts: list[Messages], answers: list[list[str]]) -> list[float]:
         """Per prompt, the best over its answers of their mean token log-probability as the reply,
         from the engine's prompt log-probs over prompt + answer (`s3_ray.generation.likelihood`)."""
-        validate_prompts(prompts)
-        validate_answers(len(prompts), answers)
-        if not prompts:
-            return []
-        with self._lock:
-            start = time.perf_counter()
-            encoded = [self.fit(m)[0] for m in prompts]
-            rows, owners = chat_answer_rows(ChatTemplateCounter(self.tokenizer), encoded, answers)
+        def score(rows: list[tuple[list[int], list[int]]]) -> list[float]:
             outputs = self.llm.generate([{"prompt_token_ids": p + a} for p, a in rows], self.score_params,
                                         use_tqdm=False)
-            values = [answer_mean_logprob(res.prompt_logprobs, ans) for res, (_, ans) in zip(outputs, rows)]
-            self._stats["seconds"] += time.perf_counter() - start
-        return best_of(values, owners, len(prompts))
+            return [answer_mean_logprob(res.prompt_logprobs, ans) for res, (_, ans) in zip(outputs, rows)]
+
+        return score_with_tokenizer(self, prompts, answers, score)
 
     def stats(self) -> dict[str, float]:
         s: dict[str, float] = dict(self._stats)

@@ -25,8 +25,13 @@ def build_index_plan(cfg: S3Config, corpus: str | Path, workers: int, chunk_size
         index.update(encoder=r.encoder, index_type=r.index_type, num_shards=r.num_shards, max_length=r.max_length)
         if Path(r.encoder).expanduser().exists():
             index["encoder_source"] = model_entry(r.encoder, "retrieval.encoder", plan)
+    if r.replica_shards > 1:
+        index["replica_shards"] = r.replica_shards
     plan.add("index", index)
-    if workers > 0 and r.backend in ("dense", "hybrid"):
+    if r.replica_shards > 1:
+        plan.add("encoding", {"where": "one Ray task per shard (it encodes that shard's passages)",
+                              "tasks": r.replica_shards, "cpus_per_task": 1.0, "gpus_per_task": gpus_per_worker})
+    elif workers > 0 and r.backend in ("dense", "hybrid"):
         plan.add("encoding", {"where": "Ray tasks", "workers": workers, "chunk_size": chunk_size,
                               "cpus_per_task": 1.0, "gpus_per_task": gpus_per_worker,
                               "total_cpus": float(workers), "total_gpus": workers * gpus_per_worker})

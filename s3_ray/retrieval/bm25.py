@@ -16,6 +16,7 @@ import numpy as np
 import Stemmer
 
 from s3_ray.data.corpus import read_corpus, write_corpus
+from s3_ray.retrieval.bm25_stats import CorpusStats, GlobalStatsBM25
 from s3_ray.types import Passage, SearchHit
 
 PASSAGES_FILE = "passages.jsonl"
@@ -24,6 +25,12 @@ _STOPWORDS = "en"
 
 def _stemmer() -> Any:
     return Stemmer.Stemmer("english")
+
+
+def tokenize(passages: Sequence[Passage], progress: bool = False) -> Any:
+    """The passages as bm25s token ids + vocabulary (lowercase, English stopwords, Snowball stems)."""
+    return bm25s.tokenize([p.contents for p in passages], stopwords=_STOPWORDS, stemmer=_stemmer(),
+                          show_progress=progress)
 
 
 class BM25Retriever:
@@ -37,15 +44,20 @@ class BM25Retriever:
         self._stem = _stemmer()
 
     @classmethod
-    def build(cls, passages: Sequence[Passage], k1: float = 0.9, b: float = 0.4,
-              progress: bool = False) -> BM25Retriever:
-        """Tokenise (lowercase, stopwords, stemming) and index the passages."""
+    def build(cls, passages: Sequence[Passage], k1: float = 0.9, b: float = 0.4, progress: bool = False,
+              stats: CorpusStats | None = None, tokens: Any = None) -> BM25Retriever:
+        """Tokenise (lowercase, stopwords, stemming) and index the passages. With `stats` (the whole
+        corpus's, when these passages are one shard of it) idf and average length come from them,
+        so scores equal the unsharded index's; `tokens` reuses `tokenize(passages)`."""
         if not passages:
             raise ValueError("cannot build a BM25 index over an empty corpus")
-        tokens = bm25s.tokenize([p.contents for p in passages], stopwords=_STOPWORDS, stemmer=_stemmer(),
-                                show_progress=progress)
-        model = bm25s.BM25(k1=k1, b=b)
-        model.index(tokens, show_progress=progress)
+        tokens = tokens if tokens is not None else tokenize(passages, progress)
+        if stats is None:
+            model = bm25s.BM25(k1=k1, b=b)
+            model.index(tokens, show_progress=progress)
+        else:
+            model = GlobalStatsBM25(stats, k1=k1, b=b)
+            model.index_with_stats(tokens)
         return cls(model, passages)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -80,6 +92,10 @@ class BM25Retriever:
     def passages(self) -> list[Passage]:
         return list(self._passages)
 
+    def passage(self, row: int) -> Passage:
+        """The passage at `row` of this index."""
+        return self._passages[row]
+
     def _query_tokens(self, queries: list[str]) -> list[list[str]]:
         """Stemmed query terms that the index knows (unknown terms cannot score)."""
         toks = bm25s.tokenize(queries, stopwords=_STOPWORDS, stemmer=self._stem, return_ids=False,
@@ -92,11 +108,15 @@ class BM25Retriever:
 
         A query that is empty, or has no indexed term, gets an empty hit list.
         """
+        return [[SearchHit(self._passages[r], s) for r, s in q] for q in self.search_rows(queries, k)]
+
+    def search_rows(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """`search` as (row in this index, score) pairs, best first."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise TypeError("queries must be a list of strings")
-        out: list[list[SearchHit]] = [[] for _ in queries]
+        out: list[list[tuple[int, float]]] = [[] for _ in queries]
         if not queries:
             return out
         tokens = self._query_tokens(queries)
@@ -108,6 +128,7 @@ class BM25Retriever:
                                             n_threads=0, return_as="tuple")
         docs, scores = np.asarray(docs), np.asarray(scores)
         for row, i in enumerate(live):
-            out[i] = [SearchHit(self._passages[int(d)], float(s))
-                      for d, s in zip(docs[row], scores[row]) if s > 0]
+            # ties in row order, as a sharded index merges them
+            out[i] = sorted(((int(d), float(s)) for d, s in zip(docs[row], scores[row]) if s > 0),
+                            key=lambda h: (-h[1], h[0]))
         return out

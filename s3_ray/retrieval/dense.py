@@ -1,5 +1,10 @@
 """Dense retrieval over faiss: Flat (exact), HNSW (graph) or IVF-PQ (compressed) indexes.
 
+IVF-PQ alone ranks by approximate (PQ) scores; with `refine` it keeps the best `k * k_factor`
+PQ candidates and re-ranks them with stored vectors (faiss' refine step): `sq8` / `fp16` copies
+in memory, or `mmap` = the exact fp32 vectors in the index file, memory-mapped when the index
+is opened, so only the pages a query touches are read. `opq` adds a learned rotation before PQ.
+
 The corpus embeddings are kept as `embeddings.npy` (plain numpy, never pickle) so another index
 type can be built later without re-encoding. The rows can be split into `num_shards` contiguous
 ranges, one faiss index each; a query searches every shard and the per-shard top-k lists are
@@ -28,6 +33,9 @@ from s3_ray.types import Passage, SearchHit
 PASSAGES_FILE = "passages.jsonl"
 EMBEDDINGS_FILE = "embeddings.npy"
 META_FILE = "dense.json"
+# faiss index_factory suffix of each refine kind; `mmap` stores exact fp32 vectors (IndexRefineFlat)
+# that `DenseRetriever.load` memory-maps instead of reading into memory.
+REFINE_SUFFIX = {"none": "", "sq8": ",Refine(SQ8)", "fp16": ",Refine(SQfp16)", "mmap": ",RFlat"}
 
 
 @dataclass(frozen=True)
@@ -41,17 +49,33 @@ class FaissParams:
     ivf_nlist: int = 1024
     pq_m: int = 48
     pq_nbits: int = 8
+    refine: str = "none"
+    opq: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Only the fields that matter for this index type.
 
         >>> FaissParams("hnsw", hnsw_m=16).as_dict()
         {'index_type': 'hnsw', 'num_shards': 1, 'hnsw_m': 16, 'hnsw_ef_construction': 80}
+        >>> FaissParams("ivfpq", refine="fp16").as_dict()["refine"]
+        'fp16'
         """
         keep = {"flat": (), "hnsw": ("hnsw_m", "hnsw_ef_construction"),
                 "ivfpq": ("ivf_nlist", "pq_m", "pq_nbits")}[self.index_type]
         d = asdict(self)
-        return {k: v for k, v in d.items() if k in ("index_type", "num_shards") or k in keep}
+        out = {k: v for k, v in d.items() if k in ("index_type", "num_shards") or k in keep}
+        if self.index_type == "ivfpq":  # only when set: manifests written before these fields stay valid
+            out |= {k: d[k] for k, default in (("refine", "none"), ("opq", False)) if d[k] != default}
+        return out
+
+    def factory_string(self) -> str:
+        """The faiss `index_factory` description of an ivfpq index with OPQ and/or refine.
+
+        >>> FaissParams("ivfpq", ivf_nlist=1024, pq_m=48, refine="fp16", opq=True).factory_string()
+        'OPQ48,IVF1024,PQ48x8,Refine(SQfp16)'
+        """
+        return (f"{f'OPQ{self.pq_m},' if self.opq else ''}IVF{self.ivf_nlist},PQ{self.pq_m}x{self.pq_nbits}"
+                f"{REFINE_SUFFIX[self.refine]}")
 
 
 def shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
@@ -83,6 +107,8 @@ def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], offsets:
 
 
 def _check_buildable(p: FaissParams, n_rows: int, dim: int) -> None:
+    if p.refine not in REFINE_SUFFIX:
+        raise ValueError(f"unknown retrieval.pq_refine {p.refine!r}; expected one of {', '.join(REFINE_SUFFIX)}")
     if p.index_type == "ivfpq":
         if dim % p.pq_m:
             raise ValueError(f"retrieval.pq_m={p.pq_m} must divide the embedding dim {dim}")
@@ -105,6 +131,9 @@ def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
     elif p.index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = p.hnsw_ef_construction
+    elif p.index_type == "ivfpq" and (p.refine != "none" or p.opq):
+        index = faiss.index_factory(dim, p.factory_string(), faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
     elif p.index_type == "ivfpq":
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFPQ(quantizer, dim, p.ivf_nlist, p.pq_m, p.pq_nbits, faiss.METRIC_INNER_PRODUCT)
@@ -115,13 +144,16 @@ def build_faiss_index(vectors: np.ndarray, p: FaissParams) -> Any:
     return index
 
 
-def set_search_params(index: Any, ef_search: int, nprobe: int) -> None:
-    """Apply search-time knobs (HNSW efSearch, IVF nprobe) to a CPU index."""
+def set_search_params(index: Any, ef_search: int, nprobe: int, k_factor: int = 8) -> None:
+    """Apply search-time knobs (HNSW efSearch, IVF nprobe, refine k_factor) to a CPU index."""
     faiss = import_faiss()
 
+    if hasattr(index, "k_factor"):
+        index.k_factor = k_factor
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = ef_search
-    ivf = faiss.try_extract_index_ivf(index)
+    base = faiss.downcast_index(index.base_index) if hasattr(index, "base_index") else index  # refine wraps IVF
+    ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         ivf.nprobe = nprobe
 
@@ -158,6 +190,18 @@ def load_embeddings(directory: str | os.PathLike[str]) -> np.ndarray | None:
     return np.load(path, mmap_mode="r", allow_pickle=False) if path.is_file() else None
 
 
+def _gpus_for(shard: Any, faiss_gpu: FaissGpu, faiss: Any) -> int:
+    """GPUs for shards like this one; a refined IVF-PQ index (faiss has no GPU refine) stays in host memory."""
+    from s3_ray.retrieval.faiss_build import FaissBuildError
+
+    if hasattr(shard, "k_factor"):
+        if faiss_gpu is True:
+            raise FaissBuildError("retrieval.faiss_gpu: true, but an ivfpq index with retrieval.pq_refine runs in "
+                                  "host memory only; set retrieval.faiss_gpu: auto or false, or pq_refine: none")
+        return 0
+    return gpus_for_shards(faiss_gpu, faiss_gpus(faiss), cuda_device_count, hnsw=hasattr(shard, "hnsw"))
+
+
 class DenseRetriever:
     """Encoder + one or more faiss shards; scores are cosine similarities (higher is better)."""
 
@@ -189,9 +233,11 @@ class DenseRetriever:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], encoder: Encoder, ef_search: int = 64, nprobe: int = 16,
-             faiss_gpu: FaissGpu = "auto") -> DenseRetriever:
+             faiss_gpu: FaissGpu = "auto", k_factor: int = 8, mmap: bool = False) -> DenseRetriever:
         """Open what `save` wrote; Flat/IVF shards go to GPUs (round-robin) as `faiss_gpu` decides
-        (`faiss_build.gpus_for_shards`: "auto", True = required, False = host memory)."""
+        (`faiss_build.gpus_for_shards`: "auto", True = required, False = host memory). `mmap`
+        memory-maps the stored vectors (the `mmap` refine kind) instead of reading them; refined
+        indexes stay in host memory."""
         faiss = import_faiss()
 
         d = Path(directory)
@@ -204,13 +250,12 @@ class DenseRetriever:
             path = d / f"shard_{i:03d}.faiss"
             if not path.is_file():
                 raise FileNotFoundError(f"{d}: shard file {path.name} is missing")
-            shard = faiss.read_index(str(path))
+            shard = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
             if int(shard.ntotal) != size:
                 raise ValueError(f"{path}: holds {shard.ntotal} vectors, {META_FILE} says {size}")
             if i == 0:  # all shards have one type; refuse before reading the rest of a large index
-                n_gpus = gpus_for_shards(faiss_gpu, faiss_gpus(faiss), cuda_device_count,
-                                         hnsw=hasattr(shard, "hnsw"))
-            set_search_params(shard, ef_search, nprobe)
+                n_gpus = _gpus_for(shard, faiss_gpu, faiss)
+            set_search_params(shard, ef_search, nprobe, k_factor)
             shards.append(shard)
         retriever = cls(read_corpus(d / PASSAGES_FILE), shards, meta["offsets"], encoder)
         if n_gpus:
@@ -234,6 +279,10 @@ class DenseRetriever:
     @property
     def passages(self) -> list[Passage]:
         return list(self._passages)
+
+    def passage(self, row: int) -> Passage:
+        """The passage at `row` of this index."""
+        return self._passages[row]
 
     @property
     def num_shards(self) -> int:

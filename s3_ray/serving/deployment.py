@@ -44,10 +44,13 @@ def replica_options(serve: ServeConfig, app: AppKind, name: str) -> dict[str, An
     >>> opts["ray_actor_options"], opts["num_replicas"], opts["max_ongoing_requests"]
     ({'num_cpus': 0.5, 'num_gpus': 1.0}, 1, 64)
     """
+    actor: dict[str, Any] = {"num_cpus": getattr(serve, f"{app}_cpus"), "num_gpus": getattr(serve, f"{app}_gpus")}
+    if resources := getattr(serve, f"{app}_resources", None):
+        actor["resources"] = dict(resources)
     return {
         "name": name,
         "num_replicas": getattr(serve, f"{app}_replicas"),
-        "ray_actor_options": {"num_cpus": getattr(serve, f"{app}_cpus"), "num_gpus": getattr(serve, f"{app}_gpus")},
+        "ray_actor_options": actor,
         "max_ongoing_requests": serve.max_ongoing_requests,
         "health_check_period_s": serve.health_check_period_s,
         "health_check_timeout_s": serve.health_check_timeout_s,

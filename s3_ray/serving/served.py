@@ -67,6 +67,8 @@ def search_settings(cfg: RetrievalConfig) -> tuple[str, ...]:
     keys: list[str] = []
     if cfg.backend in ("dense", "hybrid"):
         keys += {"flat": [], "hnsw": ["hnsw_ef_search"], "ivfpq": ["ivf_nprobe"]}[cfg.index_type]
+        if cfg.index_type == "ivfpq" and cfg.pq_refine != "none":
+            keys.append("refine_k_factor")
     if cfg.backend == "hybrid":
         keys += ["rrf_k", "fusion_depth"]
     return tuple(keys)

@@ -355,21 +355,13 @@ def test_non_finite_gradient_skips_the_optimiser_step(model_tok):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
-    """Rows that start alike (a GRPO group's prompt) give the same log-probs and parameter
-    gradients whether the shared prefix is read once or once per row."""
+def _assert_sharing_changes_nothing(model, ids, mask, start: int) -> None:
+    """Log-probs and parameter gradients of `grid_logits` from `start` are the same (float
+    tolerance) whether the rows' common prefix is read once or once per row."""
     import copy
 
-    from s3_ray.rl.batch import can_share_prefix, common_prefix, grid_logits
+    from s3_ray.rl.batch import grid_logits
 
-    model, tok = load_causal_lm("tiny-random", for_training=True)
-    prompt = tok.encode("Who founded Holt Company? Doc 1 Holt Company makes rope.", add_special_tokens=False)
-    rows = [prompt + tok.encode(t, add_special_tokens=False) for t in ("the answer", "a longer reply here", "x")]
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    assert common_prefix(ids, mask) == len(prompt) and can_share_prefix(model)
-    start = len(prompt) - 1
     grads = []
     for share in (False, True):
         m = copy.deepcopy(model)
@@ -381,12 +373,26 @@ def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
     assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
 
 
+def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
+    """Rows that start alike (a GRPO group's prompt) give the same log-probs and parameter
+    gradients whether the shared prefix is read once or once per row."""
+    from s3_ray.rl.batch import can_share_prefix, common_prefix
+
+    model, tok = load_causal_lm("tiny-random", for_training=True)
+    prompt = tok.encode("Who founded Holt Company? Doc 1 Holt Company makes rope.", add_special_tokens=False)
+    rows = [prompt + tok.encode(t, add_special_tokens=False) for t in ("the answer", "a longer reply here", "x")]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    assert common_prefix(ids, mask) == len(prompt) and can_share_prefix(model)
+    start = len(prompt) - 1
+    _assert_sharing_changes_nothing(model, ids, mask, start)
+
+
 def test_a_prefix_shared_across_groups_gives_the_same_gradients():
     """Rows of two groups (two questions) share only the instruction header: reading that header
     once gives the log-probs and parameter gradients of the unshared computation."""
-    import copy
-
-    from s3_ray.rl.batch import common_prefix, grid_logits
+    from s3_ray.rl.batch import common_prefix
 
     model, tok = load_causal_lm("tiny-random", for_training=True)
     header = tok.encode("Answer with tags. <question>", add_special_tokens=False)
@@ -399,12 +405,4 @@ def test_a_prefix_shared_across_groups_gives_the_same_gradients():
     shared = common_prefix(ids, mask)
     assert len(header) <= shared < min(map(len, prompts))
     start = min(map(len, prompts)) - 1
-    grads = []
-    for share in (False, True):
-        m = copy.deepcopy(model)
-        logits, _ = grid_logits(m, ids, mask, 1.0, start, share_prefix=share)
-        (logits.log_softmax(-1)[..., 0] * mask[:, start + 1:]).sum().backward()
-        grads.append(({n: p.grad.clone() for n, p in m.named_parameters()}, logits.detach()))
-    (g0, l0), (g1, l1) = grads
-    assert torch.allclose(l0, l1, atol=1e-4)
-    assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
+    _assert_sharing_changes_nothing(model, ids, mask, start)
