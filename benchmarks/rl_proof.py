@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             "eval_questions_per_s": {k: round(len(test) / v, 3) for k, v in eval_seconds.items() if v > 1.0},
             "genacc": genacc, "comparisons": comp, "pooled": comp["pooled"], "goal": proof_report.goal(comp["pooled"]),
             "where": where, "curve_png": "rl_proof_curve.png",
-            "config": repo_relative({k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout",
-                                                                         "train")}),
+            "config": repo_relative(json.loads(json.dumps(
+                {k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout", "train")},
+                default=str).replace(str(root), "<run_dir>"))),
             "machine": load_guard.finish(machine), "recipe": PROOF_RECIPE, "overrides": args.overrides,
             "total_s": round(time.perf_counter() - t_start, 1),
         }
