@@ -120,13 +120,16 @@ class RewardScorer:
         naive RAG's context (the initial documents) is scored once per question."""
         naive: dict[str, list] = {}
         for t in trajectories:
-            want = self.baseline.get(t.item.id).context_ids
+            want = list(self.baseline.get(t.item.id).context_ids)
+            by_id = {p.id: p for p in t.init_passages}
             got = [p.id for p in t.init_passages]
-            if got != want:
+            # The same documents in another order are the same naive context (BM25 ties may come back
+            # in either order); it is scored in the baseline's order, as its GenAcc was.
+            if sorted(got) != sorted(want):
                 raise BaselineError(f"question {t.item.id!r}: the rollout's initial documents {got} are not the "
                                     f"naive-RAG context {want} of {self.baseline.path}; rebuild the baseline with "
                                     "this retriever and rollout.init_k")
-            naive.setdefault(t.item.id, t.init_passages)
+            naive.setdefault(t.item.id, [by_id[i] for i in want])
         qs = {t.item.id: t.item for t in trajectories}
         rows = [(t.item.question, t.context, t.item.golden_answers) for t in trajectories]
         rows += [(qs[q].question, ps, qs[q].golden_answers) for q, ps in naive.items()]

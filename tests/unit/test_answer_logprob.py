@@ -159,6 +159,19 @@ def test_scorer_refuses_initial_documents_that_are_not_the_baseline_context(tiny
         scorer.score([_traj([P1], init=[P1])])
 
 
+def test_initial_documents_in_another_order_are_scored_in_the_baseline_order(tiny, tmp_path) -> None:
+    """BM25 ties can come back in either order: same documents, same naive context, baseline's order."""
+    cache = BaselineCache(tmp_path / "train.jsonl", SETTINGS)
+    cache.append([BaselineRecord(id="q0", question="Where was Ada born?", answer="no", genacc=0.0, em=0.0,
+                                 context_ids=["p2", "p1"])])
+    scorer = RewardScorer(GeneratorClient.in_process(tiny), cache, RewardConfig(metric="answer_logprob"))
+    [r] = scorer.score([_traj([P3], init=[P1, P2])])
+    naive = by_hand(tiny, build_answer_messages("Where was Ada born?", [P2, P1]), "London")
+    swapped = by_hand(tiny, build_answer_messages("Where was Ada born?", [P1, P2]), "London")
+    assert naive != pytest.approx(swapped, abs=1e-6)  # the order matters to the generator
+    assert r.metrics["baseline_answer_logprob"] == pytest.approx(naive, abs=1e-4)
+
+
 def test_genacc_metric_never_asks_for_log_likelihoods(tmp_path) -> None:
     scorer = RewardScorer(GeneratorClient.in_process(_AnswersOnly()), _baseline(tmp_path, "plain"), RewardConfig())
     scorer.check_metric()
