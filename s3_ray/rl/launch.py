@@ -56,10 +56,24 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
             # ranked by reward: Result.best_checkpoints is meaningful, and keep_checkpoints drops the
             # lowest-reward ones (Ray always keeps the latest, so a restart resumes where it stopped)
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
-                                               checkpoint_score_attribute="reward", checkpoint_score_order="max"),
+                                               checkpoint_score_attribute=CHECKPOINT_SCORE,
+                                               checkpoint_score_order="max"),
         ),
     )
     return trainer.fit()
+
+
+CHECKPOINT_SCORE = "checkpoint_score"
+UNSCORED = -1e30  # below any reward; finite, so it survives Ray's checkpoint snapshot
+
+
+def checkpoint_score(metrics: dict[str, Any]) -> float:
+    """What Ray ranks a reported checkpoint by: the step's reward, or `UNSCORED` when the reward is
+    unknown (the warm-up, reported as step 0 with a NaN reward) or diverged. Ray writes its list of
+    checkpoints to a JSON snapshot, where NaN becomes null, and a resumed run then fails comparing
+    the next checkpoint with None; a finite score ranks such a checkpoint last and resumes."""
+    reward = metrics.get("reward")
+    return float(reward) if isinstance(reward, (int, float)) and math.isfinite(reward) else UNSCORED
 
 
 def best_checkpoint(result: Any) -> tuple[str | None, float | None]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
+from s3_ray.rl.launch import CHECKPOINT_SCORE, checkpoint_score
 from s3_ray.types import QAItem
 
 
@@ -62,6 +63,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                run_name=loop_config.get("run_name"), config=loop_config["cfg"])
 
     def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        metrics = {**metrics, CHECKPOINT_SCORE: checkpoint_score(metrics)}
         if checkpoint is None:
             ray.train.report(metrics)
         else:
