@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.precompute import precompute_split
     from s3_ray.retrieval.index import build_index
+    from s3_ray.rl.curves import rl_records
     from s3_ray.tracking import read_metrics
 
     log = runtime.log
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                                          cfg.path("eval", base.eval.split), log)
             eval_seconds[f"{label}_seed{seed}"] = round(secs, 1)
         per_seed.append(accs)
-        rl = [m for m in read_metrics(cfg.path("train", "metrics.jsonl")) if m.get("phase") != "warmup" and "reward" in m]
+        # last record per RL step: a resumed run logs the steps it redid again
+        rl = [m for m in rl_records(read_metrics(cfg.path("train", "metrics.jsonl"))) if m.get("phase") != "warmup"]
         where.append(proof_report.where_it_went(rl))
         curves[seed] = [(int(m["step"]), float(m.get("genacc", 0.0))) for m in rl]
         comp = proof_report.comparisons(per_seed, shared)

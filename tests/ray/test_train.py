@@ -133,6 +133,25 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
     assert 2 <= len(kept) <= 3 and ckpt in kept
 
 
+def test_a_rerun_job_resumes_past_its_warm_up_checkpoint(ray_session, tmp_path):
+    """The warm-up checkpoint has no reward (NaN). A second job on the same run folder restores Ray's
+    checkpoint snapshot from JSON and must still rank the checkpoints it reports next."""
+    from s3_ray.rl.launch import run_training
+    from s3_ray.data.embedded import load_split
+
+    extra = {"train.warmup_steps": 1, "train.warmup_batch": 2, "train.keep_checkpoints": 2}
+    cfg = _cfg(tmp_path, **{**extra, "train.steps": 1})
+    items, retriever = load_split(cfg.data, "train"), _retriever(cfg)
+    assert run_training(cfg, items, retriever, ToyScorer(), name="rerun").error is None
+    cfg = _cfg(tmp_path, **{**extra, "train.steps": 2})
+    result = run_training(cfg, items, retriever, ToyScorer(), name="rerun")  # a new job, same folder
+    assert result.error is None
+    assert json.loads((Path(result.checkpoint.path) / "meta.json").read_text())["step"] == 2
+    steps = [json.loads(line)["step"] for line in
+             (Path(cfg.run_dir) / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+
+
 def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
     from s3_ray.rl.launch import run_training, summarize
     from s3_ray.data.embedded import load_split
