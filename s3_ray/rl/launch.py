@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
+from s3_ray.rl.checkpoint_score import CHECKPOINT_SCORE
 from s3_ray.types import QAItem
 
 
@@ -61,19 +62,6 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
         ),
     )
     return trainer.fit()
-
-
-CHECKPOINT_SCORE = "checkpoint_score"
-UNSCORED = -1e30  # below any reward; finite, so it survives Ray's checkpoint snapshot
-
-
-def checkpoint_score(metrics: dict[str, Any]) -> float:
-    """What Ray ranks a reported checkpoint by: the step's reward, or `UNSCORED` when the reward is
-    unknown (the warm-up, reported as step 0 with a NaN reward) or diverged. Ray writes its list of
-    checkpoints to a JSON snapshot, where NaN becomes null, and a resumed run then fails comparing
-    the next checkpoint with None; a finite score ranks such a checkpoint last and resumes."""
-    reward = metrics.get("reward")
-    return float(reward) if isinstance(reward, (int, float)) and math.isfinite(reward) else UNSCORED
 
 
 def best_checkpoint(result: Any) -> tuple[str | None, float | None]:

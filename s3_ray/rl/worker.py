@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.rl.launch import CHECKPOINT_SCORE, checkpoint_score
+from s3_ray.rl.checkpoint_score import CHECKPOINT_SCORE, checkpoint_score
 from s3_ray.types import QAItem
 
 
