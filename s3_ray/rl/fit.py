@@ -72,7 +72,7 @@ def fit(policy: SearcherPolicy, trainer: SearcherTrainer, hooks: FitHooks, resum
             trainer.set_policy(policy.model, policy.ref)
         if hooks.report_warmup:
             # "Step 0" = after the format warm-up, before any RL: evaluating it separates what the
-            # warm-up taught from what RL taught. Its reward is unknown (NaN ranks it last).
+            # warm-up taught from what RL taught. Its reward is unknown (NaN: checkpoint_score ranks it last).
             _report(hooks, policy, trainer, guard, {"step": 0, "warmup/loss": losses[-1], "reward": float("nan")},
                     step=0, due=True)
 

@@ -6,12 +6,11 @@ so this module imports without Ray.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from s3_ray.config import S3Config
-from s3_ray.rl.checkpoint_score import CHECKPOINT_SCORE
+from s3_ray.rl.checkpoint_score import CHECKPOINT_SCORE, UNSCORED, checkpoint_score
 from s3_ray.types import QAItem
 
 
@@ -54,7 +53,7 @@ def run_training(cfg: S3Config, items: list[QAItem], retriever: Any, scorer: Any
             name=name,
             storage_path=str(Path(cfg.run_dir, "ray").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
-            # ranked by reward: Result.best_checkpoints is meaningful, and keep_checkpoints drops the
+            # ranked by reward (checkpoint_score): Result.best_checkpoints is meaningful, and keep_checkpoints drops the
             # lowest-reward ones (Ray always keeps the latest, so a restart resumes where it stopped)
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute=CHECKPOINT_SCORE,
@@ -72,9 +71,9 @@ def best_checkpoint(result: Any) -> tuple[str | None, float | None]:
     """
     best: tuple[str | None, float | None] = (None, None)
     for ckpt, metrics in getattr(result, "best_checkpoints", None) or []:
-        reward = metrics.get("reward")
-        if isinstance(reward, (int, float)) and math.isfinite(reward) and (best[1] is None or reward > best[1]):
-            best = (ckpt.path, float(reward))
+        score = checkpoint_score(metrics)
+        if score != UNSCORED and (best[1] is None or score > best[1]):
+            best = (ckpt.path, score)
     return best
 
 
