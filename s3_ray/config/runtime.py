@@ -1,0 +1,52 @@
+"""Config sections of the running services: the Serve apps (HTTP, replicas, resources, health)
+and experiment tracking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from s3_ray.config.base import StrictModel
+
+
+class ServeConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 exposes the apps to the network.")
+    port: int = Field(8000, ge=1, le=65535)
+    auth_token_env: str | None = Field(
+        None, description="Environment variable holding a bearer token; when set, HTTP calls must send it.")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger HTTP bodies are refused with 413.")
+    max_text_chars: int = Field(4096, ge=16, description="Longest query or question accepted over HTTP.")
+    retriever_replicas: int = Field(1, ge=1)
+    retriever_cpus: float = Field(0.25, gt=0)
+    retriever_gpus: float = Field(0.0, ge=0, description="GPUs per retriever replica (dense encoder, faiss GPU).")
+    retriever_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per retriever replica (and per shard replica), e.g. "
+        "{retriever_node: 0.01} to place them on cluster.yaml's cpu_retriever nodes.")
+    generator_replicas: int = Field(1, ge=1)
+    generator_cpus: float = Field(0.5, gt=0)
+    generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica (transformers/vLLM on GPU).")
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(16, ge=1, description="Most concurrent retriever or generator calls merged into one.")
+    shard_timeout_s: float = Field(30.0, gt=0, description="Sharded retriever: one shard call's time limit.")
+    shard_retries: int = Field(
+        2, ge=0, description="Sharded retriever: retries of a failed shard call (Serve routes each to a healthy "
+                             "replica of that shard); then the query fails, never returning a partial top-k.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve probes each replica.")
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="On shutdown or redeploy, in-flight requests get this long to finish.")
+    copilot_replicas: int = Field(1, ge=1, description="Replicas of the searcher (copilot) app.")
+    copilot_cpus: float = Field(0.5, gt=0, description="CPUs reserved per copilot replica.")
+    copilot_gpus: float = Field(0.0, ge=0, description="GPUs reserved per copilot (searcher) replica.")
+    copilot_max_batch_size: int = Field(8, ge=1, description="Most concurrent searches merged into one rollout.")
+    copilot_batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="How long a copilot replica waits for more requests to join a rollout."
+    )
+
+
+class WandbConfig(StrictModel):
+    enabled: bool = True
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "s3-ray"
