@@ -104,6 +104,32 @@ def where_it_went(metrics: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def render_headroom(headroom: dict[str, Any]) -> list[str]:
+    """The report's lines on where GenAcc is lost (`proof_headroom.analyse`)."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = ["", "Where GenAcc is lost on the multi-hop (bridge) questions: context with all supporting passages, "
+                 "GenAcc with and without them, and the GenAcc if every one had them (at the 'with' rate):", "",
+             "| method | GenAcc | single | bridge | bridge with all support | GenAcc with / without | "
+             "all found -> GenAcc |", "|---|---|---|---|---|---|---|"]
+    for name, b in headroom["methods"].items():
+        mh, types = b["multi_hop"], b["by_type"]
+        lines.append(f"| {name} | {pct(b['genacc'])} | {pct(types.get('single', {}).get('genacc'))} | "
+                     f"{pct(types.get('bridge', {}).get('genacc'))} | {mh['all_found']} of {mh['n']} | "
+                     f"{pct(mh['genacc_found'])} / {pct(mh['genacc_missing'])} | {pct(b['ceiling_all_found'])} |")
+    lines += ["", "| seed | test questions gained by RL | lost | same queries | same context | malformed episodes "
+                  "before -> after |", "|---|---|---|---|---|---|"]
+    for c in headroom["rl_changes"]:
+        lines.append(f"| {c['seed']} | {c['gained']} | {c['lost']} | {c['same_queries']} of {c['questions']} | "
+                     f"{c['same_context']} | {c['malformed_before']} -> {c['malformed_after']} |")
+    if headroom.get("search_headroom_points") is not None:
+        lines.append(f"\nBetter search alone can add at most {headroom['search_headroom_points']:+.1f} points to the "
+                     "warm-up (mean over seeds) with this generator and context size; beyond that, a shorter "
+                     f"context or a stronger generator (the oracle's context: {pct(headroom['oracle_genacc'])}).")
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"Test questions: {report['test_questions']} (one question = {100 / report['test_questions']:.1f} points); "
              f"seeds {report['seeds']}", "",
@@ -129,4 +155,6 @@ def render(report: dict[str, Any]) -> str:
                      f"{w['update_s']:.0f} |")
     lines.append(f"\nEvaluation seconds: {json.dumps(report['eval_seconds'])}; total wall time "
                  f"{report['total_s'] / 60:.1f} min")
+    if report.get("headroom"):
+        lines += render_headroom(report["headroom"])
     return "\n".join(lines)

@@ -15,7 +15,8 @@ embedded test questions with the frozen generator:
    the warm-up-only ("step 0") and the trained searcher on the test questions;
 4. reports per-question paired bootstrap 95% intervals of (RL - warm-up) and (RL - naive RAG),
    per seed and pooled over seeds, the training reward curve (`rl_proof_curve.png`), where each
-   seed's episodes and seconds went, and whether the goal is met.
+   seed's episodes and seconds went, whether the goal is met, and where GenAcc is lost on the
+   bridge questions (`proof_headroom.py`: evidence found or not, what RL changed).
 
 Rerunning it continues where it stopped: a seed's training resumes from its last checkpoint, each
 evaluation from its last answered question, and the report (`benchmarks/results/rl_proof.{json,md}`)
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load_guard  # noqa: E402  (sibling module)
+import proof_headroom  # noqa: E402  (sibling module)
 import proof_report  # noqa: E402  (sibling module)
 
 PROOF_DATA = ["data.train_limit=200", "data.test_limit=null"]
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 default=str).replace(str(root), "<run_dir>"))),
             "machine": load_guard.finish(machine), "recipe": PROOF_RECIPE, "overrides": args.overrides,
             "total_s": round(time.perf_counter() - t_start, 1),
+            "headroom": proof_headroom.analyse(root, args.seeds[: len(per_seed)], test, base.eval.split),
         }
         proof_report.plot_reward_curves(curves, out.with_name("rl_proof_curve.png"))
         out.write_text(json.dumps(report, indent=2, default=str))
