@@ -123,10 +123,19 @@ def render_headroom(headroom: dict[str, Any]) -> list[str]:
     for c in headroom["rl_changes"]:
         lines.append(f"| {c['seed']} | {c['gained']} | {c['lost']} | {c['same_queries']} of {c['questions']} | "
                      f"{c['same_context']} | {c['malformed_before']} -> {c['malformed_after']} |")
-    if headroom.get("search_headroom_points") is not None:
-        lines.append(f"\nBetter search alone can add at most {headroom['search_headroom_points']:+.1f} points to the "
-                     "warm-up (mean over seeds) with this generator and context size; beyond that, a shorter "
-                     f"context or a stronger generator (the oracle's context: {pct(headroom['oracle_genacc'])}).")
+    sc = headroom.get("search_ceiling") or {}
+    if sc.get("genacc_found_pooled") is not None:
+        lines += ["", f"Once a bridge question's evidence is in the context, the generator answers "
+                      f"{pct(sc['genacc_found_pooled'])}% of them (every searcher evaluation of this run pooled; "
+                      f"the oracle's shorter context: {pct(headroom['methods']['oracle']['multi_hop']['genacc_found'])}%). "
+                      "At that rate, the most better search can give each warm-up:", "",
+                  "| seed | warm-up | evidence for every bridge question | headroom | trained | RL's share |",
+                  "|---|---|---|---|---|---|"]
+        for r in sc["per_seed"]:
+            room = r["warmup_all_found"] - r["warmup"]
+            share = f"{(r['trained'] - r['warmup']) / room:.0%}" if room > 0 else "-"
+            lines.append(f"| {r['seed']} | {pct(r['warmup'])} | {pct(r['warmup_all_found'])} | {100 * room:+.1f} | "
+                         f"{pct(r['trained'])} | {share} |")
     return lines
 
 

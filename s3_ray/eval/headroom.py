@@ -9,9 +9,11 @@ embedded world and HotpotQA-style sets do), one method's evaluation records (`co
   GenAcc there: how well the generator answers once the evidence is found;
 * those whose context misses one, and GenAcc there;
 * `ceiling_all_found`: the method's GenAcc if every multi-hop question had all its evidence and
-  was answered at the "found" rate. `ceiling_all_found - genacc` is what better search alone can
-  still add with this generator and this context size; beyond it only a shorter context (fewer
-  distractors) or a stronger generator helps.
+  was answered at the "found" rate (the method's own, or `found_rate`: e.g. one pooled over
+  several evaluations, when a method found too few to have a rate of its own).
+  `ceiling_all_found - genacc` is what better search alone can still add with this generator and
+  this context size; beyond it only a shorter context (fewer distractors) or a stronger generator
+  helps.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _rate(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAItem]) -> dict[str, Any]:
+def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAItem],
+                      found_rate: float | None = None) -> dict[str, Any]:
     """Per-type GenAcc, evidence recall on multi-hop questions and the all-found ceiling of one
     method (fractions, not points). Records of questions missing from `items` are refused.
 
@@ -42,6 +45,8 @@ def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAIt
     (0.6667, 1, 1.0, 1.0)
     >>> r["by_type"]["bridge"]
     {'n': 2, 'genacc': 0.5}
+    >>> support_breakdown(recs, items, found_rate=0.5)["ceiling_all_found"]
+    0.6667
     """
     by_id = {it.id: it for it in items}
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -66,9 +71,10 @@ def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAIt
     if n == 0:
         raise ValueError("no evaluation records")
     rate_found = _rate(found)
+    assumed = rate_found if found_rate is None else found_rate
     ceiling = None
-    if rate_found is not None:
-        ceiling = round((sum(single) + (len(found) + len(missing)) * rate_found) / n, 4)
+    if assumed is not None:
+        ceiling = round((sum(single) + (len(found) + len(missing)) * assumed) / n, 4)
     return {
         "questions": n,
         "genacc": round((sum(single) + sum(found) + sum(missing)) / n, 4),
