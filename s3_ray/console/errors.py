@@ -11,7 +11,7 @@ exception's class is always importable by the time it is raised.
 from __future__ import annotations
 
 KNOWN_ERRORS = frozenset({
-    "s3_ray.config.ConfigError",
+    "s3_ray.config.base.ConfigError",
     "s3_ray.data.jsonl.DataError",
     "s3_ray.generation.likelihood.AnswerLogprobUnsupported",
     "s3_ray.data.datasets.DatasetUnavailable",
