@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         del policy, ref
     configure_cpu_compute("fp32")
 
-    report = {"group": args.group, "question": question.id, "searcher": args.searcher or
+    report = {"group": args.group, "question": question.id, "searcher": (f"checkpoint {Path(args.searcher).name}" if args.searcher else None) or
               f"{cfg.searcher.model} + {args.warmup_steps} x 4 follow warm-up", "warmup_s": round(warm_s, 1),
               "tokens_per_rollout": lengths, "searches_mean": stats["searches_mean"],
               "malformed_rate": stats["malformed_rate"], "rewards": [t.reward for t in trajs],
