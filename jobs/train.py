@@ -46,7 +46,7 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
     from s3_ray.console.training import follow_training
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
-    from s3_ray.rl.launch import run_training, summarize, training_items
+    from s3_ray.rl.ray_train.launch import run_training, summarize, training_items
 
     with job.logging_to(cfg.run_dir) as console:
         baseline = open_baseline(cfg, "train")

@@ -257,7 +257,7 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
     `model`'s GPU (sharing it with the trainer), loaded with `weights` (plain Hugging Face names:
     a state dict or (name, tensor) pairs), by default `model`'s own state dict. A LoRA or sharded
     model has no plain state dict of its own: pass its merged / gathered weights
-    (`s3_ray.rl.weight_sync.iter_policy_weights`), or with `cfg.lora_push: adapter` its base
+    (`s3_ray.rl.model.weight_sync.iter_policy_weights`), or with `cfg.lora_push: adapter` its base
     weights: the engine then serves LoRA and takes the adapter separately. The caller refreshes
     the engine whenever `model` changes.
     """
@@ -271,7 +271,7 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
         if weights is None:
             if lora or _is_fsdp(bare):
                 raise ValueError(f"make_policy: {type(bare).__name__} is a LoRA or sharded model; pass its plain "
-                                 "weights (s3_ray.rl.weight_sync.iter_policy_weights)")
+                                 "weights (s3_ray.rl.model.weight_sync.iter_policy_weights)")
             weights = bare.state_dict()
         rank = max(int(c.r) for c in bare.peft_config.values()) if lora and cfg.lora_push == "adapter" else 0
         policy = VLLMPolicy(cfg.model, tokenizer, cfg, seed=seed, colocate_with=bare, max_lora_rank=rank)

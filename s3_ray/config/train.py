@@ -50,7 +50,7 @@ class TrainConfig(StrictModel):
     max_sample_rounds: int = Field(4, ge=1, description="Most sampling rounds of one step (dynamic sampling).")
     curriculum: bool = Field(
         False, description="Prefer training questions whose recent success rate is strictly between 0 and 1; "
-                           "rest questions that keep giving flat groups (s3_ray/rl/curriculum.py).")
+                           "rest questions that keep giving flat groups (s3_ray/rl/loop/curriculum.py).")
     curriculum_window: int = Field(8, ge=1, description="Recent rollouts per question the curriculum remembers.")
     curriculum_patience: int = Field(2, ge=1, description="Flat groups in a row before a question rests.")
     curriculum_rest: int = Field(4, ge=0, description="Steps a flat question rests before it is retried.")

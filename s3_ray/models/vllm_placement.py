@@ -2,7 +2,7 @@
 
 Ray Train gives every worker of a node the same ``CUDA_VISIBLE_DEVICES`` (the GPUs of all its
 workers there) and each worker its own device within it (`ray.train.torch.get_device()`, made
-current by `s3_ray.rl.worker`). A `vllm.LLM` started without a device takes the first visible
+current by `s3_ray.rl.ray_train.worker`). A `vllm.LLM` started without a device takes the first visible
 GPU, so every worker's engine would land on GPU 0. vLLM 0.32's ``device_ids`` engine argument
 (``--device-ids``) names the GPU instead: an index into ``CUDA_VISIBLE_DEVICES`` when that is set
 (physical ids otherwise), which is exactly the ordinal torch gives the worker's device; vLLM maps

@@ -1,7 +1,7 @@
 """The whole s3 loop on one config: index -> serve -> precompute -> train -> evaluate, then a report.
 
 Ray and the Serve apps come up through the `start_services` the caller passes (`jobs.runtime`'s),
-and training runs through `s3_ray.rl.launch.run_training` (the TorchTrainer driver), exactly as
+and training runs through `s3_ray.rl.ray_train.launch.run_training` (the TorchTrainer driver), exactly as
 when each job runs on its own; its steps are shown from the metrics file as they happen.
 Everything lands below `run_dir`; a rerun reuses what is done (index, baselines, cached
 generator answers, finished evaluations).
@@ -35,7 +35,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     from s3_ray.reward.gain import RewardScorer
     from s3_ray.reward.precompute import precompute_split
     from s3_ray.pipeline.verdict import verdict
-    from s3_ray.rl.launch import run_training, training_items
+    from s3_ray.rl.ray_train.launch import run_training, training_items
     from s3_ray.tracking import read_metrics
 
     con = console or active()

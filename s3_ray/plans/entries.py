@@ -155,7 +155,7 @@ def train_workers(cfg: S3Config) -> dict[str, Any]:
     gpus = t.gpus_per_worker if t.gpus_per_worker is not None else (1 if cuda_visible() else 0)
     return {"num_workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker, "gpus_per_worker": gpus,
             "total_cpus": t.num_workers * t.cpus_per_worker, "total_gpus": t.num_workers * gpus,
-            # what s3_ray/rl/worker.py does: ddp = a full copy of the policy per worker, fsdp = shards
+            # what s3_ray/rl/ray_train/worker.py does: ddp = a full copy of the policy per worker, fsdp = shards
             "strategy": f"{t.parallel} ({'nccl' if gpus else 'gloo'})" if t.num_workers > 1 else "single process"}
 
 

@@ -50,9 +50,9 @@ def train_trial(trial: dict[str, Any], base: dict[str, Any], retriever: Any, gen
     import torch
     from ray import tune
 
-    from s3_ray.rl.fit import FitHooks, fit
-    from s3_ray.rl.policy import SearcherPolicy
-    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.rl.loop.fit import FitHooks, fit
+    from s3_ray.rl.model.policy import SearcherPolicy
+    from s3_ray.rl.loop.trainer import SearcherTrainer
 
     cfg = S3Config.model_validate(base).with_overrides(trial)
     if cfg.train.parallel != "ddp":  # one process: nothing to shard over
@@ -77,7 +77,7 @@ def training_setup(cfg: S3Config, generator: Any, scorer: Any = None) -> tuple[l
 
     if scorer is not None:
         return load_split(cfg.data, "train"), scorer
-    from s3_ray.rl.launch import training_items
+    from s3_ray.rl.ray_train.launch import training_items
     from s3_ray.reward.fingerprint import open_baseline
     from s3_ray.reward.gain import RewardScorer
 

@@ -73,7 +73,7 @@ def _retriever(cfg):
 
 
 def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_path):
-    from s3_ray.rl.launch import run_training, summarize
+    from s3_ray.rl.ray_train.launch import run_training, summarize
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -104,7 +104,7 @@ def test_two_step_torchtrainer_changes_weights_and_checkpoints(ray_session, tmp_
 
 def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
     """With a LoRA format warm-up, RLOO and adaptive KL: the resumed run finds its merged base."""
-    from s3_ray.rl.launch import run_training
+    from s3_ray.rl.ray_train.launch import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -136,7 +136,7 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, tmp_path):
 def test_a_rerun_job_resumes_past_its_warm_up_checkpoint(ray_session, tmp_path):
     """The warm-up checkpoint has no reward (NaN). A second job on the same run folder restores Ray's
     checkpoint snapshot from JSON and must still rank the checkpoints it reports next."""
-    from s3_ray.rl.launch import run_training
+    from s3_ray.rl.ray_train.launch import run_training
     from s3_ray.data.embedded import load_split
 
     extra = {"train.warmup_steps": 1, "train.warmup_batch": 2, "train.keep_checkpoints": 2}
@@ -153,7 +153,7 @@ def test_a_rerun_job_resumes_past_its_warm_up_checkpoint(ray_session, tmp_path):
 
 
 def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
-    from s3_ray.rl.launch import run_training, summarize
+    from s3_ray.rl.ray_train.launch import run_training, summarize
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 
@@ -173,7 +173,7 @@ def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
     """train.parallel=fsdp over 2 gloo workers (with gradient checkpointing, as the paper config):
     the warm-up, the rollout copy, collective checkpoints, and a worker crash resumed from the
     sharded run's plain checkpoint."""
-    from s3_ray.rl.launch import run_training
+    from s3_ray.rl.ray_train.launch import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
 

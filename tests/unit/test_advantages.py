@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from s3_ray.rl.advantages import gae, group_relative_advantages, masked_whiten, rloo_advantages
+from s3_ray.rl.algo.advantages import gae, group_relative_advantages, masked_whiten, rloo_advantages
 
 
 def test_grpo_matches_hand_computation():

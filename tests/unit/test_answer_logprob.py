@@ -189,7 +189,7 @@ def test_a_generator_without_log_likelihoods_is_refused_before_training(tmp_path
     assert is_known(info.value) and "\n" not in str(info.value)
     # run_training checks it before Ray is touched
     from s3_ray.config import S3Config
-    from s3_ray.rl.launch import run_training
+    from s3_ray.rl.ray_train.launch import run_training
 
     with pytest.raises(AnswerLogprobUnsupported):
         run_training(S3Config(), [], None, scorer)

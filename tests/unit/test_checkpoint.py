@@ -12,8 +12,8 @@ import torch
 
 from s3_ray.config import TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from s3_ray.rl.algo.update import PolicyUpdater
 from s3_ray.types import QAItem, Trajectory
 
 torch.set_num_threads(1)

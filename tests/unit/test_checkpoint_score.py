@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from s3_ray.rl.checkpoint_score import UNSCORED, checkpoint_score
+from s3_ray.rl.model.checkpoint_score import UNSCORED, checkpoint_score
 
 
 @pytest.mark.parametrize("reward", [float("nan"), float("inf"), float("-inf"), None, "0.5"])

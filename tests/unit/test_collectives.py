@@ -1,4 +1,4 @@
-"""Every collective of a training step goes through `s3_ray.rl.collectives`, which puts its tensor
+"""Every collective of a training step goes through `s3_ray.rl.model.collectives`, which puts its tensor
 on the device the process group's backend reduces on (NCCL cannot reduce CPU tensors).
 
 No GPU is needed: the backend -> device rule is checked with the backend and device faked, no
@@ -27,7 +27,7 @@ COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "all_gather_into
 def test_group_device_follows_the_backend(monkeypatch, backend, device) -> None:
     import torch.distributed as dist
 
-    from s3_ray.rl import collectives
+    from s3_ray.rl.model import collectives
 
     monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
@@ -38,7 +38,7 @@ def test_group_device_follows_the_backend(monkeypatch, backend, device) -> None:
 def test_no_module_calls_torch_distributed_collectives_directly() -> None:
     offenders = []
     for path in SRC.rglob("*.py"):
-        if path.name == "collectives.py" and path.parent.name == "rl":
+        if path.name == "collectives.py" and path.parent.name == "model" and path.parent.parent.name == "rl":
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
@@ -47,7 +47,7 @@ def test_no_module_calls_torch_distributed_collectives_directly() -> None:
                 name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
                 if name in ("dist", "distributed"):
                     offenders.append(f"{path.relative_to(SRC.parent)}:{node.lineno} {name}.{node.func.attr}")
-    assert not offenders, "collectives outside s3_ray/rl/collectives.py: " + ", ".join(offenders)
+    assert not offenders, "collectives outside s3_ray/rl/model/collectives.py: " + ", ".join(offenders)
 
 
 def _rank_main(rank: int, world: int, port: int) -> None:
@@ -61,10 +61,10 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     from fakes import FakeRetriever
     from s3_ray.clients import RetrieverClient
     from s3_ray.config import load_config
-    from s3_ray.rl import collectives
-    from s3_ray.rl.fit import FitHooks, fit
-    from s3_ray.rl.policy import SearcherPolicy
-    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.rl.model import collectives
+    from s3_ray.rl.loop.fit import FitHooks, fit
+    from s3_ray.rl.model.policy import SearcherPolicy
+    from s3_ray.rl.loop.trainer import SearcherTrainer
     from s3_ray.types import QAItem, RewardResult
 
     torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
     ours = [c for c in calls if "/s3_ray/" in c[1]]
     assert ours, "no collective was recorded"
-    wrong = [c for c in ours if not c[1].endswith("s3_ray/rl/collectives.py") or c[2] not in (device, "-")]
+    wrong = [c for c in ours if not c[1].endswith("s3_ray/rl/model/collectives.py") or c[2] not in (device, "-")]
     assert not wrong, wrong
     print(f"rank {rank}: {len(ours)} collectives, all through collectives.py on {device}")
     print("COLLECTIVES-OK")

@@ -1,6 +1,6 @@
 """IVF-PQ with refine (faiss' re-ranking of the best PQ candidates): recall, the memory-mapped
 exact vectors, manifests and search settings. Recall and memory figures are measured in
-benchmarks/retrieval_bench.py; here only that refine works and helps."""
+benchmarks/retrieval/retrieval_bench.py; here only that refine works and helps."""
 
 from __future__ import annotations
 

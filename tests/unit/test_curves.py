@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from s3_ray.rl.curves import plot_curves
+from s3_ray.rl.loop.curves import plot_curves
 
 
 def test_png_is_written_from_jsonl(tmp_path):

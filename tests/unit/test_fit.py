@@ -1,4 +1,4 @@
-"""The one training loop (`s3_ray.rl.fit`) without Ray: warm-up as step 0, a checkpoint when one
+"""The one training loop (`s3_ray.rl.loop.fit`) without Ray: warm-up as step 0, a checkpoint when one
 is due, the guard's stop, and a resume that continues where the checkpoint left off."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from fakes import FakeRetriever
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
-from s3_ray.rl.fit import FitHooks, fit
-from s3_ray.rl.policy import SearcherPolicy
-from s3_ray.rl.trainer import SearcherTrainer
+from s3_ray.rl.loop.fit import FitHooks, fit
+from s3_ray.rl.model.policy import SearcherPolicy
+from s3_ray.rl.loop.trainer import SearcherTrainer
 from s3_ray.types import QAItem, RewardResult, Trajectory
 
 ITEMS = [QAItem(f"q{i}", q, ("x",)) for i, q in enumerate(

@@ -14,8 +14,8 @@ import torch
 from isolated import run_isolated
 from s3_ray.config import TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.checkpoint import load_checkpoint, save_checkpoint
-from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.model.checkpoint import load_checkpoint, save_checkpoint
+from s3_ray.rl.algo.update import PolicyUpdater
 
 WORLD = 2
 TOL = 1e-5
@@ -48,11 +48,11 @@ def _rank_main(rank: int, world: int, port: int, tmp: str) -> None:
 
     import torch.distributed as dist
 
-    from s3_ray.rl.weight_sync import iter_policy_weights
+    from s3_ray.rl.model.weight_sync import iter_policy_weights
     from s3_ray.config import load_config
-    from s3_ray.rl.policy import frozen_copy, shard_for_training
-    from s3_ray.rl.sharding import full_state_dict, is_sharded, is_sharded_tensor
-    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.rl.model.policy import frozen_copy, shard_for_training
+    from s3_ray.rl.model.sharding import full_state_dict, is_sharded, is_sharded_tensor
+    from s3_ray.rl.loop.trainer import SearcherTrainer
     from s3_ray.types import QAItem
 
     torch.set_num_threads(1)
@@ -154,7 +154,7 @@ def test_config_refuses_fsdp_with_lora_uneven_batches_and_models_without_layer_c
     from torch import nn
 
     from s3_ray.config import ConfigError, load_config
-    from s3_ray.rl.sharding import layer_classes
+    from s3_ray.rl.model.sharding import layer_classes
 
     with pytest.raises(ConfigError, match="train.parallel=fsdp does not combine with train.lora_rank"):
         load_config(None, ["train.parallel=fsdp", "train.lora_rank=4"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from s3_ray.config import TrainConfig
-from s3_ray.rl.guard import CollapseGuard
+from s3_ray.rl.loop.guard import CollapseGuard
 
 
 def _m(malformed=0.0, kl=0.0, loss=0.1):

@@ -167,3 +167,85 @@ def test_agent_never_imports_rl() -> None:
 def test_library_never_imports_jobs_or_deployments() -> None:
     edges = _edges_into(("jobs", "deployments"), "s3_ray")
     assert not edges, "s3_ray must not import its shells:\n" + "\n".join(edges)
+
+
+# --- the floors of s3_ray.rl -----------------------------------------------------------------
+
+RL_FLOORS = ("model", "algo", "loop", "ray_train")  # bottom to top: each imports only those below
+
+
+def upward_edges(graph: dict[str, frozenset[str]], package: str = "s3_ray.rl",
+                 floors: tuple[str, ...] = RL_FLOORS) -> list[str]:
+    """Every edge from a module of one floor of `package` into a higher floor's modules."""
+    def floor_of(name: str) -> int | None:
+        if not name.startswith(package + "."):
+            return None
+        head = name[len(package) + 1:].split(".")[0]
+        return floors.index(head) if head in floors else None
+
+    out = []
+    for source, targets in graph.items():
+        low = floor_of(source)
+        if low is None:
+            continue
+        out += [f"{source} -> {t}" for t in sorted(targets) if (high := floor_of(t)) is not None and high > low]
+    return sorted(out)
+
+
+def _external_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    return {n.split(".")[0] for n in names}
+
+
+def test_floor_checker_flags_an_upward_import() -> None:
+    graph = {"s3_ray.rl.algo.update": frozenset({"s3_ray.rl.loop.trainer", "s3_ray.rl.model.policy"}),
+             "s3_ray.rl.loop.fit": frozenset({"s3_ray.rl.algo.update", "s3_ray.rl.ray_train.worker"}),
+             "s3_ray.rl.model.policy": frozenset({"s3_ray.config"}),
+             "s3_ray.rl.loop.trainer": frozenset()}
+    assert upward_edges(graph) == ["s3_ray.rl.algo.update -> s3_ray.rl.loop.trainer",
+                                   "s3_ray.rl.loop.fit -> s3_ray.rl.ray_train.worker"]
+
+
+def test_every_rl_module_lives_on_a_floor() -> None:
+    stray = sorted(n for n in project_modules() if n.startswith("s3_ray.rl.")
+                   and n.split(".")[2] not in RL_FLOORS)
+    assert not stray, f"modules of s3_ray.rl outside its floors {RL_FLOORS}: {stray}"
+
+
+def test_rl_floors_never_import_upward() -> None:
+    edges = upward_edges(import_graph())
+    assert not edges, "a lower floor of s3_ray.rl imports a higher one:\n" + "\n".join(edges)
+
+
+def test_only_the_ray_train_floor_imports_ray() -> None:
+    offenders = sorted(name for name, path in project_modules().items()
+                       if name.startswith("s3_ray.rl.") and not name.startswith("s3_ray.rl.ray_train")
+                       and "ray" in _external_imports(path))
+    assert not offenders, f"modules below s3_ray.rl.ray_train that import Ray: {offenders}"
+
+
+# --- benchmarks: scripts, but their imports of each other must not cycle either ----------------
+
+def benchmark_graph() -> dict[str, frozenset[str]]:
+    """Benchmark script -> the sibling scripts it imports (they import each other by bare name,
+    `import load_guard`, with their folder on `sys.path`; `benchmarks.x` counts too)."""
+    modules = {p.stem: p for p in (ROOT / "benchmarks").rglob("*.py")}
+    graph = {}
+    for stem, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = set()
+        for imported in _imported_names(tree, f"benchmarks.{stem}", is_package=False):
+            parts = imported.split(".")
+            name = parts[1] if parts[0] == "benchmarks" and len(parts) > 1 else parts[0]
+            if name in modules and name != stem:
+                targets.add(name)
+        graph[stem] = frozenset(targets)
+    return graph
+
+
+def test_no_import_cycles_in_benchmarks() -> None:
+    graph = benchmark_graph()
+    cycles = [_describe(c, graph) for c in strongly_connected(graph)]
+    assert not cycles, "import cycles among benchmarks:\n" + "\n".join(cycles)

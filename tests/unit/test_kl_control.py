@@ -10,8 +10,8 @@ import torch
 
 from s3_ray.config import TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.kl_control import KLController, adaptive_kl_coef
-from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.algo.kl_control import KLController, adaptive_kl_coef
+from s3_ray.rl.algo.update import PolicyUpdater
 from s3_ray.types import QAItem, Trajectory
 
 torch.set_num_threads(1)

@@ -10,17 +10,17 @@ import torch
 
 from s3_ray.config import TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.batch import collate, token_logprobs
-from s3_ray.rl.checkpoint import load_checkpoint, save_checkpoint
-from s3_ray.rl.lora import (
+from s3_ray.rl.algo.batch import collate, token_logprobs
+from s3_ray.rl.model.checkpoint import load_checkpoint, save_checkpoint
+from s3_ray.rl.model.lora import (
     AdapterOffReference,
     apply_lora,
     is_lora,
     merge_lora,
     merged_state_dict,
 )
-from s3_ray.rl.policy import enable_gradient_checkpointing
-from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.model.policy import enable_gradient_checkpointing
+from s3_ray.rl.algo.update import PolicyUpdater
 from s3_ray.types import QAItem, Trajectory
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from s3_ray.rl.losses import (
+from s3_ray.rl.algo.losses import (
     clipped_policy_loss,
     entropy_from_logits,
     kl_penalty,

@@ -12,11 +12,11 @@ import torch
 
 from s3_ray.config import S3Config, SearcherConfig, TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl import batch as batch_module
-from s3_ray.rl import warmup as warmup_module
-from s3_ray.rl.policy import SearcherPolicy, frozen_copy
-from s3_ray.rl.precision import training_autocast
-from s3_ray.rl.update import PolicyUpdater
+from s3_ray.rl.algo import batch as batch_module
+from s3_ray.rl.loop import warmup as warmup_module
+from s3_ray.rl.model.policy import SearcherPolicy, frozen_copy
+from s3_ray.rl.model.precision import training_autocast
+from s3_ray.rl.algo.update import PolicyUpdater
 from s3_ray.types import QAItem, Trajectory
 
 torch.set_num_threads(1)
@@ -149,7 +149,7 @@ def test_ddp_on_a_gpu_trains_fp32_masters_against_a_bf16_reference(monkeypatch, 
 
 
 def test_fsdp_on_a_gpu_keeps_fp32_masters_and_a_bf16_rollout_copy(monkeypatch, tiny) -> None:
-    from s3_ray.rl import policy as policy_module
+    from s3_ray.rl.model import policy as policy_module
 
     sharded: list[tuple[Any, Any]] = []
     monkeypatch.setattr(policy_module, "shard_for_training", lambda p, r: sharded.append((p, r)) or (p, r))
@@ -230,7 +230,7 @@ def test_frozen_copy_peaks_at_the_bf16_copy_not_a_second_fp32_model() -> None:
 @pytest.fixture()
 def cpu_compute():
     """Sets this process's `train.cpu_compute` for one test and restores fp32 after it."""
-    from s3_ray.rl import precision
+    from s3_ray.rl.model import precision
 
     yield precision.configure_cpu_compute
     precision.configure_cpu_compute("fp32")
@@ -239,8 +239,8 @@ def cpu_compute():
 def test_cpu_bf16_autocast_log_probs_agree_with_fp32_and_masters_stay_fp32(cpu_compute, tiny) -> None:
     """`train.cpu_compute=bf16` on CPU: the update's log-probs (what the PPO ratio divides) stay within
     0.05 nats per token of fp32's, the weights it trains stay float32 and the step moves them."""
-    from s3_ray.rl.batch import collate, token_logprobs
-    from s3_ray.rl.precision import precision_for
+    from s3_ray.rl.algo.batch import collate, token_logprobs
+    from s3_ray.rl.model.precision import precision_for
 
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     torch.manual_seed(0)
@@ -264,7 +264,7 @@ def test_cpu_bf16_autocast_log_probs_agree_with_fp32_and_masters_stay_fp32(cpu_c
 
 
 def test_cpu_compute_auto_follows_the_cpu(cpu_compute, monkeypatch) -> None:
-    from s3_ray.rl import precision
+    from s3_ray.rl.model import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert cpu_compute("auto") == "bf16"

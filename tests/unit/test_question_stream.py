@@ -1,6 +1,6 @@
 import pytest
 
-from s3_ray.rl.trainer import QuestionStream
+from s3_ray.rl.loop.trainer import QuestionStream
 from s3_ray.types import QAItem
 
 ITEMS = [QAItem(str(i), f"q{i}?", ("a",)) for i in range(5)]

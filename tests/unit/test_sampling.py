@@ -14,9 +14,9 @@ from s3_ray.agent.rollout import run_rollout
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import RolloutConfig, SearcherConfig, TrainConfig, load_config
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.curriculum import Curriculum
-from s3_ray.rl.sampling import GroupSampler, has_signal, split_groups
-from s3_ray.rl.trainer import QuestionStream, SearcherTrainer, attach_rewards
+from s3_ray.rl.loop.curriculum import Curriculum
+from s3_ray.rl.loop.sampling import GroupSampler, has_signal, split_groups
+from s3_ray.rl.loop.trainer import QuestionStream, SearcherTrainer, attach_rewards
 from s3_ray.types import QAItem, RewardResult
 
 ITEMS = [QAItem(f"q{i}", f"Who founded company {i}?", ("x",)) for i in range(8)]

@@ -12,7 +12,7 @@ from fakes import FakeRetriever
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.trainer import SearcherTrainer
+from s3_ray.rl.loop.trainer import SearcherTrainer
 from s3_ray.types import QAItem, RewardResult, Trajectory
 
 

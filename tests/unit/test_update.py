@@ -11,9 +11,9 @@ import torch
 from isolated import run_isolated
 from s3_ray.config import RolloutConfig, TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.batch import collate, token_logprobs
-from s3_ray.rl.update import PolicyUpdater
-from s3_ray.rl.warmup import document_names, first_clause, follow_turn, format_demonstrations, sft_step
+from s3_ray.rl.algo.batch import collate, token_logprobs
+from s3_ray.rl.algo.update import PolicyUpdater
+from s3_ray.rl.loop.warmup import document_names, first_clause, follow_turn, format_demonstrations, sft_step
 from s3_ray.types import Passage, QAItem, Trajectory
 
 torch.set_num_threads(1)
@@ -291,7 +291,7 @@ def test_flat_step_is_skipped_only_while_the_policy_equals_its_reference():
 
     from s3_ray.config import TrainConfig
     from s3_ray.models import load_causal_lm
-    from s3_ray.rl.update import PolicyUpdater
+    from s3_ray.rl.algo.update import PolicyUpdater
     from s3_ray.types import QAItem, Trajectory
 
     model, tok = load_causal_lm("tiny-random", for_training=True)
@@ -324,7 +324,7 @@ def test_flat_step_is_skipped_only_while_the_policy_equals_its_reference():
 
 
 def test_rloo_advantages_and_micro_batch_from_config(model_tok):
-    from s3_ray.rl.advantages import rloo_advantages
+    from s3_ray.rl.algo.advantages import rloo_advantages
 
     model, tok = model_tok
     trajs = _group(tok)
@@ -360,7 +360,7 @@ def _assert_sharing_changes_nothing(model, ids, mask, start: int) -> None:
     tolerance) whether the rows' common prefix is read once or once per row."""
     import copy
 
-    from s3_ray.rl.batch import grid_logits
+    from s3_ray.rl.algo.batch import grid_logits
 
     grads = []
     for share in (False, True):
@@ -376,7 +376,7 @@ def _assert_sharing_changes_nothing(model, ids, mask, start: int) -> None:
 def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
     """Rows that start alike (a GRPO group's prompt) give the same log-probs and parameter
     gradients whether the shared prefix is read once or once per row."""
-    from s3_ray.rl.batch import can_share_prefix, common_prefix
+    from s3_ray.rl.algo.batch import can_share_prefix, common_prefix
 
     model, tok = load_causal_lm("tiny-random", for_training=True)
     prompt = tok.encode("Who founded Holt Company? Doc 1 Holt Company makes rope.", add_special_tokens=False)
@@ -392,7 +392,7 @@ def test_a_shared_prefix_is_read_once_with_the_same_logits_and_gradients():
 def test_a_prefix_shared_across_groups_gives_the_same_gradients():
     """Rows of two groups (two questions) share only the instruction header: reading that header
     once gives the log-probs and parameter gradients of the unshared computation."""
-    from s3_ray.rl.batch import common_prefix
+    from s3_ray.rl.algo.batch import common_prefix
 
     model, tok = load_causal_lm("tiny-random", for_training=True)
     header = tok.encode("Answer with tags. <question>", add_special_tokens=False)

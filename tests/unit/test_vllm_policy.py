@@ -200,7 +200,7 @@ class AlternatingScorer:
 def test_transformers_backend_trains_without_an_engine(fake_vllm, tiny) -> None:
     import copy
 
-    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.rl.loop.trainer import SearcherTrainer
 
     base, tok = tiny
     scfg = CFG.model_copy(update={"backend": "transformers", "max_prompt_tokens": 1536, "max_new_tokens": 8})

@@ -12,7 +12,7 @@ from fake_vllm import install_fake_vllm
 from fakes import FakeRetriever
 from s3_ray.config import S3Config, SearcherConfig, TrainConfig
 from s3_ray.models import load_causal_lm
-from s3_ray.rl.weight_sync import iter_policy_weights
+from s3_ray.rl.model.weight_sync import iter_policy_weights
 from s3_ray.types import QAItem, RewardResult
 
 torch.set_num_threads(1)
@@ -49,8 +49,8 @@ ITEMS = [QAItem("q1", "Where does the river Wend flow?", ("Alder Town",)),
 def _trainer(fake_vllm, tiny, lora_rank: int, lora_push: str = "adapter", rank: int = 3):
     import copy
 
-    from s3_ray.rl.policy import build_policy
-    from s3_ray.rl.trainer import SearcherTrainer
+    from s3_ray.rl.model.policy import build_policy
+    from s3_ray.rl.loop.trainer import SearcherTrainer
 
     base, tok = tiny
     fake_vllm.default_plan = _ids(tok, "<search_complete>True</search_complete>")
@@ -63,7 +63,7 @@ def _trainer(fake_vllm, tiny, lora_rank: int, lora_push: str = "adapter", rank: 
 
 @pytest.mark.parametrize("lora_rank", [0, 2])
 def test_trainer_pushes_updated_weights_into_the_engine(fake_vllm, tiny, lora_rank) -> None:
-    from s3_ray.rl.lora import merged_state_dict
+    from s3_ray.rl.model.lora import merged_state_dict
 
     trainer, model, cfg = _trainer(fake_vllm, tiny, lora_rank, lora_push="merged")
     assert fake_vllm.engines == []  # the engine starts with the first rollout
@@ -92,8 +92,8 @@ def test_trainer_pushes_updated_weights_into_the_engine(fake_vllm, tiny, lora_ra
 def test_lora_run_pushes_only_the_adapter(fake_vllm, tiny) -> None:
     from peft import get_peft_model_state_dict
 
-    from s3_ray.rl.lora import iter_base_weights, merge_lora
-    from s3_ray.rl.policy import build_policy
+    from s3_ray.rl.model.lora import iter_base_weights, merge_lora
+    from s3_ray.rl.model.policy import build_policy
 
     trainer, model, _ = _trainer(fake_vllm, tiny, lora_rank=2)
     trainer.train_step()
@@ -136,8 +136,8 @@ def test_push_streams_one_bucket_at_a_time_in_the_engine_dtype(monkeypatch, tiny
 
     from s3_ray.agent.vllm_policy import VLLMPolicy
     from s3_ray.agent.vllm_weights import STAGE_METHOD, layer_key
-    from s3_ray.rl import sharding
-    from s3_ray.rl.weight_sync import RolloutWeights
+    from s3_ray.rl.model import sharding
+    from s3_ray.rl.model.weight_sync import RolloutWeights
 
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     vllm = install_fake_vllm(monkeypatch, tok, dtype=torch.bfloat16)

@@ -16,8 +16,8 @@ skip_without_vllm()
 
 from s3_ray.agent.policy import HFPolicy
 from s3_ray.config import TrainConfig
-from s3_ray.rl.lora import apply_lora
-from s3_ray.rl.weight_sync import RolloutWeights
+from s3_ray.rl.model.lora import apply_lora
+from s3_ray.rl.model.weight_sync import RolloutWeights
 from s3_ray.types import QAItem
 from turns import GREEDY, QUESTIONS, assert_same_turns, first_prompts, rollout_turns, sft_step
 

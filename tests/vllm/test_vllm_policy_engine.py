@@ -16,8 +16,8 @@ skip_without_vllm()
 
 from s3_ray.agent.policy import HFPolicy
 from s3_ray.agent.vllm_policy import VLLMPolicy
-from s3_ray.rl.batch import collate, token_logprobs
-from s3_ray.rl.weight_sync import iter_policy_weights
+from s3_ray.rl.algo.batch import collate, token_logprobs
+from s3_ray.rl.model.weight_sync import iter_policy_weights
 from s3_ray.types import QAItem, Trajectory
 from turns import GREEDY, QUESTIONS, assert_same_turns, first_prompts, rollout_turns, sft_step
 

@@ -11,7 +11,7 @@ from engine_start import MODEL
 from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
 from s3_ray.agent.rollout import initial_passages, run_rollout
 from s3_ray.config import RolloutConfig, SearcherConfig
-from s3_ray.rl.batch import collate, first_trained_position, gather_logprobs, grid_logits
+from s3_ray.rl.algo.batch import collate, first_trained_position, gather_logprobs, grid_logits
 from s3_ray.types import QAItem, Trajectory
 
 GREEDY = SearcherConfig(model=MODEL, temperature=0.0, max_new_tokens=32, max_prompt_tokens=1536, backend="vllm")
