@@ -139,3 +139,7 @@ class RewardConfig(StrictModel):
         "searcher's context minus naive RAG's.")
     logprob_weight: float = Field(
         0.1, ge=0, description="mixed only: weight of the log-likelihood gain (nats per token) beside the GenAcc gain.")
+    format_penalty: float = Field(
+        0.0, ge=0, description="Subtracted from the reward of an episode with any malformed turn (broken JSON, "
+        "no action, query and complete at once, ids out of range), so that RL does not drift out of the protocol "
+        "that the lenient parser still reads. 0 = off (s3's reward).")

@@ -19,6 +19,8 @@ COLUMNS = [  # (summary key, header, scale, decimals)
     ("context_words", "context words", 1.0, 1),
     ("context_tokens", "context tokens", 1.0, 1),
     ("searches", "searches", 1.0, 1),
+    ("searches_bridge", "searches / bridge q", 1.0, 1),
+    ("malformed", "malformed episodes %", 100.0, 1),
     ("seconds", "s / question", 1.0, 3),
     ("lm_calls", "LM calls / question", 1.0, 2),
     ("generator_calls", "generator calls / question", 1.0, 2),

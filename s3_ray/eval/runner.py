@@ -151,7 +151,17 @@ def _finished(path: Path, judge: bool) -> dict[str, dict[str, Any]]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Means over records, overall and per question type (single / bridge)."""
+    """Means over records, overall and per question type (single / bridge: GenAcc and searches), and
+    `malformed`, the share of episodes with a malformed turn, where records carry a search trace.
+
+    >>> rows = [{"genacc": 1.0, "em": 0.0, "f1": 1.0, "context_docs": 3, "context_words": 9, "searches": 2,
+    ...          "seconds_context": 0.1, "type": "bridge", "trace": [{"malformed": None}, {"malformed": "bad_json"}]},
+    ...         {"genacc": 0.0, "em": 0.0, "f1": 0.0, "context_docs": 3, "context_words": 9, "searches": 0,
+    ...          "seconds_context": 0.1, "type": "single", "trace": [{"malformed": None}]}]
+    >>> s = summarize(rows)
+    >>> s["malformed"], s["searches_bridge"], s["searches_single"], s["genacc_bridge"]
+    (0.5, 2.0, 0.0, 1.0)
+    """
     def mean(key: str, rows: list[dict[str, Any]]) -> float:
         return sum(float(r[key]) for r in rows) / len(rows) if rows else float("nan")
 
@@ -164,9 +174,12 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
             out[key] = mean(key, records)
     if records and any(r.get("judge") for r in records):
         out["genacc_span"] = mean("span_match", records)
+    if records and all("trace" in r for r in records) and any(r["trace"] for r in records):  # searcher methods: how often a turn broke the protocol
+        out["malformed"] = sum(1.0 for r in records if any(t.get("malformed") for t in r["trace"])) / len(records)
     for kind in sorted({r["type"] for r in records if r.get("type")}):
         rows = [r for r in records if r.get("type") == kind]
         out[f"genacc_{kind}"] = mean("genacc", rows)
+        out[f"searches_{kind}"] = mean("searches", rows)
     return out
 
 

@@ -75,6 +75,7 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     eval_dir = cfg.path("eval", cfg.eval.split)
     per_question = {name: scores_by_question(eval_dir / f"{name}.jsonl") for name in summaries}
     reading, figures = verdict(per_question, metrics)
+    reading += searcher_lines(summaries)
     md = write_report(
         report_dir, summaries, title="s3-ray demo (embedded default)",
         extra={"stage_seconds": st.seconds, "total_seconds": total, "trained_checkpoint": trained,
@@ -105,3 +106,20 @@ def warmup_checkpoint(result: Any) -> str | None:
         if metrics.get("step") == 0:
             return ckpt.path
     return None
+
+
+def searcher_lines(summaries: dict[str, dict[str, float]]) -> list[str]:
+    """How each evaluated searcher searched and kept the protocol, in plain words.
+
+    >>> searcher_lines({"naive_rag": {"genacc": 0.3},
+    ...                 "s3_trained": {"searches": 1.5, "searches_bridge": 2.0, "malformed": 0.025}})
+    ['s3_trained: 1.5 searches per question (2.0 per bridge question); a malformed turn in 2.5% of test episodes']
+    """
+    out = []
+    for name, s in summaries.items():
+        if "malformed" not in s:
+            continue
+        bridge = f" ({s['searches_bridge']:.1f} per bridge question)" if "searches_bridge" in s else ""
+        out.append(f"{name}: {s['searches']:.1f} searches per question{bridge}; a malformed turn in "
+                   f"{100 * s['malformed']:.1f}% of test episodes")
+    return out

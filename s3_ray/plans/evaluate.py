@@ -61,9 +61,28 @@ def methods_entry(cfg: S3Config, plan: Plan, searchers: dict[str, str]) -> list[
             entry["model"] = cfg.eval.baseline_model or cfg.searcher.model
         methods.append(entry)
     for label, path in {**cfg.eval.checkpoints, **searchers}.items():
-        methods.append({"name": label, "kind": "s3", **plan.file(Path(path).expanduser().resolve(),
-                                                                 f"checkpoint {label}")})
+        where = Path(path).expanduser().resolve()
+        entry = plan.file(where, f"checkpoint {label}")
+        if entry["exists"] and not is_model_folder(where):
+            found = model_folders_near(where)
+            plan.problems.append(f"checkpoint {label}: {where} is not a model folder (no config.json); "
+                                 + (f"checkpoint folders there: {', '.join(found)}" if found
+                                    else "pass the folder of a checkpoint (it holds config.json)"))
+        methods.append({"name": label, "kind": "s3", **entry})
     return methods
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder a searcher loads from: a checkpoint or a Hugging Face model folder (config.json)."""
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def model_folders_near(path: Path, limit: int = 8) -> list[str]:
+    """Model folders inside `path`, or beside it when it is a file (Ray writes
+    `checkpoint_manager_snapshot.json` next to the checkpoints), newest name last."""
+    base = path if path.is_dir() else path.parent
+    found = sorted(str(p.parent) for p in base.glob("*/config.json"))
+    return found[-limit:]
 
 
 def evaluate_plan(cfg: S3Config, searchers: dict[str, str]) -> Plan:

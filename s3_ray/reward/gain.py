@@ -8,7 +8,8 @@ training set (baseline always wrong) only rescales the reward.
 RAG's): `genacc` (s3's), `answer_logprob` (the generator's mean token log-likelihood of the gold
 answer, `s3_ray.generation.likelihood`: dense, so a group whose GenAcc is flat still ranks its
 contexts) or `mixed` (the GenAcc gain plus `logprob_weight` x the log-likelihood gain). Naive
-RAG's context is the trajectory's initial documents, checked against the baseline record's ids."""
+RAG's context is the trajectory's initial documents, checked against the baseline record's ids.
+`format_penalty` is subtracted from an episode that broke the protocol in any turn."""
 
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ class RewardScorer:
                     reward = lp - lp_base
                 else:
                     reward += self.cfg.logprob_weight * (lp - lp_base)
+            if self.cfg.format_penalty and t.num_malformed:
+                reward -= self.cfg.format_penalty
+            metrics["malformed"] = float(t.num_malformed > 0)
             out.append(RewardResult(reward=reward, metrics=metrics))
         return out
 

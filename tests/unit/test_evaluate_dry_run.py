@@ -81,3 +81,22 @@ def test_load_datasets_groups_mirage_tasks(tmp_path: Path) -> None:
                                f"{{name: b, path: {tmp_path / 'benchmark.json'}}}]"])
     with pytest.raises(ValueError, match="already used"):
         load_datasets(twice)
+
+
+def test_a_file_beside_the_checkpoints_is_refused_naming_the_folders(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ray_dir = tmp_path / "ray" / "demo"
+    for name in ("checkpoint_000000", "checkpoint_000001"):
+        (ray_dir / name).mkdir(parents=True)
+        (ray_dir / name / "config.json").write_text("{}")
+    snapshot = ray_dir / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("{}")
+    rc, out = _run(["--dry-run", f"--searcher=trained={snapshot}"], capsys)
+    [problem] = [p for p in out["problems"] if "checkpoint trained" in p]
+    assert rc == 2 and "not a model folder" in problem
+    assert str(ray_dir / "checkpoint_000000") in problem and str(ray_dir / "checkpoint_000001") in problem
+    # the real run stops on the same plan before Ray starts (the fixture fails any Ray start)
+    assert evaluate.main([f"--searcher=trained={snapshot}"]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    rc, out = _run(["--dry-run", f"--searcher=trained={ray_dir / 'checkpoint_000001'}"], capsys)
+    assert not [p for p in out["problems"] if "checkpoint trained" in p]

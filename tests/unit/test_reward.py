@@ -121,6 +121,23 @@ def test_reward_scorer_values_signs_and_metrics(tmp_path) -> None:
     assert results2[0].metrics["gbr"] == 1.0  # gbr stays the pure difference
 
 
+def test_format_penalty_hits_only_episodes_with_a_malformed_turn(tmp_path) -> None:
+    from s3_ray.types import TurnRecord
+
+    qs, cache = _scorer_setup(tmp_path)
+    client = FakeClient({"question 0?": "gold0", "question 1?": "gold1", "question 2?": "wrong", "question 3?": "x"})
+    ctx = [Passage("a", '"A"\nx')]
+    trajs = [_traj(it, ctx) for it in qs]
+    trajs[0].turns.append(TurnRecord(text='<query>{"query": Vera"}</query>', query="Vera", malformed="bad_json"))
+    trajs[2].turns.append(TurnRecord(text="<query>{\"query\": \"x\"}</query>", query="x"))
+    plain = RewardScorer(client, cache, RewardConfig()).score(trajs)
+    assert [r.reward for r in plain] == [1.0, 0.0, 0.0, -1.0]
+    assert [r.metrics["malformed"] for r in plain] == [1.0, 0.0, 0.0, 0.0]
+    fined = RewardScorer(client, cache, RewardConfig(format_penalty=0.5)).score(trajs)
+    assert [r.reward for r in fined] == [0.5, 0.0, 0.0, -1.0]
+    assert fined[0].metrics["gbr"] == 1.0  # the gain itself is reported unfined
+
+
 def test_reward_scorer_judge_only_for_span_failures(tmp_path) -> None:
     qs, cache = _scorer_setup(tmp_path, judge=True)
     client = FakeClient({"question 0?": "gold0", "question 2?": "paraphrase"}, judge_says="Yes")
