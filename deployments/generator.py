@@ -31,6 +31,7 @@ from s3_ray.serving import (
     BatchStats,
     Guard,
     build_api,
+    generator_replica_gpus,
     generator_served,
     get,
     merged,
@@ -176,14 +177,18 @@ class GeneratorServer:
 
 
 def build_app(args: GeneratorAppArgs | dict[str, Any]) -> "Application":
-    """The bound app; replicas, CPUs/GPUs and batching come from `args.serve`.
+    """The bound app; replicas, CPUs/GPUs and batching come from `args.serve` (a vLLM replica's
+    GPUs from `generator.tensor_parallel_size`).
 
     A relative cache path is resolved here, against the caller's directory, because replicas
     may run elsewhere.
     """
     a = GeneratorAppArgs.coerce(args).absolute()
     s = a.serve
+    options = replica_options(s, "generator", a.name)
+    # a vLLM engine spreads over generator.tensor_parallel_size GPUs: the replica reserves them all
+    options["ray_actor_options"]["num_gpus"] = generator_replica_gpus(a.generator, s)
     deployment = serve_deployment(GeneratorServer,
                                   {"_generate_merged": Batching(s.max_batch_size, s.batch_wait_timeout_s)},
-                                  **replica_options(s, "generator", a.name))
+                                  **options)
     return deployment.bind(a)

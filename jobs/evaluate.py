@@ -1,14 +1,15 @@
 """Evaluate context methods (naive RAG, baselines, searchers) with the frozen generator.
 
     python -m jobs.evaluate --config jobs/configs/demo.yaml [--searcher LABEL=CHECKPOINT ...] [--dry-run]
-                            [--in-driver] [--task-cpus 0.5] [--verbose] [key=value ...]
+                            [--in-driver] [--task-cpus 0.5] [--task-gpus N] [--verbose] [key=value ...]
 
 Methods come from `eval.methods` (`s3_ray.eval.methods.METHODS`: naive_rag, no_retrieval, s3 = the
 untrained `searcher.model`, cot, rewrite, ircot, search_r1, search_o1) plus one s3 method per
 `--searcher` / `eval.checkpoints` entry. Searchers and baselines decode greedily. With
 `reward.use_judge`, GenAcc is span match OR the generator-as-judge (as in the reward).
 
-Every (method, data set) pair runs as its own Ray task (`--task-cpus` logical CPUs each; the task
+Every (method, data set) pair runs as its own Ray task (`--task-cpus` logical CPUs each, and
+`--task-gpus` / `eval.task_gpus` GPUs where the method loads a searcher or LM baseline; the task
 builds its method and calls the retriever and generator Serve apps through picklable clients);
 `--in-driver` runs the pairs one after the other in this process instead.
 
@@ -33,6 +34,7 @@ from s3_ray.console import JobConsole, shown_path
 from s3_ray.eval.ray_pairs import DEFAULT_TASK_CPUS, ray_map
 from s3_ray.eval.suite import evaluate, evaluate_datasets
 from s3_ray.plans.evaluate import evaluate_plan
+from s3_ray.resources import gpus_or_auto
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the (method, data set) pairs one after the other in this process, not as Ray tasks")
     parser.add_argument("--task-cpus", type=float, default=DEFAULT_TASK_CPUS,
                         help=f"logical CPUs per (method, data set) Ray task (default {DEFAULT_TASK_CPUS})")
+    parser.add_argument("--task-gpus", type=float, default=None,
+                        help="GPUs per Ray task whose method loads a searcher or LM baseline (default: eval.task_gpus; "
+                             "unset: 1 when this process sees CUDA, else 0)")
     runtime.add_verbose_flag(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.split=dev")
     args = parser.parse_args(argv)
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         searchers[label] = path
     if args.task_cpus <= 0:
         parser.error(f"--task-cpus must be > 0, got {args.task_cpus}")
+    if args.task_gpus is not None and args.task_gpus < 0:
+        parser.error(f"--task-gpus must be >= 0, got {args.task_gpus}")
     job = JobConsole("evaluate", verbose=args.verbose)
     return job.run(lambda: _run(job, args, searchers))
 
@@ -72,7 +79,8 @@ def _run(job: JobConsole, args: argparse.Namespace, searchers: dict[str, str]) -
         runtime.init_ray()
         runtime.deploy_services(cfg)
         retriever, generator = runtime.clients(cfg)
-        map_fn = None if args.in_driver else ray_map(args.task_cpus, log=runtime.log)
+        gpus = gpus_or_auto(args.task_gpus if args.task_gpus is not None else cfg.eval.task_gpus)
+        map_fn = None if args.in_driver else ray_map(args.task_cpus, log=runtime.log, num_gpus=gpus)
         if cfg.eval.datasets:
             _, md = evaluate_datasets(cfg, retriever, generator, searchers, map_fn=map_fn, log=runtime.log)
         else:

@@ -56,7 +56,8 @@ def _run(job: JobConsole, args: argparse.Namespace) -> int:
         retriever, generator = runtime.clients(cfg)
         console.info(f"training on {len(items)} questions ({dropped} dropped by the naive-RAG filter)")
         with follow_training(console, cfg.path("train", "metrics.jsonl"), cfg.train):
-            result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward))
+            result = run_training(cfg, items, retriever, RewardScorer(generator, baseline, cfg.reward),
+                                  log=runtime.log)
         summary = summarize(cfg, result)
         console.info(f"stop reason: {summary['stop_reason']}")
         console.info(f"best checkpoint (reward {summary['best_reward']}): {summary['best_checkpoint']}")

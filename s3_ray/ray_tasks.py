@@ -18,23 +18,34 @@ TaskMap = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 
 def ray_task_map(num_cpus: float, num_gpus: float = 0.0, *, what: str, label: Callable[[Any], str],
-                 wait_s: float = 60.0, log: Callable[[str], None] = print) -> TaskMap:
+                 wait_s: float = 60.0, log: Callable[[str], None] = print,
+                 needs_gpu: Callable[[Any], bool] | None = None) -> TaskMap:
     """A map running `fn(job)` as one Ray task per job (`num_cpus` / `num_gpus` each, one retry).
 
-    `what` names the jobs in messages ("shard tasks"), `label(job)` names one job. Raises
+    `what` names the jobs in messages ("shard tasks"), `label(job)` names one job. With
+    `needs_gpu`, only the jobs it accepts reserve `num_gpus` (the others, none). Raises
     `RuntimeError` listing every failed job once all have finished.
     """
     if num_cpus <= 0:
         raise ValueError(f"CPUs per task (--task-cpus) must be > 0, got {num_cpus}")
     if num_gpus < 0:
         raise ValueError(f"GPUs per task (--task-gpus) must be >= 0, got {num_gpus}")
-    options: dict[str, Any] = {"num_cpus": num_cpus, "max_retries": 1, **({"num_gpus": num_gpus} if num_gpus else {})}
+
+    def options(gpus: float) -> dict[str, Any]:
+        return {"num_cpus": num_cpus, "max_retries": 1, **({"num_gpus": gpus} if gpus else {})}
 
     def run(fn: Callable[[J], R], jobs: list[J]) -> list[R]:
         import ray
 
-        task = ray.remote(**options)(fn)
-        refs = [task.remote(job) for job in jobs]
+        tasks: dict[float, Any] = {}
+
+        def submit(job: J) -> Any:
+            gpus = num_gpus if needs_gpu is None or needs_gpu(job) else 0.0
+            if gpus not in tasks:
+                tasks[gpus] = ray.remote(**options(gpus))(fn)
+            return tasks[gpus].remote(job)
+
+        refs = [submit(job) for job in jobs]
         names = {ref: label(job) for ref, job in zip(refs, jobs)}
         results: dict[Any, R] = {}
         failed: list[str] = []

@@ -74,7 +74,19 @@ class FakeLLM:
         self.llm_engine = FakeEngineCore()
         self.lora_requests: list[Any] = []
         self.prefix_resets = 0
+        self.events: list[str] = []  # generate / rpc / sleep / wake calls, in order
+        self.sleeping = False
         module.engines.append(self)
+
+    def sleep(self, level: int = 1) -> None:
+        assert self.kwargs.get("enable_sleep_mode"), "vLLM refuses sleep() on an engine built without sleep mode"
+        self.events.append(f"sleep:{level}")
+        self.sleeping = True
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.events.append(f"wake:{','.join(tags) if tags else 'all'}")
+        if tags is None or "kv_cache" in tags:
+            self.sleeping = False
 
     def _plan(self, prompt: list[int]) -> list[int]:
         for origin, plan in self.m.plans.items():
@@ -85,6 +97,8 @@ class FakeLLM:
         return list(self.m.default_plan)
 
     def generate(self, prompts: list[dict], params: list[Any], use_tqdm: bool = True, lora_request: Any = None) -> list[Any]:
+        assert not self.sleeping, "generate on a sleeping engine"
+        self.events.append("generate")
         ids_in = [list(p["prompt_token_ids"]) for p in prompts]
         self.lora_requests.append(lora_request)
         self.calls.append((ids_in, list(params)))
@@ -109,6 +123,7 @@ class FakeLLM:
 
     def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
         self.rpc.append((method, timeout, len(args[0]) if args else 0))
+        self.events.append(f"rpc:{method}")
         # The real client sends utility-call arguments to the engine process as untyped msgpack
         # (vLLM 0.32 `MsgpackEncoder`): tuples arrive as lists, bytes as bytes, and anything that
         # is not a plain msgpack type fails. The worker sees what a round trip leaves.

@@ -140,7 +140,7 @@ class SearchCopilot:
         from s3_ray.models import load_causal_lm
 
         greedy = searcher.model_copy(update={"temperature": 0.0})
-        lm, tokenizer = load_causal_lm(model, num_threads=searcher.num_threads)
+        lm, tokenizer = load_causal_lm(model, num_threads=searcher.num_threads, gpu_setting="serve.copilot_gpus")
         self._setup(HFPolicy(lm, tokenizer, greedy), tokenizer, retriever, rollout, greedy, max_batch)
         self.model_id = model
 

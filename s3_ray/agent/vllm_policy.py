@@ -12,6 +12,13 @@ Placement: built beside a trainer (`colocate_with`, the trainer's model), the en
 model's GPU and takes `searcher.gpu_memory_utilization` of it, checked against what the trainer
 needs (`s3_ray.models.vllm_placement`); on CPU it runs where the CPU platform puts it.
 
+Memory between rollouts (`searcher.vllm_sleep_level`, GPU platforms): the engine is built with
+vLLM's sleep mode (`enable_sleep_mode`), and `sleep` before every policy update gives its GPU
+memory back to the trainer: level 1 keeps the weights in host memory and drops the KV cache,
+level 2 drops both. Before the next rollout the push wakes it in two stages, the weights first
+(`wake_up(tags=["weights"])`, then loaded), the KV cache only after, so the engine never holds
+both while the update's memory is still being released (`s3_ray.rl.model.weight_sync`).
+
 Weight refresh is written for the vLLM V1 engine (checked on vLLM 0.32.0, CPU build, by
 `tests/vllm/`). `load_weights` streams (name, tensor) pairs, each cast to the engine's dtype and
 packed as it comes, in buckets of `bucket_bytes`, through `LLM.collective_rpc` to the worker
@@ -21,7 +28,8 @@ the engine serves LoRA (`enable_lora`) and `load_adapter` swaps in a peft adapte
 `LoRARequest` (a new adapter id per push, the previous one removed), which every later rollout
 uses: a LoRA run then sends its adapter (megabytes) instead of merged full weights. Copying
 through CPU suits a searcher of a few billion parameters; bigger policies spread over many GPUs
-would want vLLM's NCCL / CUDA-IPC weight transfer instead.
+would want vLLM's own weight transfer (vLLM 0.32's `WeightTransferConfig`: `ipc` for an engine
+on the trainer's GPU, `nccl` for one on other GPUs), which this module does not use yet.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from s3_ray.agent.vllm_weights import (
     weight_buckets,
 )
 from s3_ray.config import SearcherConfig
-from s3_ray.models.vllm_engine import import_vllm, start_engine, stop_engine
+from s3_ray.models.vllm_engine import import_vllm, sleep_mode_available, start_engine, stop_engine
 from s3_ray.models.vllm_placement import place_engine
 
 STOP_STRINGS = ("</query>", "</search_complete>")
@@ -115,6 +123,11 @@ class VLLMPolicy:
         }
         if self.max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
+        # sleep through updates where the platform can (GPUs): the trainer gets the memory back
+        self.sleep_level = cfg.vllm_sleep_level if sleep_mode_available() else 0
+        self.asleep = 0  # the level the engine sleeps at now (0: awake)
+        if self.sleep_level:
+            kwargs["enable_sleep_mode"] = True
         kwargs.update(place_engine(colocate_with, cfg.gpu_memory_utilization))
         kwargs.update(engine_kwargs)
         self._vllm = vllm
@@ -125,6 +138,24 @@ class VLLMPolicy:
     def close(self) -> None:
         """Stop the engine's processes (frees their memory); the policy is unusable afterwards."""
         stop_engine(self.llm)
+
+    def sleep(self) -> bool:
+        """Give the engine's GPU memory back (vLLM sleep mode, at `sleep_level`) until `wake_up`;
+        False where sleep mode is off (level 0, or a platform without it)."""
+        if not self.sleep_level or self.asleep:
+            return bool(self.asleep)
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep = self.sleep_level
+        return True
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory back: `["weights"]` first (before loading new ones), then `["kv_cache"]`;
+        None wakes both. A no-op on an engine that is awake."""
+        if not self.asleep:
+            return
+        self.llm.wake_up(tags=tags)
+        if tags is None or "kv_cache" in tags:
+            self.asleep = 0
 
     def _params(self, max_tokens: int) -> Any:
         """Sampling parameters of one pass; temperature 0 decodes greedily, as HFPolicy does."""
@@ -139,6 +170,8 @@ class VLLMPolicy:
 
     def _run(self, prompts: list[list[int]], budgets: list[int]) -> list[tuple[list[int], bool]]:
         """One engine call: (new token ids, whether the row stopped on a stop string) per prompt."""
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep: wake it (push the weights) before the next rollout")
         params = [self._params(b) for b in budgets]
         extra = {"lora_request": self.adapter} if self.adapter is not None else {}
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, **extra)

@@ -53,6 +53,21 @@ class S3Config(StrictModel):
             raise ValueError("rollout.keep_per_turn must not exceed rollout.top_k")
         return self
 
+    @model_validator(mode="after")
+    def _gpus_fit(self) -> "S3Config":
+        s, r, g = self.serve, self.retrieval, self.generator
+        if r.backend != "bm25" and r.faiss_gpu is True and 0 < s.retriever_gpus < 1:
+            raise ValueError(
+                f"serve.retriever_gpus={s.retriever_gpus} packs retriever replicas onto a shared GPU, and each holds "
+                "its own copy of the GPU index (retrieval.faiss_gpu: true): give every replica whole GPUs "
+                "(serve.retriever_gpus: 1 or more; its index is split over them), or keep the index in host "
+                "memory (retrieval.faiss_gpu: false)")
+        if g.backend == "vllm" and s.generator_gpus not in (0, g.tensor_parallel_size):
+            raise ValueError(f"serve.generator_gpus={s.generator_gpus} but a vllm generator replica needs "
+                             f"generator.tensor_parallel_size={g.tensor_parallel_size} GPUs: set serve.generator_gpus "
+                             "to 0 (follow it) or to that number")
+        return self
+
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "S3Config":
         """A copy with dotted keys replaced (`{"rollout.top_k": 5}` or `["rollout.top_k=5"]`)."""
         data = self.model_dump()

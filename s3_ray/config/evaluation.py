@@ -36,6 +36,10 @@ class EvalConfig(StrictModel):
     search_r1_k: int = Field(3, ge=1, description="Documents per Search-R1 search.")
     context_tokenizer: str | None = Field(
         None, description="Model name whose tokenizer counts context tokens in the report; None: words.")
+    task_gpus: float | None = Field(
+        None, ge=0, description="GPUs per evaluation task that loads a searcher or baseline LM (and per inference "
+        "sweep trial); None: 1 when the submitting process sees CUDA, else 0 (set it on a cluster whose head node "
+        "has no GPU).")
 
 
 class SweepConfig(StrictModel):

@@ -23,7 +23,8 @@ class DataConfig(StrictModel):
 
 class RetrievalConfig(StrictModel):
     """Index build and search settings. Build-time fields go into the index manifest; search-time
-    fields (`hnsw_ef_search`, `ivf_nprobe`, `refine_k_factor`, `rrf_k`, `fusion_depth`, `faiss_gpu`) do not."""
+    fields (`hnsw_ef_search`, `ivf_nprobe`, `refine_k_factor`, `rrf_k`, `fusion_depth`, `faiss_gpu`,
+    `faiss_gpu_fp16`) do not."""
 
     backend: Literal["bm25", "dense", "hybrid"] = "bm25"
     index_dir: str = Field("runs/index", description="Where build_index writes and the retriever reads.")
@@ -57,6 +58,9 @@ class RetrievalConfig(StrictModel):
         "a front deployment fans every query out and merges the top-k (docs/retrieval.md).")
     faiss_gpu: FaissGpu = Field("auto", description="Flat/IVF shards on GPUs: auto = when faiss-gpu sees one; "
                                 "true = required (error otherwise); false = host memory. See docs/retrieval.md.")
+    faiss_gpu_fp16: bool = Field(
+        True, description="Shards on GPUs hold their vectors in fp16 (faiss GpuClonerOptions.useFloat16): half the "
+        "GPU memory of fp32 (wiki-18 Flat: 30 GiB instead of 60); false keeps them exact in fp32.")
     # hybrid
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     fusion_depth: int = Field(50, ge=1, description="Hits fetched from each retriever before fusion.")
@@ -95,6 +99,16 @@ class GeneratorConfig(StrictModel):
     max_concurrency: int = Field(16, ge=1, description="Requests in flight at once against the server.")
     # vllm backend
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM's share of GPU memory.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm backend: GPUs one engine splits the model over (vLLM tensor parallelism); each "
+        "generator Serve replica then reserves this many GPUs.")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm(self) -> "GeneratorConfig":
+        if self.tensor_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError(f"generator.tensor_parallel_size={self.tensor_parallel_size} needs generator.backend "
+                             f"vllm, backend is {self.backend!r}")
+        return self
 
 
 class SearcherConfig(StrictModel):
@@ -114,6 +128,10 @@ class SearcherConfig(StrictModel):
     lora_push: Literal["adapter", "merged"] = Field(
         "adapter", description="LoRA runs on vllm: push only the adapter (the engine serves LoRA) or merged full "
         "weights after every step.")
+    vllm_sleep_level: Literal[0, 1, 2] = Field(
+        1, description="vllm on GPU: the rollout engine sleeps through every policy update and gives its GPU memory "
+        "back to the trainer (vLLM sleep mode). 1: weights kept in host memory, KV cache dropped; 2: both "
+        "dropped (the next push sends full weights again); 0: the engine holds its share throughout.")
 
 
 class RolloutConfig(StrictModel):

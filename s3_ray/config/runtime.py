@@ -25,7 +25,12 @@ class ServeConfig(StrictModel):
         "{retriever_node: 0.01} to place them on cluster.yaml's cpu_retriever nodes.")
     generator_replicas: int = Field(1, ge=1)
     generator_cpus: float = Field(0.5, gt=0)
-    generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica (transformers/vLLM on GPU).")
+    generator_gpus: float = Field(
+        0.0, ge=0, description="GPUs per generator replica (transformers on GPU). With generator.backend vllm the "
+        "replica reserves generator.tensor_parallel_size GPUs; leave this 0 or set it to that number.")
+    generator_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per generator replica, e.g. {serve_node: 0.01} to "
+        "place them on cluster.yaml's gpu_serve nodes.")
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(16, ge=1, description="Most concurrent retriever or generator calls merged into one.")
     shard_timeout_s: float = Field(30.0, gt=0, description="Sharded retriever: one shard call's time limit.")
@@ -40,6 +45,8 @@ class ServeConfig(StrictModel):
     copilot_replicas: int = Field(1, ge=1, description="Replicas of the searcher (copilot) app.")
     copilot_cpus: float = Field(0.5, gt=0, description="CPUs reserved per copilot replica.")
     copilot_gpus: float = Field(0.0, ge=0, description="GPUs reserved per copilot (searcher) replica.")
+    copilot_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per copilot replica, e.g. {serve_node: 0.01}.")
     copilot_max_batch_size: int = Field(8, ge=1, description="Most concurrent searches merged into one rollout.")
     copilot_batch_wait_timeout_s: float = Field(
         0.05, ge=0, description="How long a copilot replica waits for more requests to join a rollout."

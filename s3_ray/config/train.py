@@ -35,6 +35,12 @@ class TrainConfig(StrictModel):
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per Train worker; None: 1 when the submitting process sees CUDA, else 0 "
                                 "(set it on a cluster whose head node has no GPU).")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per Train worker (and per training sweep trial), "
+        "e.g. {train_node: 0.01} to place them on cluster.yaml's gpu_train nodes.")
+    storage_path: str | None = Field(
+        None, description="Where Ray Train keeps the run's checkpoints: s3://..., gs://... or a folder every node "
+        "mounts (NFS); None: <run_dir>/ray, which only works on one node.")
     checkpoint_every: int = Field(2, ge=1)
     keep_checkpoints: int | None = Field(
         None, ge=1, description="Checkpoints kept on disk: this many with the highest training reward, plus the "

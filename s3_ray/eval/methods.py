@@ -52,7 +52,8 @@ class S3Searcher:
         self.name = name
         self.retriever, self.rollout_cfg, self.searcher_cfg = retriever, rollout, searcher
         self.batch_size = batch_size
-        self.model, self.tokenizer = load_causal_lm(model, num_threads=searcher.num_threads)
+        self.model, self.tokenizer = load_causal_lm(model, num_threads=searcher.num_threads,
+                                                   gpu_setting="eval.task_gpus")
 
     def contexts(self, items: list[QAItem]) -> list[MethodOutput]:
         from s3_ray.agent.policy import HFPolicy
@@ -115,6 +116,9 @@ METHODS: dict[str, MethodFactory] = {
     "search_r1": lambda **kw: _baseline("search_r1", **kw),
     "search_o1": lambda **kw: _baseline("search_o1", **kw),
 }
+
+MODEL_FREE = ("no_retrieval", "naive_rag")
+"""Methods that load no language model of their own (so their evaluation tasks need no GPU)."""
 
 BASELINES = ("cot", "rewrite", "ircot", "search_r1", "search_o1")
 """Methods that run the prompting LM (`eval.baseline_model`, else `searcher.model`)."""

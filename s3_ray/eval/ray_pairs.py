@@ -19,13 +19,17 @@ generator) runs in the Serve apps, so a task mostly waits on them or runs a smal
 
 
 def ray_map(num_cpus: float = DEFAULT_TASK_CPUS, wait_s: float = 60.0,
-            log: Callable[[str], None] = print) -> PairMap:
-    """A `PairMap` running each (method, data set) pair as a Ray task of `num_cpus` logical CPUs:
-    all pairs run to the end, then one error names every failure (rerun to resume them)."""
+            log: Callable[[str], None] = print, num_gpus: float = 0.0) -> PairMap:
+    """A `PairMap` running each (method, data set) pair as a Ray task of `num_cpus` logical CPUs,
+    plus `num_gpus` GPUs for a pair whose method loads a language model (`MethodRef.loads_model`:
+    the searchers and LM baselines; Ray gives a task that requests none no GPU of its own, and
+    `load_causal_lm` refuses CUDA there): all pairs run to the end, then one error names every
+    failure (rerun to resume them)."""
     from s3_ray.console import active
     from s3_ray.console.tail import RecordFile, follow_record_files
 
-    run = ray_task_map(num_cpus, what="(method, data set) pairs", label=pair_label, wait_s=wait_s, log=log)
+    run = ray_task_map(num_cpus, num_gpus, what="(method, data set) pairs", label=pair_label, wait_s=wait_s,
+                       log=log, needs_gpu=lambda job: getattr(job.method, "loads_model", True))
 
     def mapped(fn: Callable[[PairJob], dict[str, float]], jobs: list[PairJob]) -> list[dict[str, float]]:
         files = [RecordFile(pair_label(j), record_path(j.out_dir, j.method.name), len(j.items)) for j in jobs]

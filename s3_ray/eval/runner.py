@@ -209,6 +209,7 @@ class MethodRef:
 
     name: str
     build: Callable[[], ContextMethod]
+    loads_model: bool = True  # whether building it loads a language model (which then wants a GPU)
 
 
 @dataclass(frozen=True)

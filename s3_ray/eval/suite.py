@@ -14,7 +14,7 @@ from typing import Any
 
 from s3_ray.config import S3Config
 from s3_ray.console import shown_path
-from s3_ray.eval.methods import ContextMethod, build_method
+from s3_ray.eval.methods import MODEL_FREE, ContextMethod, build_method
 from s3_ray.eval.runner import MethodRef, PairMap, run_datasets, run_suite, token_counter
 from s3_ray.types import QAItem
 
@@ -31,7 +31,7 @@ def method_refs(cfg: S3Config, retriever: Any, searchers: dict[str, str]) -> lis
         name = "s3_untrained" if kind == "s3" else kind
         refs.append(MethodRef(name, functools.partial(
             build_method, kind, retriever=retriever, rollout=cfg.rollout, searcher=greedy,
-            model=cfg.searcher.model, name=name, eval_cfg=cfg.eval)))
+            model=cfg.searcher.model, name=name, eval_cfg=cfg.eval), loads_model=kind not in MODEL_FREE))
     for label, path in {**cfg.eval.checkpoints, **searchers}.items():
         refs.append(MethodRef(label, functools.partial(
             build_method, "s3", retriever=retriever, rollout=cfg.rollout, searcher=greedy, model=path, name=label)))

@@ -65,7 +65,8 @@ def build_generator(cfg: GeneratorConfig, base_dir: str | Path | None = None) ->
         from s3_ray.generation.vllm_backend import VLLMGenerator
 
         gen = VLLMGenerator(cfg.model, max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens,
-                            gpu_memory_utilization=cfg.gpu_memory_utilization)
+                            gpu_memory_utilization=cfg.gpu_memory_utilization,
+                            tensor_parallel_size=cfg.tensor_parallel_size)
     elif cfg.backend == "transformers":
         gen = TransformersGenerator(cfg.model, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                     num_threads=cfg.num_threads, max_context_tokens=cfg.max_context_tokens)

@@ -27,9 +27,12 @@ class VLLMGenerator:
     fit = TransformersGenerator.fit
 
     def __init__(self, model_name: str, max_new_tokens: int = 24, max_context_tokens: int = 768,
-                 gpu_memory_utilization: float = 0.85, seed: int = 0, **engine_kwargs: Any) -> None:
-        """`engine_kwargs` go to `vllm.LLM` and override the settings made here and the CPU
-        platform's defaults (`s3_ray.models.vllm_engine`)."""
+                 gpu_memory_utilization: float = 0.85, seed: int = 0, tensor_parallel_size: int = 1,
+                 **engine_kwargs: Any) -> None:
+        """`tensor_parallel_size` > 1 splits the model over that many GPUs, the ones this process
+        sees (a Serve replica reserves them: `generator_replica_gpus`), with vLLM's multiprocessing
+        executor so the engine's workers stay on them. `engine_kwargs` go to `vllm.LLM` and
+        override the settings made here and the CPU platform's defaults (`s3_ray.models.vllm_engine`)."""
         vllm = import_vllm("generator.backend='vllm'", "generator.backend='transformers' or 'openai'")
         from s3_ray.models import resolve_model
 
@@ -41,6 +44,8 @@ class VLLMGenerator:
         kwargs: dict[str, Any] = {"model": resolve_model(model_name),
                                   "max_model_len": max_context_tokens + max_new_tokens,
                                   "gpu_memory_utilization": gpu_memory_utilization, "seed": seed}
+        if tensor_parallel_size > 1:
+            kwargs.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
         self.llm = start_engine(vllm, {**kwargs, **engine_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)

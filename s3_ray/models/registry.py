@@ -148,16 +148,24 @@ def attention_kwargs() -> dict[str, Any]:
 
 
 def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool = False,
-                   device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+                   device: Any = None, dtype: Any = None, gpu_setting: str | None = None) -> tuple[Any, Any]:
     """Load (model, tokenizer) with left padding for batched generation.
 
     On `device` (default: the first GPU, else CPU) and in `dtype` (default: bf16 on a GPU, fp32 on
     CPU; training asks for fp32 master weights). FlashAttention-2 computes in fp16/bf16 only, so
     fp32 weights get SDPA, which runs its own flash kernel on the bf16 tensors autocast gives it.
+    Inside a Ray worker that Ray assigned no GPU, CUDA is refused before anything loads, naming
+    `gpu_setting` (the config key that requests this worker's GPU).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from s3_ray.resources import require_assigned_gpu
+
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device is not None:
+        require_assigned_gpu(device, gpu_setting)
     if num_threads:
         torch.set_num_threads(num_threads)
     path = resolve_model(name)
@@ -172,8 +180,6 @@ def load_causal_lm(name: str, num_threads: int | None = None, for_training: bool
     except OSError as err:
         known = ", ".join(sorted([*MODELS, *BUILDERS]))
         raise ModelError(f"cannot load model {name!r} (known names: {known}): {err}") from err
-    if device is None and torch.cuda.is_available():
-        device = "cuda"
     if device is not None:
         model = model.to(device)
     tok.padding_side = "left"

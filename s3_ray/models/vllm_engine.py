@@ -56,6 +56,17 @@ def platform_defaults() -> dict[str, Any]:
     return {"enforce_eager": True, "dtype": "float32", "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
 
 
+def sleep_mode_available() -> bool:
+    """Whether the platform vLLM runs on can put an engine to sleep (CUDA and ROCm; vLLM's CPU
+    platform cannot, and refuses `enable_sleep_mode`)."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return False
+    available = getattr(current_platform, "is_sleep_mode_available", None)
+    return bool(available()) if callable(available) else True
+
+
 def start_engine(vllm: Any, kwargs: dict[str, Any]) -> Any:
     """`vllm.LLM(**kwargs)` over the platform defaults; a failed start is re-raised naming the model
     and the engine settings (vLLM's own message only points at the engine process's log)."""

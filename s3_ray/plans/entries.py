@@ -111,8 +111,10 @@ def deployments(cfg: S3Config, generator: bool = True, copilot: str | None = Non
             "cpus_per_replica": s.retriever_cpus, "gpus_per_replica": s.retriever_gpus,
             "max_ongoing_requests": s.max_ongoing_requests}]
     if generator:
+        from s3_ray.serving.deployment import generator_replica_gpus
+
         out.append({"app": "generator", "route": "/generator/answer", "replicas": s.generator_replicas,
-                    "cpus_per_replica": s.generator_cpus, "gpus_per_replica": s.generator_gpus,
+                    "cpus_per_replica": s.generator_cpus, "gpus_per_replica": generator_replica_gpus(cfg.generator, s),
                     "max_ongoing_requests": s.max_ongoing_requests})
     if copilot is not None:
         out.append({"app": "copilot", "route": "/copilot/search", "replicas": s.copilot_replicas,

@@ -29,6 +29,8 @@ def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here
     plan.add("data", data_entry(cfg, plan, ["train"], corpus=made_here))
     plan.add("baseline", baseline_entry(cfg, plan, "train", required=not made_here))
     plan.add("outputs", {"ray_run": plan.output(cfg.path("ray", name)),
+                         "checkpoints": f"{cfg.train.storage_path}/{name}" if cfg.train.storage_path
+                         else str(cfg.path("ray", name)),
                          "metrics": plan.output(cfg.path("train", "metrics.jsonl")),
                          "curves": plan.output(cfg.path("train", "curves.png")),
                          "warmup_reference": plan.output(cfg.path("ray", name, "warmup_reference"))})

@@ -8,9 +8,13 @@ is opened, so only the pages a query touches are read. `opq` adds a learned rota
 The corpus embeddings are kept as `embeddings.npy` (plain numpy, never pickle) so another index
 type can be built later without re-encoding. The rows can be split into `num_shards` contiguous
 ranges, one faiss index each; a query searches every shard and the per-shard top-k lists are
-merged, so an index larger than one device's memory can be spread over several (shards spread
-round-robin over the GPUs when `faiss_gpu` allows it, see `faiss_build`; else all in host
-memory). faiss is imported only when an index is built or opened.
+merged, so an index larger than one device's memory can be spread over several (see
+`faiss_build` for when `faiss_gpu` puts them on GPUs; else all in host memory). On GPUs the
+vectors are held in fp16 (`GpuClonerOptions.useFloat16`, `faiss_gpu_fp16`): with at least as
+many shard files as GPUs the files go round-robin, one GPU each; with fewer, every file is
+split over all the GPUs (`index_cpu_to_all_gpus` with `shard=True`), so a replica given N GPUs
+holds 1/N of the index on each. The bytes each GPU gets are checked against its free memory
+before anything is copied. faiss is imported only when an index is built or opened.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 from s3_ray.config import FaissGpu
 from s3_ray.data.corpus import read_corpus, write_corpus
 from s3_ray.retrieval.encoders import Encoder
-from s3_ray.retrieval.faiss_build import cuda_device_count, faiss_gpus, gpus_for_shards, import_faiss
+from s3_ray.retrieval.faiss_build import (check_gpu_room, cuda_device_count, faiss_gpus, gpu_bytes_per_vector,
+                                          gpu_free_bytes, gpus_for_shards, import_faiss)
 from s3_ray.types import Passage, SearchHit
 
 PASSAGES_FILE = "passages.jsonl"
@@ -233,11 +238,13 @@ class DenseRetriever:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], encoder: Encoder, ef_search: int = 64, nprobe: int = 16,
-             faiss_gpu: FaissGpu = "auto", k_factor: int = 8, mmap: bool = False) -> DenseRetriever:
-        """Open what `save` wrote; Flat/IVF shards go to GPUs (round-robin) as `faiss_gpu` decides
-        (`faiss_build.gpus_for_shards`: "auto", True = required, False = host memory). `mmap`
-        memory-maps the stored vectors (the `mmap` refine kind) instead of reading them; refined
-        indexes stay in host memory."""
+             faiss_gpu: FaissGpu = "auto", k_factor: int = 8, mmap: bool = False,
+             fp16: bool = True) -> DenseRetriever:
+        """Open what `save` wrote; Flat/IVF shards go to GPUs as `faiss_gpu` decides
+        (`faiss_build.gpus_for_shards`: "auto", True = required, False = host memory), their
+        vectors in fp16 unless `fp16` is false (see the module docstring for how they are spread).
+        `mmap` memory-maps the stored vectors (the `mmap` refine kind) instead of reading them;
+        refined indexes stay in host memory."""
         faiss = import_faiss()
 
         d = Path(directory)
@@ -259,14 +266,36 @@ class DenseRetriever:
             shards.append(shard)
         retriever = cls(read_corpus(d / PASSAGES_FILE), shards, meta["offsets"], encoder)
         if n_gpus:
-            retriever._to_gpus(n_gpus)
+            retriever._to_gpus(n_gpus, fp16)
         return retriever
 
-    def _to_gpus(self, n_gpus: int) -> None:
+    def _to_gpus(self, n_gpus: int, fp16: bool = True) -> None:
+        """Copy the shards to `n_gpus` GPUs: round-robin when there are at least as many shard
+        files as GPUs, else each file split over all of them; vectors in fp16 when `fp16`."""
         faiss = import_faiss()
 
+        per_vector = gpu_bytes_per_vector(self._shards[0], fp16)
+        spread = len(self._shards) < n_gpus
+        need = [0] * n_gpus
+        for i, shard in enumerate(self._shards):
+            size = int(shard.ntotal) * per_vector
+            if spread:
+                for g in range(n_gpus):
+                    need[g] += -(-size // n_gpus)
+            else:
+                need[i % n_gpus] += size
+        check_gpu_room(need, gpu_free_bytes(n_gpus))
+        if spread:
+            co = faiss.GpuMultipleClonerOptions()
+            co.useFloat16 = fp16
+            co.shard = True  # rows split over the GPUs (not replicated); results merged by faiss
+            self._gpu = []
+            self._shards = [faiss.index_cpu_to_all_gpus(s, co=co, ngpu=n_gpus) for s in self._shards]
+            return
+        co = faiss.GpuClonerOptions()
+        co.useFloat16 = fp16
         self._gpu = [faiss.StandardGpuResources() for _ in range(n_gpus)]
-        self._shards = [faiss.index_cpu_to_gpu(self._gpu[i % n_gpus], i % n_gpus, s)
+        self._shards = [faiss.index_cpu_to_gpu(self._gpu[i % n_gpus], i % n_gpus, s, co)
                         for i, s in enumerate(self._shards)]
 
     @property

@@ -145,3 +145,53 @@ def gpus_for_shards(faiss_gpu: FaissGpu, faiss_gpu_count: int | None, visible_gp
             log.warning("%s; the dense index is searched in host memory (retrieval.faiss_gpu: auto)", seen)
         return 0
     return faiss_gpu_count
+
+
+FAISS_SCRATCH_BYTES = 1536 << 20
+"""Temporary memory a `StandardGpuResources` reserves on a GPU of more than 8 GiB (faiss' default)."""
+
+GIB = float(1 << 30)
+
+
+def gpu_bytes_per_vector(index: Any, fp16: bool) -> int:
+    """Bytes one vector of `index` takes on a GPU: a Flat index stores it (fp16: 2 bytes a
+    dimension, else 4); an IVF index its code plus a 64-bit id.
+
+    >>> import types
+    >>> flat = types.SimpleNamespace(d=768)
+    >>> gpu_bytes_per_vector(flat, fp16=True), gpu_bytes_per_vector(flat, fp16=False)
+    (1536, 3072)
+    >>> gpu_bytes_per_vector(types.SimpleNamespace(d=768, nlist=1024, code_size=48), fp16=True)
+    56
+    """
+    if hasattr(index, "nlist"):
+        return int(index.code_size) + 8
+    return int(index.d) * (2 if fp16 else 4)
+
+
+def gpu_free_bytes(n_gpus: int) -> list[int]:
+    """Free memory of each of the first `n_gpus` GPUs this process sees (CUDA's numbering, as faiss')."""
+    import torch
+
+    return [int(torch.cuda.mem_get_info(i)[0]) for i in range(n_gpus)]
+
+
+def check_gpu_room(need: Sequence[int], free: Sequence[int]) -> None:
+    """Refuse to copy an index to GPUs when a GPU lacks room for its part (`need[i]` bytes, plus
+    faiss' scratch memory): raised before any copy, so a replica fails in one line instead of a
+    CUDA out-of-memory half way through a 30 GiB copy.
+
+    >>> check_gpu_room([10 << 30], [24 << 30])
+    >>> check_gpu_room([30 << 30], [24 << 30])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    s3_ray.retrieval.faiss_build.FaissBuildError: the dense index needs 31.5 GiB on GPU 0 ...
+    """
+    for i, (n, f) in enumerate(zip(need, free)):
+        if n + FAISS_SCRATCH_BYTES > f:
+            raise FaissBuildError(
+                f"the dense index needs {(n + FAISS_SCRATCH_BYTES) / GIB:.1f} GiB on GPU {i} ({n / GIB:.1f} GiB of "
+                f"vectors, {FAISS_SCRATCH_BYTES / GIB:.1f} GiB faiss scratch) and {f / GIB:.1f} GiB is free there: give "
+                "each retriever replica more GPUs (serve.retriever_gpus; the index is split over them), keep the "
+                "vectors in fp16 (retrieval.faiss_gpu_fp16: true), use retrieval.index_type ivfpq (docs/retrieval.md), "
+                "or retrieval.faiss_gpu: false")

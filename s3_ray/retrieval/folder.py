@@ -161,7 +161,8 @@ def load_parts(cfg: RetrievalConfig, root: Path, manifest: Manifest, encoder: En
                                      f"gives {enc.dim}")
         parts.append(DenseRetriever.load(root / dense_subdir(cfg.backend), enc, ef_search=cfg.hnsw_ef_search,
                                          nprobe=cfg.ivf_nprobe, faiss_gpu=cfg.faiss_gpu,
-                                         k_factor=cfg.refine_k_factor, mmap=cfg.pq_refine == "mmap"))
+                                         k_factor=cfg.refine_k_factor, mmap=cfg.pq_refine == "mmap",
+                                         fp16=cfg.faiss_gpu_fp16))
     for part in parts:
         if len(part) != manifest.n_passages:
             raise IndexMismatchError(f"{root}: manifest says {manifest.n_passages} passages, "

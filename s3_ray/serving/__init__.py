@@ -4,7 +4,7 @@ the Serve wiring (Ray is imported only when a builder runs), and what a running 
 
 from s3_ray.serving.app_args import AppArgs
 from s3_ray.serving.batching import BatchStats, merged, split_merged
-from s3_ray.serving.deployment import Batching, replica_options, serve_deployment
+from s3_ray.serving.deployment import Batching, generator_replica_gpus, replica_options, serve_deployment
 from s3_ray.serving.guard import (
     OPEN_PATHS,
     AsciiJSONResponse,
@@ -19,5 +19,5 @@ from s3_ray.serving.served import ServedMismatch, check_reusable, generator_serv
 
 __all__ = ["GUARD_REJECTIONS", "OPEN_PATHS", "ApiInfo", "AppArgs", "AsciiJSONResponse", "BatchStats", "Batching",
            "Guard", "GuardConfigError", "GuardMiddleware", "ServedMismatch", "build_api", "check_reusable",
-           "generator_served", "get", "merged", "post", "read_token", "replica_options", "retriever_served",
-           "serve_deployment", "split_merged", "text_errors", "unprocessable"]
+           "generator_replica_gpus", "generator_served", "get", "merged", "post", "read_token", "replica_options",
+           "retriever_served", "serve_deployment", "split_merged", "text_errors", "unprocessable"]

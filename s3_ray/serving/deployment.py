@@ -21,7 +21,7 @@ from s3_ray.serving.batching import merged_bodies
 if TYPE_CHECKING:
     from ray.serve import Deployment
 
-    from s3_ray.config import ServeConfig
+    from s3_ray.config import GeneratorConfig, ServeConfig
 
 AppKind = Literal["retriever", "generator", "copilot"]
 GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 1.0  # how often a draining replica checks for in-flight requests
@@ -57,6 +57,21 @@ def replica_options(serve: ServeConfig, app: AppKind, name: str) -> dict[str, An
         "graceful_shutdown_wait_loop_s": GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
         "graceful_shutdown_timeout_s": serve.graceful_shutdown_timeout_s,
     }
+
+
+def generator_replica_gpus(generator: GeneratorConfig, serve: ServeConfig) -> float:
+    """GPUs one generator replica reserves: a vLLM engine's `generator.tensor_parallel_size` (the
+    engine splits the model over exactly the GPUs Ray gives the replica), else `serve.generator_gpus`.
+
+    >>> from s3_ray.config import GeneratorConfig, ServeConfig
+    >>> generator_replica_gpus(GeneratorConfig(backend="vllm", tensor_parallel_size=4), ServeConfig())
+    4.0
+    >>> generator_replica_gpus(GeneratorConfig(), ServeConfig(generator_gpus=0.5))
+    0.5
+    """
+    if generator.backend == "vllm":
+        return float(generator.tensor_parallel_size)
+    return float(serve.generator_gpus)
 
 
 def _build_asgi_app(self: Any) -> Any:

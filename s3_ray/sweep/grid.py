@@ -54,9 +54,14 @@ def check_sweep(cfg: S3Config) -> list[S3Config]:
 
 
 def trial_resources(cfg: S3Config) -> dict[str, float]:
-    """What one trial reserves: a CPU for inference; a training worker's CPUs (+ a GPU if seen) for training."""
-    if cfg.sweep.mode == "inference":
-        return {"cpu": 1}
-    from s3_ray.resources import cuda_visible
+    """What one trial reserves. Both kinds load the searcher in the trial process: an inference
+    trial a CPU and `eval.task_gpus` GPUs (as an evaluation task); a training trial, one
+    unsharded training process, a training worker's `train.cpus_per_worker`,
+    `train.gpus_per_worker` and `train.worker_resources`. A GPU setting left unset is 1 when this
+    process sees CUDA, else 0."""
+    from s3_ray.resources import gpus_or_auto
 
-    return {"cpu": cfg.train.cpus_per_worker, "gpu": 1 if cuda_visible() else 0}
+    if cfg.sweep.mode == "inference":
+        return {"cpu": 1, "gpu": gpus_or_auto(cfg.eval.task_gpus)}
+    t = cfg.train
+    return {**t.worker_resources, "cpu": t.cpus_per_worker, "gpu": gpus_or_auto(t.gpus_per_worker)}

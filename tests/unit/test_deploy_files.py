@@ -38,7 +38,9 @@ def test_cluster_yaml_has_head_and_gpu_workers():
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
     assert {"gpu_train", "gpu_serve"} <= set(types)
-    assert any("pip install -e" in c for c in cfg["setup_commands"])
+    # the node's Python is pinned (the gpu extra needs 3.11+) and Ray starts from the venv setup.sh builds
+    assert any("PYTHON=python3.11" in c and "setup.sh" in c and "gpu" in c for c in cfg["setup_commands"])
+    assert all(".venv/bin/ray" in c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
     for name, t in types.items():
         assert t["max_workers"] >= t["min_workers"] >= 0, name
 

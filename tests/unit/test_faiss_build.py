@@ -109,7 +109,10 @@ class _FakeGpuFaiss:
     def StandardGpuResources(self) -> object:  # noqa: N802 - faiss's name
         return object()
 
-    def index_cpu_to_gpu(self, resources: object, device: int, index):
+    def GpuClonerOptions(self) -> types.SimpleNamespace:  # noqa: N802 - faiss's name
+        return types.SimpleNamespace(useFloat16=False)
+
+    def index_cpu_to_gpu(self, resources: object, device: int, index, co=None):
         self.placed.append(device)
         return index
 
@@ -126,6 +129,7 @@ def test_load_spreads_shards_over_the_gpus_faiss_sees(tmp_path: Path, monkeypatc
     fake = _FakeGpuFaiss(n_gpus=2)
     monkeypatch.setattr(dense_module, "import_faiss", lambda: fake)
     monkeypatch.setattr(dense_module, "cuda_device_count", _never)
+    monkeypatch.setattr(dense_module, "gpu_free_bytes", lambda n: [80 << 30] * n)
     for mode in ("auto", True):
         fake.placed.clear()
         r = DenseRetriever.load(folder, HashEncoder(), faiss_gpu=mode)

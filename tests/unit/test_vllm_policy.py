@@ -66,7 +66,8 @@ def test_engine_and_sampling_settings(fake_vllm, tiny) -> None:
     policy = VLLMPolicy("tiny-random", tok, CFG, seed=3, enforce_eager=True)
     kw = policy.llm.kwargs
     assert kw == {"model": resolve_model("tiny-random"), "max_model_len": 64 + 24, "gpu_memory_utilization": 0.3,
-                  "seed": 3, "worker_extension_cls": EXTENSION, "enforce_eager": True}
+                  "seed": 3, "worker_extension_cls": EXTENSION, "enforce_eager": True,
+                  "enable_sleep_mode": True}  # a GPU platform: the engine sleeps through updates
     long_seq = list(range(5, 105))  # 100 ids: left-truncated to the last 64
     policy.generate([long_seq, [7, 8]])
     (sent, params), = policy.llm.calls

@@ -200,3 +200,40 @@ def test_worker_keeps_only_the_open_layer_between_buckets() -> None:
     WeightLoader.s3_stage_weights(worker, bucket2)
     assert loads[-1] == ["layers.1.q.weight", "layers.1.k.weight"]
     assert WeightLoader.s3_commit_weights(worker) == 6 and loads[-1] == ["norm.weight"]
+
+
+def _phases(events: list[str]) -> list[str]:
+    """The engine's calls with runs of the same call folded into one."""
+    out: list[str] = []
+    for e in events:
+        if not out or out[-1] != e:
+            out.append(e)
+    return out
+
+
+def test_engine_sleeps_through_every_update_and_wakes_before_the_next_rollout(fake_vllm, tiny) -> None:
+    trainer, _, _ = _trainer(fake_vllm, tiny, lora_rank=0, lora_push="merged")
+    trainer.train_step()
+    trainer.train_step()
+    (engine,) = fake_vllm.engines
+    assert engine.kwargs["enable_sleep_mode"] is True
+    stage, commit = "rpc:s3_stage_weights", "rpc:s3_commit_weights"
+    start = [stage, commit]  # the weights the engine starts with
+    step = ["generate", "sleep:1", "wake:weights", stage, commit, "wake:kv_cache"]
+    assert _phases(engine.events) == start + step + step
+    assert not engine.sleeping
+
+
+def test_sleep_level_two_and_off(fake_vllm, tiny) -> None:
+    trainer, _, cfg = _trainer(fake_vllm, tiny, lora_rank=2)  # LoRA: the adapter only, unless the base was dropped
+    trainer.cfg = cfg.model_copy(update={"searcher": cfg.searcher.model_copy(update={"vllm_sleep_level": 2})})
+    trainer.train_step()
+    (engine,) = fake_vllm.engines
+    assert "sleep:2" in engine.events and len(engine.worker.loaded) == 2  # level 2 dropped the base: sent again
+    off = cfg.model_copy(update={"searcher": cfg.searcher.model_copy(update={"vllm_sleep_level": 0})})
+    trainer2, _, _ = _trainer(fake_vllm, tiny, lora_rank=0, lora_push="merged")
+    trainer2.cfg = off
+    trainer2.train_step()
+    engine2 = fake_vllm.engines[-1]
+    assert "enable_sleep_mode" not in engine2.kwargs and not any(e.startswith(("sleep", "wake")) for e in engine2.events)
+    assert SearcherConfig().vllm_sleep_level == 1

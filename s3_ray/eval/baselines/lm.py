@@ -36,7 +36,7 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
 def _load(name: str, num_threads: int) -> tuple[Any, Any]:
     from s3_ray.models import load_causal_lm
 
-    return load_causal_lm(name, num_threads=num_threads)
+    return load_causal_lm(name, num_threads=num_threads, gpu_setting="eval.task_gpus")
 
 
 class GreedyLM:

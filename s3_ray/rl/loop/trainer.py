@@ -169,6 +169,7 @@ class SearcherTrainer:
         if self.sampler.dynamic and sample.total_signal == 0:
             metrics = {"update_skipped": 1.0, "loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "adv_mean": 0.0, "adv_std": 0.0}
         else:
+            self.rollout_weights.release()  # a vLLM engine sleeps through the update; the push wakes it
             metrics = dict(self.updater.step(kept, filler=trajs[0]))
         t_update = time.perf_counter() - t0
         self.steps_done += 1

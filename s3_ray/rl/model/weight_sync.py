@@ -13,7 +13,9 @@ are stale and pushes them once.
 * with LoRA and `searcher.lora_push: adapter` the engine serves the adapter itself: it gets the
   base weights once (and again after a LoRA warm-up merged into the base), then only the
   adapter after every step (`s3_ray.rl.model.lora.write_adapter`);
-* `refresh_copy` copies the policy into the rollout copy one gathered tensor at a time.
+* `refresh_copy` copies the policy into the rollout copy one gathered tensor at a time;
+* around an update a vLLM engine sleeps (`release`, `searcher.vllm_sleep_level`) and the next
+  `push` wakes it: weights first, loaded, then its KV cache.
 
 Every function that touches a sharded model is a collective: all ranks call it, in the same order.
 """
@@ -89,6 +91,24 @@ class RolloutWeights:
         """The policy's weights moved; the next `push` sends them."""
         self.stale = True
 
+    def release(self) -> bool:
+        """Put the vLLM engine to sleep before a policy update, so the update has its GPU memory
+        (`searcher.vllm_sleep_level`); the next `push` wakes it. Level 2 drops the engine's
+        weights too, so the push then sends full weights (the base as well, for a LoRA engine).
+        False when there is no engine or it cannot sleep."""
+        sleep = getattr(self.engine, "sleep", None)
+        if not callable(sleep) or not sleep():
+            return False
+        if getattr(self.engine, "asleep", 0) >= 2:
+            self.stale = True
+            self._base = None
+        return True
+
+    def _wake(self, tags: list[str] | None) -> None:
+        wake = getattr(self.engine, "wake_up", None)
+        if callable(wake):
+            wake(tags)
+
     def start_engine(self, model: Any, tokenizer: Any, searcher: SearcherConfig, seed: int) -> Any:
         """Build the vLLM engine on `model`'s device and load it with the policy's weights: the
         merged ones, or with `searcher.lora_push: adapter` the base (the adapter follows with the
@@ -108,13 +128,16 @@ class RolloutWeights:
         seconds (0 when nothing was due). With a sharded policy this gathers its weights: every
         rank calls it."""
         if not self.stale or not self.needed:
+            if self.engine is not None:
+                self._wake(None)  # asleep since an update that changed nothing to send
             return 0.0
         if self.engine is None:
             seconds = refresh_copy(self.copy, model)
-        elif self.serves_adapters:
-            seconds = self._push_adapter(model)
         else:
-            seconds = self.engine.load_weights(iter_policy_weights(model))
+            self._wake(["weights"])  # the weights' memory back first; the KV cache once they are loaded
+            seconds = self._push_adapter(model) if self.serves_adapters else \
+                self.engine.load_weights(iter_policy_weights(model))
+            self._wake(["kv_cache"])
         self.stale = False
         return seconds
 
