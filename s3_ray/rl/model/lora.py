@@ -15,6 +15,7 @@ vLLM engine serving LoRA loads (`searcher.lora_push: adapter`).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,8 +175,10 @@ def load_adapter_state_dict(model: Any, state: dict[str, Tensor], where: str = "
 class AdapterOffReference:
     """The KL reference of a LoRA policy: the same model, run without gradients, adapters off.
 
-    Quacks like the reference model `token_logprobs` expects (`parameters()` and a forward call).
-    The forward runs in eval mode (no dropout) and restores the policy's mode afterwards.
+    Quacks like the reference model `token_logprobs` expects (`parameters()` and a forward call);
+    `s3_ray.rl.algo.batch.grid_logprobs` runs the policy's forward and its LM head inside
+    `adapters_off()`. The forward runs in eval mode (no dropout) and restores the policy's mode
+    afterwards.
     """
 
     def __init__(self, policy: Any) -> None:
@@ -186,11 +189,17 @@ class AdapterOffReference:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.policy.parameters()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """Eval mode, no gradients, every adapter switched off; the policy's mode is restored after."""
         was_training = self.policy.training
         self.policy.eval()
         try:
             with torch.no_grad(), self.policy.disable_adapter():
-                return self.policy(*args, **kwargs)
+                yield
         finally:
             self.policy.train(was_training)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.adapters_off():
+            return self.policy(*args, **kwargs)
