@@ -223,7 +223,9 @@ def _head_chunk(head: Any, hidden: Tensor, targets: Tensor, temperature: float, 
     live only inside this call (under checkpointing, backward recomputes them)."""
     with training_autocast(device):
         logits = head(hidden)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 is exact: skip the copy
+        logits = logits / temperature
     logp = gather_logprobs(logits, targets)
     if not want_entropy:
         return logp, logp.new_zeros(0)
