@@ -43,18 +43,13 @@ import load_guard  # noqa: E402  (sibling module)
 
 def plain_fwd_bwd(model: Any, batch: Any) -> float:
     """Seconds of one forward + backward over the batch's rows: next-token cross-entropy over every
-    real position, under the same autocast the update uses."""
-    import torch
+    real position, scored as the update scores tokens (chunked LM head, same autocast)."""
+    from s3_ray.rl.algo.batch import grid_logprobs
 
-    from s3_ray.rl.model.precision import training_autocast
-
-    device = next(model.parameters()).device
     t0 = time.perf_counter()
-    with training_autocast(device):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                             targets.reshape(-1), ignore_index=-100)
+    logp = grid_logprobs(model, batch.input_ids, batch.attention_mask, 1.0, 0).logprobs
+    real = batch.attention_mask[:, 1:].to(logp.dtype)
+    loss = -(logp * real).sum() / real.sum()
     loss.backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0

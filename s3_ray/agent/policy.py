@@ -23,6 +23,7 @@ from s3_ray.agent.policy_api import (
 )
 from s3_ray.config import SearcherConfig
 from s3_ray.models import unwrap
+from s3_ray.models.autocast import inference_autocast
 from s3_ray.models.kv import cache_field
 
 
@@ -160,7 +161,7 @@ class HFPolicy:
         # the decoder alone: the prefix needs its KV cache, not logits (the vocabulary projection
         # over every prompt position would cost more than the layers of a small model)
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_autocast(ids.device):
             out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True)
         past = getattr(out, cache_field())
         past.batch_select_indices(torch.tensor([slot[o] for o in owner], dtype=torch.long, device=ids.device))
@@ -202,7 +203,8 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            # bf16 autocast on a GPU (a trained policy's weights are fp32 masters), none on CPU
+            with torch.inference_mode(), inference_autocast(ids.device):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         finally:
             self.model.train(was_training)

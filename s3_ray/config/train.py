@@ -89,6 +89,11 @@ class TrainConfig(StrictModel):
     max_seq_len: int | None = Field(
         None, ge=2, description="Longest prompt + response the update feeds; longer prompts lose their oldest "
                                 "tokens (a response that alone does not fit is an error). None: no limit.")
+    logits_chunk: int = Field(
+        1024, ge=1, description="Tokens whose vocabulary logits exist at once when the update scores tokens: "
+                                "log-probs and entropy are taken from the hidden states this many tokens at a "
+                                "time, the backward recomputing each chunk's logits, so memory grows with the "
+                                "chunk, not with rows x length x vocabulary.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, slower).")
     share_prefix: bool = Field(
         True, description="Update forwards read the tokens all rows of a micro-batch share (a group's prompt) once "

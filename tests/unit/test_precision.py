@@ -88,8 +88,7 @@ def test_every_training_forward_runs_under_training_autocast(monkeypatch, tiny) 
         finally:
             inside.pop()
 
-    monkeypatch.setattr(batch_module, "training_autocast", recording)
-    monkeypatch.setattr(warmup_module, "training_autocast", recording)
+    monkeypatch.setattr(batch_module, "training_autocast", recording)  # the warm-up scores through batch too
     seen: list[tuple[str, bool]] = []
     for name, m in (("policy", model), ("reference", ref)):
         m.register_forward_pre_hook(lambda mod, args, name=name: seen.append((name, bool(inside))))
@@ -145,7 +144,79 @@ def test_ddp_on_a_gpu_trains_fp32_masters_against_a_bf16_reference(monkeypatch, 
     assert policy.precision.compute == torch.bfloat16
 
     lora, _ = _load_on_fake_gpu(monkeypatch, tiny, kl_coef=0.01, lora_rank=2)
-    assert _dtypes(lora.model) == {torch.float32}  # base and adapter: the adapter trains in fp32
+    trained = {p.dtype for p in lora.model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32}  # the adapter's master weights
+    assert frozen == {torch.bfloat16}  # the base never takes an update: half the bytes on a GPU
+    assert all(b.dtype == torch.float32 for n, b in lora.model.named_buffers() if "inv_freq" in n)
+
+
+def test_a_lora_base_stays_fp32_on_cpu_and_bf16_base_still_trains_its_adapter(tiny) -> None:
+    from s3_ray.rl.model.lora import apply_lora
+
+    cpu = apply_lora(copy.deepcopy(tiny[0]), TrainConfig(lora_rank=2))
+    assert _dtypes(cpu) == {torch.float32}
+    gpu_like = apply_lora(copy.deepcopy(tiny[0]), TrainConfig(lora_rank=2), base_dtype=torch.bfloat16)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what training_autocast gives on a GPU
+        loss = gpu_like(input_ids=ids, use_cache=False).logits.float().logsumexp(-1).sum()
+    loss.backward()
+    grads = [p.grad for n, p in gpu_like.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_tf32_is_enabled_on_cuda_only(monkeypatch, tiny) -> None:
+    from s3_ray.models.autocast import enable_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision = "ieee"
+        assert not enable_tf32("cpu") and matmul.fp32_precision == "ieee"
+        cfg = S3Config(searcher=SearcherConfig(model="tiny-random"), train=TrainConfig(kl_coef=0.0))
+        SearcherPolicy.load(cfg, device="cpu")
+        assert matmul.fp32_precision == "ieee"  # CPU runs change nothing
+        _load_on_fake_gpu(monkeypatch, tiny)
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_rollouts_generate_under_bf16_autocast_on_cuda_and_without_on_cpu(monkeypatch, tiny) -> None:
+    """The decision is a function of the device; HFPolicy's prefill and generate run inside it."""
+    from s3_ray.agent import policy as agent_policy
+    from s3_ray.models.autocast import inference_autocast, inference_compute
+
+    assert inference_compute(torch.device("cuda", 2)) == torch.bfloat16
+    assert inference_compute("cpu") is None and isinstance(inference_autocast("cpu"), contextlib.nullcontext)
+    made: list[_Recorder] = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: made.append(_Recorder(*a, **k)) or made[-1])
+    assert inference_autocast(torch.device("cuda", 2)) is made[0]
+    assert made[0].args == ("cuda",) and made[0].kwargs == {"dtype": torch.bfloat16}
+    monkeypatch.setattr(torch, "autocast", real_autocast)
+
+    inside: list[Any] = []
+    entered: list[Any] = []
+
+    @contextlib.contextmanager
+    def recording(device: Any):
+        entered.append(device)
+        inside.append(device)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(agent_policy, "inference_autocast", recording)
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    calls: list[bool] = []
+    real_generate = model.generate
+    model.generate = lambda *a, **k: (calls.append(bool(inside)), real_generate(*a, **k))[1]
+    policy = agent_policy.HFPolicy(model, tok, SearcherConfig(model="tiny-random", max_new_tokens=4))
+    prompt = list(tok.encode("<question>who?</question>", add_special_tokens=False))
+    policy.generate([prompt, prompt])  # a shared prompt: the prefill runs too
+    assert calls == [True] and entered and all(d == torch.device("cpu") for d in entered)
 
 
 def test_fsdp_on_a_gpu_keeps_fp32_masters_and_a_bf16_rollout_copy(monkeypatch, tiny) -> None:

@@ -356,18 +356,19 @@ def test_non_finite_gradient_skips_the_optimiser_step(model_tok):
 
 
 def _assert_sharing_changes_nothing(model, ids, mask, start: int) -> None:
-    """Log-probs and parameter gradients of `grid_logits` from `start` are the same (float
-    tolerance) whether the rows' common prefix is read once or once per row."""
+    """Log-probs, entropies and parameter gradients of `grid_logprobs` from `start` are the same
+    (float tolerance) whether the rows' common prefix is read once or once per row."""
     import copy
 
-    from s3_ray.rl.algo.batch import grid_logits
+    from s3_ray.rl.algo.batch import grid_logprobs
 
     grads = []
     for share in (False, True):
         m = copy.deepcopy(model)
-        logits, _ = grid_logits(m, ids, mask, 1.0, start, share_prefix=share)
-        (logits.log_softmax(-1)[..., 0] * mask[:, start + 1:]).sum().backward()
-        grads.append(({n: p.grad.clone() for n, p in m.named_parameters()}, logits.detach()))
+        out = grid_logprobs(m, ids, mask, 1.0, start, entropy=True, share_prefix=share, chunk=5)
+        ((out.logprobs + 0.1 * out.entropy) * mask[:, start + 1:]).sum().backward()
+        grads.append(({n: p.grad.clone() for n, p in m.named_parameters()},
+                      torch.cat([out.logprobs, out.entropy]).detach()))
     (g0, l0), (g1, l1) = grads
     assert torch.allclose(l0, l1, atol=1e-4)
     assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)

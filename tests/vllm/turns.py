@@ -11,7 +11,7 @@ from engine_start import MODEL
 from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
 from s3_ray.agent.rollout import initial_passages, run_rollout
 from s3_ray.config import RolloutConfig, SearcherConfig
-from s3_ray.rl.algo.batch import collate, first_trained_position, gather_logprobs, grid_logits
+from s3_ray.rl.algo.batch import collate, first_trained_position, grid_logprobs
 from s3_ray.types import QAItem, Trajectory
 
 GREEDY = SearcherConfig(model=MODEL, temperature=0.0, max_new_tokens=32, max_prompt_tokens=1536, backend="vllm")
@@ -70,9 +70,9 @@ def sft_step(model: Any, tok: Any, items: list[QAItem], prompts: list[list[int]]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start = first_trained_position(batch.loss_mask)
-    logits, _ = grid_logits(model, batch.input_ids, batch.attention_mask, temperature=1.0, start=start)
+    logp = grid_logprobs(model, batch.input_ids, batch.attention_mask, temperature=1.0, start=start).logprobs
     mask = batch.loss_mask[:, start:]
-    loss = -(gather_logprobs(logits, batch.input_ids[:, start + 1 :]) * mask).sum() / mask.sum()
+    loss = -(logp * mask).sum() / mask.sum()
     loss.backward()
     opt.step()
     model.eval()

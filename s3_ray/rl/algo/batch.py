@@ -7,6 +7,8 @@ t + 1. `TrainBatch.loss_mask`, `token_logprobs`, advantages and values all live 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,9 @@ from torch import Tensor
 from s3_ray.models.kv import cache_field
 from s3_ray.rl.model.precision import training_autocast
 from s3_ray.types import Trajectory
+
+DEFAULT_LOGITS_CHUNK = 1024
+"""Tokens per LM-head chunk when no config says (`train.logits_chunk`)."""
 
 
 @dataclass
@@ -162,7 +167,7 @@ def _shared_prefix_past(model: Any, input_ids: Tensor, length: int) -> Any:
 
 
 def can_share_prefix(model: Any) -> bool:
-    """Whether `grid_logits` may read a shared prefix once: an HF causal LM (or a DDP/peft wrapper of
+    """Whether `grid_logprobs` may read a shared prefix once: an HF causal LM (or a DDP/peft wrapper of
     one) that is not FSDP-sharded (its root must run every forward) and does not recompute
     activations (gradient checkpointing turns the KV cache off in training)."""
     from s3_ray.rl.model.sharding import is_sharded
@@ -178,47 +183,165 @@ def can_share_prefix(model: Any) -> bool:
     return not getattr(inner, name, False)
 
 
-def grid_logits(
+@dataclass
+class GridOutput:
+    """What `grid_logprobs` computes for grid columns [start, T-1) of a (B, T) batch."""
+
+    logprobs: Tensor        # (B, T-1-start) float32 log p(token t + 1 | tokens <= t) at the temperature
+    entropy: Tensor | None  # (B, T-1-start) float32 entropy of that distribution, when asked for
+    hidden: Tensor | None   # (B, T-1-start, H) the final hidden states that feed the LM head, when asked for
+
+
+def _parts(model: Any) -> tuple[Any, Any, contextlib.AbstractContextManager[Any]]:
+    """(what to call for the forward, the bare HF model, the context the whole pass runs in).
+
+    DDP: the forward goes through the wrapper (so gradients are all-reduced), the parts come from
+    `.module`. A LoRA policy's adapter-off reference (`adapters_off`) runs forward *and* head with
+    the adapter switched off. FSDP-sharded and peft models are their own bare model."""
+    if hasattr(model, "adapters_off"):
+        return model.policy, model.policy, model.adapters_off()
+    return model, getattr(model, "module", model), contextlib.nullcontext()
+
+
+def _plain_head(bare: Any) -> Any:
+    """The output projection, when logits are exactly `head(last hidden state)`; else a clear error."""
+    config = getattr(bare, "config", None)
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            raise ValueError(f"{type(bare).__name__} post-processes its logits (config.{name}={value}); "
+                             "chunked log-probs support models whose logits are lm_head(hidden) only")
+    head = bare.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(bare).__name__} has no output embeddings (lm_head) to score tokens with")
+    return head
+
+
+def _head_chunk(head: Any, hidden: Tensor, targets: Tensor, temperature: float, want_entropy: bool,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """Log-probs of `targets` and entropies for a chunk of (n, H) hidden states: the (n, V) logits
+    live only inside this call (under checkpointing, backward recomputes them)."""
+    with training_autocast(device):
+        logits = head(hidden)
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 is exact: skip the copy
+        logits = logits / temperature
+    logp = gather_logprobs(logits, targets)
+    if not want_entropy:
+        return logp, logp.new_zeros(0)
+    all_logp = torch.log_softmax(logits, dim=-1)
+    return logp, -(all_logp.exp() * all_logp).sum(dim=-1)
+
+
+def _chunked_head(head: Any, hidden: Tensor, targets: Tensor, temperature: float, chunk: int,
+                  want_entropy: bool, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """(B, L) log-probs (and entropies) from (B, L, H) hidden states, `chunk` tokens at a time.
+
+    With gradients on, each chunk runs under non-reentrant activation checkpointing: only its
+    hidden states are kept, and the backward recomputes its logits. So the peak is a few (chunk, V)
+    float32 tensors instead of several (B, L, V) ones, forward and backward alike."""
+    from torch.utils.checkpoint import checkpoint
+
+    b, length, size = hidden.shape
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    logps, ents = [], []
+    for h, t in zip(hidden.reshape(b * length, size).split(chunk), targets.reshape(-1).split(chunk)):
+        if grad:
+            lp, ent = checkpoint(_head_chunk, head, h, t, temperature, want_entropy, device, use_reentrant=False)
+        else:
+            lp, ent = _head_chunk(head, h, t, temperature, want_entropy, device)
+        logps.append(lp)
+        ents.append(ent)
+    logp = torch.cat(logps).reshape(b, length)
+    return logp, (torch.cat(ents).reshape(b, length) if want_entropy else None)
+
+
+@contextlib.contextmanager
+def _head_gathered(bare: Any) -> Iterator[None]:
+    """Under FSDP the head belongs to the root unit: a trainable root keeps its weights gathered
+    after the forward (for the backward), a frozen one (the KL reference) frees them at once. The
+    chunked head runs after the forward, so it gathers them here when they were freed, and frees
+    them again after a gradient-free pass."""
+    from s3_ray.rl.model.sharding import is_sharded, is_sharded_tensor
+
+    head = bare.get_output_embeddings()
+    if not is_sharded(bare) or not any(is_sharded_tensor(p) for p in head.parameters()):
+        yield
+        return
+    bare.unshard()
+    try:
+        yield
+    finally:
+        if not torch.is_grad_enabled():
+            bare.reshard()
+
+
+def grid_logprobs(
     model: Any,
     input_ids: Tensor,
     attention_mask: Tensor,
     temperature: float,
     start: int = 0,
-    output_hidden_states: bool = False,
+    *,
+    entropy: bool = False,
+    entropy_grad: bool = True,
+    hidden: bool = False,
     share_prefix: bool = False,
-) -> tuple[Tensor, Any]:
-    """Float32 logits / temperature for grid columns [start, T-1): (B, T-1-start, V); and the raw output.
+    chunk: int = DEFAULT_LOGITS_CHUNK,
+) -> GridOutput:
+    """Float32 log-probs at `temperature` (and entropies, hidden states) for grid columns [start, T-1).
 
-    With start > 0 the LM head runs only from that position on (`logits_to_keep`), which skips
-    the vocabulary projection over the prompt: the bulk of s3 sequences. The forward is called on
-    whatever object is given, so DDP wrappers all-reduce gradients as usual. `share_prefix` (see
-    `can_share_prefix`) reads the tokens every row shares, up to `start`, once: a GRPO group's rows
-    share their whole prompt, and any batch the searcher's instructions. Every training forward
-    (policy, old policy, reference; the shared prefix too) passes here and runs under
-    `training_autocast`: bf16 compute over fp32 master weights on a GPU (`s3_ray.rl.model.precision`),
-    plain fp32 on CPU.
+    The model runs without its vocabulary projection over the grid (`logits_to_keep=1`: one
+    position per row) and the final hidden states are read from its decoder; the LM head then
+    scores `chunk` tokens at a time (`_chunked_head`), so no (B, T, V) logits ever exist. With
+    start > 0 the columns left of it (the prompt: the bulk of s3 sequences) are never scored.
+    The forward is called on whatever object is given, so DDP wrappers all-reduce gradients as
+    usual. `share_prefix` (see `can_share_prefix`) reads the tokens every row shares, up to
+    `start`, once: a GRPO group's rows share their whole prompt, and any batch the searcher's
+    instructions. Every training forward (policy, old policy, reference; the shared prefix and
+    the head chunks too) runs under `training_autocast`: bf16 compute over fp32 master weights on
+    a GPU (`s3_ray.rl.model.precision`), plain fp32 on CPU; the log-softmax is float32 either way.
+    `entropy_grad=False` returns entropies without a gradient.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs (greedy has none), got {temperature}")
+    if chunk < 1:
+        raise ValueError(f"train.logits_chunk must be >= 1, got {chunk}")
     t_len = input_ids.shape[1]
     if not 0 <= start < t_len - 1:
         raise ValueError(f"start must be in [0, {t_len - 1}), got {start}")
-    device = next(model.parameters()).device
+    forward, bare, context = _parts(model)
+    head = _plain_head(bare)
+    device = next(bare.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    prefix = min(common_prefix(input_ids, attention_mask), start) if share_prefix and len(input_ids) > 1 else 0
-    kwargs: dict[str, Any] = {"use_cache": prefix > 0}
-    if start > 0:
-        kwargs["logits_to_keep"] = t_len - start
-    if output_hidden_states:
-        kwargs["output_hidden_states"] = True
-    with training_autocast(device):
-        if prefix > 0:
-            kwargs[cache_field()] = _shared_prefix_past(model, input_ids, prefix)
-            kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
-            out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs)
-        else:
-            out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return out.logits[:, :-1].float() / temperature, out
+    with context:
+        prefix = min(common_prefix(input_ids, attention_mask), start) if share_prefix and len(input_ids) > 1 else 0
+        kwargs: dict[str, Any] = {"use_cache": prefix > 0, "logits_to_keep": 1}
+        captured: list[Tensor] = []
+
+        def keep_hidden(_module: Any, _args: Any, out: Any) -> None:
+            captured.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+
+        with training_autocast(device):
+            if prefix > 0:
+                kwargs[cache_field()] = _shared_prefix_past(forward, input_ids, prefix)
+                kwargs["position_ids"] = torch.arange(prefix, t_len, device=device).expand(len(input_ids), -1)
+                input_ids_fed = input_ids[:, prefix:]
+            else:
+                input_ids_fed = input_ids
+            handle = bare.get_decoder().register_forward_hook(keep_hidden)
+            try:
+                forward(input_ids=input_ids_fed, attention_mask=attention_mask, **kwargs)
+            finally:
+                handle.remove()
+        if len(captured) != 1:
+            raise RuntimeError(f"expected one decoder output from the forward, saw {len(captured)}")
+        states = captured[0][:, start - prefix : t_len - 1 - prefix]
+        with _head_gathered(bare):
+            logp, ent = _chunked_head(head, states, input_ids[:, start + 1 :], temperature, chunk, entropy, device)
+    if ent is not None and not entropy_grad:
+        ent = ent.detach()
+    return GridOutput(logprobs=logp, entropy=ent, hidden=states if hidden else None)
 
 
 def gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
@@ -233,12 +356,12 @@ def gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
 
 @torch.no_grad()
 def token_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chunk_size: int = 4,
-                   share_prefix: bool = False) -> Tensor:
-    """(B, T-1) log p(token t + 1 | tokens <= t) without gradients, `chunk_size` rows per forward.
+                   share_prefix: bool = False, logits_chunk: int = DEFAULT_LOGITS_CHUNK) -> Tensor:
+    """(B, T-1) log p(token t + 1 | tokens <= t) without gradients, `chunk_size` rows per forward
+    and `logits_chunk` tokens per LM-head chunk (`grid_logprobs`).
 
-    Used for the old-policy and reference log-probs; chunking caps the (rows, T, V) logits memory.
-    Columns left of a chunk's first trained token, and padding, hold 0 or meaningless values:
-    always combine with `batch.loss_mask`.
+    Used for the old-policy and reference log-probs. Columns left of a chunk's first trained
+    token, and padding, hold 0 or meaningless values: always combine with `batch.loss_mask`.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -247,7 +370,7 @@ def token_logprobs(model: Any, batch: TrainBatch, temperature: float = 1.0, chun
     for lo in range(0, b, chunk_size):
         mb = batch.rows(lo, min(lo + chunk_size, b))
         start = first_trained_position(mb.loss_mask)
-        logits, _ = grid_logits(model, mb.input_ids, mb.attention_mask, temperature, start, share_prefix=share_prefix)
-        lp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device)).cpu()
+        lp = grid_logprobs(model, mb.input_ids, mb.attention_mask, temperature, start, share_prefix=share_prefix,
+                           chunk=logits_chunk).logprobs.cpu()
         out[lo : lo + len(mb), start : start + lp.shape[1]] = lp
     return out

@@ -22,7 +22,6 @@ checkpoint holds is the same plain state as without sharding.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -45,8 +44,7 @@ from s3_ray.rl.algo.batch import (
     can_share_prefix,
     collate,
     first_trained_position,
-    gather_logprobs,
-    grid_logits,
+    grid_logprobs,
     token_logprobs,
 )
 from s3_ray.rl.algo.kl_control import KLController
@@ -55,7 +53,6 @@ from s3_ray.rl.algo.losses import (
     clipped_policy_loss,
     kl_penalty,
     masked_sum_mean,
-    token_entropy,
     value_loss,
 )
 from s3_ray.types import Trajectory
@@ -190,24 +187,25 @@ class PolicyUpdater:
             self.kl_ctl.load_state_dict(state["kl_controller"])
 
     # ---------------------------------------------------------------- forward passes
-    def _forward(self, mb: TrainBatch, entropy_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(log-probs, entropies, values | None) on the (b, t-1) grid of one micro-batch.
+    def _forward(self, mb: TrainBatch, entropy_grad: bool,
+                 entropy: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(log-probs, entropies | None, values | None) on the (b, t-1) grid of one micro-batch.
 
-        Columns before the micro-batch's first trained token are 0 (never computed).
+        Columns before the micro-batch's first trained token are 0 (never computed). Log-probs
+        and entropies come from `grid_logprobs`, `train.logits_chunk` tokens of logits at a time.
         """
         start = first_trained_position(mb.loss_mask)
-        logits, out = grid_logits(
+        out = grid_logprobs(
             self.model, mb.input_ids, mb.attention_mask, self.temperature, start,
-            output_hidden_states=self.value_head is not None,
+            entropy=entropy, entropy_grad=entropy_grad, hidden=self.value_head is not None,
             share_prefix=self.cfg.share_prefix and self.value_head is None and can_share_prefix(self.model),
+            chunk=self.cfg.logits_chunk,
         )
-        logp = gather_logprobs(logits, mb.input_ids[:, start + 1 :].to(logits.device))
-        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-            entropy = token_entropy(logits)
         values = None
-        if self.value_head is not None:
-            values = F.pad(self.value_head(out.hidden_states[-1][:, start:-1]).cpu(), (start, 0))
-        return F.pad(logp.cpu(), (start, 0)), F.pad(entropy.cpu(), (start, 0)), values
+        if self.value_head is not None and out.hidden is not None:
+            values = F.pad(self.value_head(out.hidden).cpu(), (start, 0))
+        ent = F.pad(out.entropy.cpu(), (start, 0)) if out.entropy is not None else None
+        return F.pad(out.logprobs.cpu(), (start, 0)), ent, values
 
     @torch.no_grad()
     def _old_policy(self, batch: TrainBatch) -> tuple[Tensor, Tensor | None]:
@@ -216,7 +214,7 @@ class PolicyUpdater:
         values_out = torch.zeros_like(logp_out) if self.value_head is not None else None
         for start in range(0, len(batch), self.micro_batch):
             stop = min(start + self.micro_batch, len(batch))
-            logp, _, values = self._forward(batch.rows(start, stop), entropy_grad=False)
+            logp, _, values = self._forward(batch.rows(start, stop), entropy_grad=False, entropy=False)
             logp_out[start:stop, : logp.shape[1]] = logp
             if values_out is not None and values is not None:
                 values_out[start:stop, : values.shape[1]] = values
@@ -273,7 +271,8 @@ class PolicyUpdater:
                     "adv_std": 0.0, **common}
         t_ref = time.perf_counter()
         ref_logp = (token_logprobs(self.ref_model, batch, self.temperature, self.micro_batch,
-                                   share_prefix=self.cfg.share_prefix and can_share_prefix(self.ref_model))
+                                   share_prefix=self.cfg.share_prefix and can_share_prefix(self.ref_model),
+                                   logits_chunk=self.cfg.logits_chunk)
                     if self.use_kl else None)
         t_ref = time.perf_counter() - t_ref
         t_policy = time.perf_counter()

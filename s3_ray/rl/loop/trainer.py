@@ -210,7 +210,8 @@ class SearcherTrainer:
             items = stream.take(self.cfg.train.warmup_batch // self.world)
             loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
                                follow_fraction=self.cfg.train.warmup_follow_fraction,
-                               follow_docs=self.cfg.train.warmup_follow_docs)
+                               follow_docs=self.cfg.train.warmup_follow_docs,
+                               logits_chunk=self.cfg.train.logits_chunk)
             losses.append(loss)
             if log is not None:
                 log({"warmup/loss": loss}, i)

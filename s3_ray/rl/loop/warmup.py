@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from s3_ray.config import RolloutConfig
-from s3_ray.rl.model.precision import training_autocast
+from s3_ray.rl.algo.batch import DEFAULT_LOGITS_CHUNK, first_trained_position, grid_logprobs
 from s3_ray.types import Passage, QAItem
 
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
@@ -143,7 +143,7 @@ def format_demonstrations(
 
 def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAItem], budget: RolloutConfig,
                 rng: random.Random, optimizer: torch.optim.Optimizer, follow_fraction: float = 0.0,
-                follow_docs: int | None = None) -> float:
+                follow_docs: int | None = None, logits_chunk: int = DEFAULT_LOGITS_CHUNK) -> float:
     """One warm-up step on `items`: their initial documents (one retrieval call), one demonstration
     each after the real first searcher prompt, one `sft_step`. Returns the loss."""
     from s3_ray.agent.prompt import build_searcher_messages, encode_prompt
@@ -153,7 +153,7 @@ def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAIt
     targets = format_demonstrations(items, init, budget, rng, follow_fraction=follow_fraction, follow_docs=follow_docs)
     prompts = [encode_prompt(tokenizer, build_searcher_messages(q.search_text, docs, budget))
                for q, docs in zip(items, init)]
-    return sft_step(model, tokenizer, prompts, targets, optimizer)
+    return sft_step(model, tokenizer, prompts, targets, optimizer, logits_chunk=logits_chunk)
 
 
 def sft_step(
@@ -163,10 +163,13 @@ def sft_step(
     target_texts: Sequence[str],
     optimizer: torch.optim.Optimizer,
     max_grad_norm: float = 1.0,
+    logits_chunk: int = DEFAULT_LOGITS_CHUNK,
 ) -> float:
     """One supervised step: mean cross-entropy over target tokens (+ EOS) only; returns the loss.
 
-    The EOS after each target teaches the turn to end where the protocol expects it.
+    The EOS after each target teaches the turn to end where the protocol expects it. The token
+    log-probs come from `grid_logprobs` (under `training_autocast`, `logits_chunk` tokens of
+    logits at a time), as in the RL update.
     """
     if len(prompts_ids) != len(target_texts) or not prompts_ids:
         raise ValueError(f"need equal, non-empty prompts and targets; got {len(prompts_ids)} and {len(target_texts)}")
@@ -183,20 +186,17 @@ def sft_step(
     width = max(len(p) + len(t) for p, t in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
+    trained = torch.zeros((len(rows), width - 1), dtype=torch.long)  # token grid: entry t scores token t + 1
     for i, (prompt, target) in enumerate(rows):
         ids = prompt + target
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
-        labels[i, len(prompt) : len(ids)] = torch.tensor(target)
-    device = next(model.parameters()).device
+        trained[i, len(prompt) - 1 : len(ids) - 1] = 1
     optimizer.zero_grad(set_to_none=True)
-    with training_autocast(device):  # bf16 compute over fp32 master weights on a GPU
-        out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
-    logits = out.logits[:, :-1].float()
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100
-    )
+    start = first_trained_position(trained)
+    logp = grid_logprobs(model, input_ids, attention, 1.0, start, chunk=logits_chunk).logprobs
+    mask = trained[:, start:].to(logp.device, logp.dtype)
+    loss = -(logp * mask).sum() / mask.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()

@@ -15,6 +15,7 @@ vLLM engine serving LoRA loads (`searcher.lora_push: adapter`).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,14 @@ def is_lora(model: Any) -> bool:
     return hasattr(unwrap(model), "peft_config")
 
 
-def apply_lora(model: nn.Module, cfg: TrainConfig) -> Any:
+def apply_lora(model: nn.Module, cfg: TrainConfig, base_dtype: Any = None) -> Any:
     """Wrap `model` in a fresh LoRA adapter (rank `cfg.lora_rank`); only the adapter trains.
 
     Targets are `cfg.lora_targets` (module names or name suffixes) or, when None, every linear
     layer except the output head (peft's "all-linear"). New adapters start with B = 0, so the
-    wrapped model computes exactly what `model` did.
+    wrapped model computes exactly what `model` did. `base_dtype` (bf16 on a GPU:
+    `s3_ray.rl.model.precision`) casts the frozen base weights, which never take an update, while
+    the adapter keeps its float32 master weights; buffers keep their dtype (rotary frequencies).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -60,7 +63,18 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> Any:
             peft_model = get_peft_model(model, lora_cfg)
     except ValueError as err:
         raise ValueError(f"train.lora_targets={cfg.lora_targets!r} does not fit the model: {err}") from err
+    if base_dtype is not None:
+        cast_frozen_(peft_model, base_dtype)
     return peft_model
+
+
+@torch.no_grad()
+def cast_frozen_(model: nn.Module, dtype: Any) -> None:
+    """Cast, in place, every floating-point parameter that does not train to `dtype` (tied
+    parameters are one object, so they stay tied); trainable parameters are left as they are."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 def merge_lora(model: Any) -> nn.Module:
@@ -174,8 +188,10 @@ def load_adapter_state_dict(model: Any, state: dict[str, Tensor], where: str = "
 class AdapterOffReference:
     """The KL reference of a LoRA policy: the same model, run without gradients, adapters off.
 
-    Quacks like the reference model `token_logprobs` expects (`parameters()` and a forward call).
-    The forward runs in eval mode (no dropout) and restores the policy's mode afterwards.
+    Quacks like the reference model `token_logprobs` expects (`parameters()` and a forward call);
+    `s3_ray.rl.algo.batch.grid_logprobs` runs the policy's forward and its LM head inside
+    `adapters_off()`. The forward runs in eval mode (no dropout) and restores the policy's mode
+    afterwards.
     """
 
     def __init__(self, policy: Any) -> None:
@@ -186,11 +202,17 @@ class AdapterOffReference:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.policy.parameters()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """Eval mode, no gradients, every adapter switched off; the policy's mode is restored after."""
         was_training = self.policy.training
         self.policy.eval()
         try:
             with torch.no_grad(), self.policy.disable_adapter():
-                return self.policy(*args, **kwargs)
+                yield
         finally:
             self.policy.train(was_training)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.adapters_off():
+            return self.policy(*args, **kwargs)

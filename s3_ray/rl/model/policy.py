@@ -26,16 +26,16 @@ from typing import Any
 
 from s3_ray.config import S3Config, TrainConfig
 from s3_ray.models import unwrap
-from s3_ray.rl.model.precision import Precision, configure_cpu_compute, precision_for
+from s3_ray.rl.model.precision import Precision, configure_cpu_compute, configure_device, precision_for
 
 
 def build_policy(plain: Any, tc: TrainConfig, frozen_dtype: Any = None) -> tuple[Any, Any]:
     """(policy, KL reference or None) around a plain HF model: with LoRA the reference is the
-    policy with its adapter off (no second copy of the weights), otherwise a frozen copy in
-    `frozen_dtype` (default: `plain`'s own)."""
+    policy with its adapter off (no second copy of the weights) and the frozen base is held in
+    `frozen_dtype`, otherwise the reference is a frozen copy in `frozen_dtype` (default: `plain`'s own)."""
     from s3_ray.rl.model.lora import AdapterOffReference, apply_lora
 
-    policy = apply_lora(plain, tc) if tc.lora_rank > 0 else plain
+    policy = apply_lora(plain, tc, base_dtype=frozen_dtype) if tc.lora_rank > 0 else plain
     ref = None
     if tc.kl_coef > 0:
         ref = AdapterOffReference(policy) if tc.lora_rank > 0 else frozen_copy(plain, frozen_dtype)
@@ -140,6 +140,7 @@ class SearcherPolicy:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         configure_cpu_compute(cfg.train.cpu_compute)
+        configure_device(device)  # TF32 on a GPU
         precision = precision_for(device)
         plain, tok = load_causal_lm(name or cfg.searcher.model, num_threads=cfg.searcher.num_threads,
                                     for_training=True, device=device, dtype=precision.master)

@@ -2,20 +2,26 @@
 
 On a GPU the trained policy keeps float32 master weights (DDP and FSDP alike) and every training
 forward computes in bfloat16 under `torch.autocast` (`training_autocast`, entered by
-`s3_ray.rl.algo.batch.grid_logits` and the format warm-up). AdamW moves a weight by about `lr` per
+`s3_ray.rl.algo.batch.grid_logprobs`, which the format warm-up uses too). AdamW moves a weight by about `lr` per
 step, and the paper's lr 1e-6 is far below bfloat16's resolution (8 mantissa bits: a weight of
 0.02 moves in steps of 1.2e-4), so bf16 weights would round such updates away; float32 (24 bits:
 steps of 1.9e-9 at 0.02) keeps them. The frozen models, the KL reference and the rollout copy,
 never take an update, so they are held in bfloat16: autocast rounds the policy's weights to
 bfloat16 in every matmul anyway, and half the bytes is half the memory.
 
+A LoRA run's frozen base is held in bfloat16 on a GPU too (`Precision.frozen`, applied by
+`s3_ray.rl.model.lora.apply_lora`): half the bytes of a 7B base; the adapter keeps float32 master
+weights. Rollouts sampled from the policy on a GPU generate under bf16 autocast
+(`s3_ray.models.autocast.inference_autocast`, entered by the transformers rollout policy), and
+`configure_device` lets the float32 matmuls left on a GPU use TF32.
+
 On CPU the weights are always float32 (gloo reduces fp32), and `train.cpu_compute` decides the
 training forwards' compute: `fp32` (the default: exact, what the tests compare), `bf16` (autocast,
 as on a GPU) or `auto` (bf16 only where the CPU has native bf16 matmuls, avx512_bf16 or AMX; on
 a CPU without them bf16 is emulated and slower than fp32). The log-softmax of every training
-forward stays fp32 either way (`s3_ray.rl.algo.batch.grid_logits` upcasts the logits). The choice is
+forward stays fp32 either way (`s3_ray.rl.algo.batch.grid_logprobs` upcasts each logits chunk). The choice is
 made once per process (`configure_cpu_compute`, called where the policy is built), since the
-forwards that read it (`grid_logits`, the warm-up) only see a model and its device.
+forwards that read it (`grid_logprobs`) only see a model and its device.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ def configure_cpu_compute(choice: str) -> str:
 
 @dataclass(frozen=True)
 class Precision:
-    """`master`: the trained weights; `frozen`: KL reference and rollout copy; `compute`: the
-    autocast dtype of training forwards (None: no autocast)."""
+    """`master`: the trained weights; `frozen`: KL reference, rollout copy and a LoRA run's base;
+    `compute`: the autocast dtype of training forwards (None: no autocast)."""
 
     master: Any
     frozen: Any
@@ -97,6 +103,14 @@ def precision_for(device: Any) -> Precision:
         return Precision(master=torch.float32, frozen=torch.bfloat16, compute=torch.bfloat16)
     return Precision(master=torch.float32, frozen=torch.float32,
                      compute=torch.bfloat16 if _cpu_compute == "bf16" else None)
+
+
+def configure_device(device: Any) -> bool:
+    """Process-wide settings for training on `device`: TF32 matmuls on CUDA (returns True);
+    nothing on CPU."""
+    from s3_ray.models.autocast import enable_tf32
+
+    return enable_tf32(device)
 
 
 def training_autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
