@@ -171,8 +171,8 @@ def test_collapse_guard_stops_cleanly_with_a_checkpoint(ray_session, tmp_path):
 
 def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
     """train.parallel=fsdp over 2 gloo workers (with gradient checkpointing, as the paper config):
-    the warm-up, the rollout copy, collective checkpoints, and a worker crash resumed from the
-    sharded run's plain checkpoint."""
+    the warm-up, the rollout copy, sharded checkpoints written by both workers straight into Ray
+    Train's storage folder, and a worker crash resumed from them."""
     from s3_ray.rl.ray_train.launch import run_training
     from s3_ray.data.embedded import load_split
     from s3_ray.models import load_causal_lm
@@ -191,7 +191,11 @@ def test_fsdp_two_workers_warm_up_crash_and_resume(ray_session, tmp_path):
     # the rollout copy follows the sharded policy after every update
     assert all(r["time/weight_sync_s"] >= 0 for r in rows[1:])
     ckpt = Path(result.checkpoint.path)
-    assert json.loads((ckpt / "meta.json").read_text())["step"] == 2
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["step"] == 2 and meta["format"] == 2 and meta["world_size"] == 2
+    # each worker wrote its own shard file into the checkpoint folder, which lies in the run's storage
+    assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert ckpt.parent == Path(cfg.run_dir).resolve() / "ray" / "fsdp"
     assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     trained, _ = load_causal_lm(str(ckpt))
     warmed, _ = load_causal_lm(str(Path(cfg.run_dir) / "ray" / "fsdp" / "warmup_reference"))

@@ -219,17 +219,6 @@ def test_rollouts_generate_under_bf16_autocast_on_cuda_and_without_on_cpu(monkey
     assert calls == [True] and entered and all(d == torch.device("cpu") for d in entered)
 
 
-def test_fsdp_on_a_gpu_keeps_fp32_masters_and_a_bf16_rollout_copy(monkeypatch, tiny) -> None:
-    from s3_ray.rl.model import policy as policy_module
-
-    sharded: list[tuple[Any, Any]] = []
-    monkeypatch.setattr(policy_module, "shard_for_training", lambda p, r: sharded.append((p, r)) or (p, r))
-    policy, fake = _load_on_fake_gpu(monkeypatch, tiny, kl_coef=0.01, parallel="fsdp")
-    assert fake.kwargs["dtype"] == torch.float32 and len(sharded) == 1
-    assert _dtypes(policy.model) == {torch.float32}
-    assert _dtypes(policy.ref) == {torch.bfloat16} and _dtypes(policy.rollout_copy) == {torch.bfloat16}
-
-
 def test_cpu_stays_fp32_everywhere(tiny) -> None:
     cfg = S3Config(searcher=SearcherConfig(model="tiny-random"), train=TrainConfig(kl_coef=0.01))
     policy = SearcherPolicy.load(cfg, device="cpu")

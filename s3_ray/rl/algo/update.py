@@ -163,11 +163,23 @@ class PolicyUpdater:
         """
         optimizer = (sharding.full_optimizer_state(self.optimizer, keep=keep) if sharding.is_sharded(self.model)
                      else self.optimizer.state_dict())
-        state: dict[str, Any] = {"optimizer": optimizer, "moved_from_ref": self.moved_from_ref,
-                                 "kl_controller": self.kl_ctl.state_dict()}
+        state: dict[str, Any] = {"optimizer": optimizer, **self.scalar_state()}
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
         return state
+
+    def scalar_state(self) -> dict[str, Any]:
+        """The state beyond the optimiser and the trained modules (KL coefficient, reference flag):
+        what a sharded checkpoint keeps beside the tensors it writes with `trained_modules`."""
+        return {"moved_from_ref": self.moved_from_ref, "kl_controller": self.kl_ctl.state_dict()}
+
+    def trained_modules(self) -> nn.ModuleDict:
+        """Every module `optimizer` updates, by name: the policy and (PPO) the value head. A sharded
+        checkpoint saves their weights and the optimiser state keyed by these names."""
+        modules = {"policy": self.model}
+        if self.value_head is not None:
+            modules["value_head"] = self.value_head
+        return nn.ModuleDict(modules)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "optimizer" not in state:
@@ -176,12 +188,16 @@ class PolicyUpdater:
             if "value_head" not in state:
                 raise KeyError("PPO updater state has no 'value_head' entry (was it saved by a GRPO run?)")
             self.value_head.load_state_dict(state["value_head"])
-        if self.kl_ctl.adaptive and "kl_controller" not in state:
-            raise KeyError("updater state has no 'kl_controller' entry, which an adaptive-KL run needs")
         optimizer = state["optimizer"]
         if sharding.is_sharded(self.model):  # plain saved state -> this rank's shards
             optimizer = sharding.shard_optimizer_state(self.optimizer, optimizer)
         self.optimizer.load_state_dict(optimizer)
+        self.load_scalar_state(state)
+
+    def load_scalar_state(self, state: dict[str, Any]) -> None:
+        """The inverse of `scalar_state`."""
+        if self.kl_ctl.adaptive and "kl_controller" not in state:
+            raise KeyError("updater state has no 'kl_controller' entry, which an adaptive-KL run needs")
         self.moved_from_ref = bool(state.get("moved_from_ref", True))
         if self.kl_ctl.adaptive:
             self.kl_ctl.load_state_dict(state["kl_controller"])

@@ -13,13 +13,16 @@ differs between them is in `FitHooks`; the loop itself reads top to bottom:
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3_ray.rl.model import collectives
 from s3_ray.rl.model.collectives import agree_on_stop
 from s3_ray.rl.loop.guard import CollapseGuard
 from s3_ray.rl.model.policy import SearcherPolicy
@@ -31,8 +34,11 @@ class FitHooks:
     """What the caller does with each step.
 
     `report(metrics, checkpoint)` runs on every rank after every step; `checkpoint` is the folder
-    of the checkpoint rank 0 just wrote (it is deleted after `report` returns: copy it), else None.
-    `checkpoints=False` writes none. `log(metrics, index)` gets warm-up and RL metrics for the
+    of the checkpoint this rank just wrote (all of it: rank 0 of an unsharded policy; its own
+    shards and rank 0 the rest: every rank of an FSDP one), else None. `checkpoints=False` writes
+    none. `checkpoint_folder(step)` is a context that gives the folder a step's checkpoint is
+    written to, the same on every rank (default: a temporary folder on this machine, deleted
+    after `report` returns: copy it). `log(metrics, index)` gets warm-up and RL metrics for the
     metrics file. `report_warmup` reports the warmed-up policy as step 0 (with a checkpoint).
     `after_step(step)` runs after each step's report (fault injection in tests).
     """
@@ -42,6 +48,7 @@ class FitHooks:
     checkpoints: bool = True
     report_warmup: bool = True
     after_step: Callable[[int], None] | None = None
+    checkpoint_folder: Callable[[int], contextlib.AbstractContextManager[Path]] | None = None
 
 
 def fit(policy: SearcherPolicy, trainer: SearcherTrainer, hooks: FitHooks, resume: str | Path | None = None,
@@ -98,11 +105,25 @@ def fit(policy: SearcherPolicy, trainer: SearcherTrainer, hooks: FitHooks, resum
 
 def _report(hooks: FitHooks, policy: SearcherPolicy, trainer: SearcherTrainer, guard: CollapseGuard,
             metrics: dict[str, Any], step: int, due: bool) -> None:
-    """`hooks.report` on every rank, with the checkpoint rank 0 wrote when one is due."""
+    """`hooks.report` on every rank, with the checkpoint written when one is due."""
     if not (due and hooks.checkpoints):
         hooks.report(metrics, None)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        written = policy.save(Path(tmp) / "ckpt", trainer.updater, step,
-                              extra={**trainer.state(), "guard": guard.state()})
+    folder = hooks.checkpoint_folder or temporary_folder
+    with folder(step) as path:
+        written = policy.save(path, trainer.updater, step, extra={**trainer.state(), "guard": guard.state()})
         hooks.report(metrics, written)
+
+
+@contextlib.contextmanager
+def temporary_folder(step: int) -> Iterator[Path]:
+    """A temporary checkpoint folder, the same path on every rank (made by rank 0; so the ranks must
+    share a machine), removed once every rank is done with it."""
+    root = tempfile.mkdtemp(prefix=f"s3-ckpt-{step}-") if collectives.rank() == 0 else None
+    root = collectives.broadcast_object(root)
+    try:
+        yield Path(root) / "ckpt"
+    finally:
+        collectives.barrier()
+        if collectives.rank() == 0:
+            shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Training checkpoints: an HF model folder plus `trainer_state.pt` and `meta.json`.
 
-Layout of one checkpoint directory::
+Layout of one checkpoint directory of one process or DDP (`meta.json`'s `format` 1)::
 
     config.json, model.safetensors        the policy as a plain HF model (LoRA merged in)
     tokenizer files                       when a tokenizer is given
@@ -12,12 +12,16 @@ The folder itself is always loadable with `load_causal_lm(path)` (evaluation, se
 run resumes from `adapter/` on top of its base weights, which stay exact: merging is only done
 for the exported copy, never to the model being trained.
 
-An FSDP-sharded policy (`train.parallel: fsdp`) is saved in the same plain layout: every rank
-gathers the weights and optimiser state (`s3_ray.rl.model.sharding`), rank 0 writes them, and loading
-cuts them back into each rank's shards, so a sharded run resumes with any number of workers.
+An FSDP-sharded policy (`train.parallel: fsdp`) writes the sharded layout instead (`format` 2,
+`s3_ray.rl.model.sharded_checkpoint`): every rank writes its own shards of the float32 weights and
+optimiser state with `torch.distributed.checkpoint`, beside the same loadable HF folder (in bf16)
+and the same `trainer_state.pt` / `meta.json`; `load_checkpoint` reads either layout into a sharded
+or a plain model. A plain checkpoint can also be loaded into a sharded model (each rank cuts its
+shards from the whole tensors).
 
-A checkpoint is written to a temporary sibling folder and renamed into place, so a crash never
-leaves a half-written checkpoint that `latest_checkpoint` could pick. `trainer_state.pt` holds
+A plain checkpoint is written to a temporary sibling folder and renamed into place, and a sharded
+one gets its `meta.json` last, so a crash never leaves a half-written checkpoint that
+`latest_checkpoint` could pick. `trainer_state.pt` holds
 only tensors and plain Python containers, and is read with `torch.load(weights_only=True)`:
 loading a checkpoint never unpickles arbitrary objects.
 """
@@ -25,7 +29,6 @@ loading a checkpoint never unpickles arbitrary objects.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import tempfile
 import time
@@ -35,11 +38,11 @@ from typing import Any
 import torch
 
 from s3_ray.models import unwrap
+from s3_ray.rl.model.checkpoint_files import (META_FILE, STATE_FILE, rng_state, save_hf_folder,  # noqa: F401
+                                              set_rng_state)
 from s3_ray.rl.model.sharding import is_sharded, load_full_state_dict, plain_class, tied_names
 
 FORMAT_VERSION = 1
-STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
 ADAPTER_DIR = "adapter"
 
 
@@ -50,41 +53,6 @@ def _state_of(optimizer: Any) -> dict[str, Any]:
     if hasattr(optimizer, "state_dict"):
         return optimizer.state_dict()
     raise TypeError(f"optimizer_state must be a dict or have state_dict(), got {type(optimizer).__name__}")
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors / plain containers (weights_only-loadable)."""
-    import numpy as np
-
-    version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `rng_state`."""
-    import numpy as np
-
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(
@@ -130,16 +98,6 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def save_hf_folder(folder: str | Path, model: Any, weights: dict[str, torch.Tensor] | None = None) -> None:
-    """`model.save_pretrained(folder)`, with `weights` as its state dict when given (a sharded
-    model's gathered weights). The config names the model's own class, not FSDP's wrapper class."""
-    model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
-    cls = plain_class(model)
-    if cls is not type(model):
-        model.config.architectures = [cls.__name__]
-        model.config.save_pretrained(folder)
 
 
 def _save_model(folder: Path, bare: Any, weights: dict[str, torch.Tensor] | None = None) -> bool:
@@ -213,8 +171,15 @@ def load_checkpoint(
     if not meta_path.is_file() or not state_path.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint: {META_FILE} or {STATE_FILE} is missing")
     meta = json.loads(meta_path.read_text())
+    from s3_ray.rl.model.sharded_checkpoint import SHARDED_FORMAT, load_sharded_checkpoint
+
+    if meta.get("format") == SHARDED_FORMAT:
+        state = load_sharded_checkpoint(directory, model, optimizer, restore_rng=restore_rng)
+        state["meta"] = meta
+        return state
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+        raise ValueError(f"{meta_path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION} "
+                         f"or {SHARDED_FORMAT}")
     from s3_ray.rl.model.lora import is_lora
 
     if meta.get("lora") and optimizer is not None and not is_lora(model):

@@ -109,3 +109,18 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=group_device())
     return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank got here (nothing outside a process group)."""
+    import torch.distributed as dist
+
+    if active():
+        dist.barrier()
+
+
+def rank() -> int:
+    """This process's rank in the default group (0 outside a process group)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if active() else 0

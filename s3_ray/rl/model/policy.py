@@ -2,19 +2,24 @@
 
 `SearcherPolicy.load` builds, in order:
 
-1. the plain HF model on this worker's device in float32 master weights (DDP and FSDP alike;
-   on a GPU the training forwards compute in bf16 under autocast: `s3_ray.rl.model.precision`), with
-   gradient checkpointing when configured;
+1. the plain HF model on this worker's device in float32 master weights (on a GPU the training
+   forwards compute in bf16 under autocast: `s3_ray.rl.model.precision`), with gradient
+   checkpointing when configured;
 2. a LoRA adapter (`train.lora_rank > 0`; peft), so only the adapter trains;
 3. the KL reference (`train.kl_coef > 0`): a frozen copy (bf16 on a GPU), or with LoRA the same
    model with its adapter switched off (no second copy of the weights);
-4. the wrapper for several workers: DDP (`train.parallel: ddp`), or FSDP2 sharding of policy and
-   reference (`fsdp`), which also keeps an unsharded bf16 (on a GPU) *rollout copy* for the
-   transformers backend (rollouts never run on shards: ranks would have to generate in lockstep).
+4. the wrapper for several workers: DDP (`train.parallel: ddp`).
+
+With FSDP (`train.parallel: fsdp`) no rank holds the whole model on its device: the policy is built
+on the meta device, sharded, and filled from rank 0's CPU read of the weights; the KL reference is
+a sharded frozen copy made from the shards; an unsharded bf16 (on a GPU) *rollout copy* is built
+only for the transformers backend (rollouts never run on shards: ranks would have to generate in
+lockstep), none where a vLLM engine holds the rollout weights (`s3_ray.rl.model.sharded_load`).
 
 After a format warm-up, `rebase_after_warmup` makes the warmed-up policy the reference RL is held
 near (with LoRA: the warm-up adapter is merged into the base and a fresh adapter attached).
-`save` / `restore` write and read a checkpoint in the same plain layout whatever the wrapper.
+`save` / `restore` write and read a checkpoint: the plain layout of one process or DDP, or the
+sharded one of FSDP, which every rank writes its own part of (`s3_ray.rl.model.checkpoint`).
 Functions that touch a sharded model are collectives: every rank calls them, in the same order.
 """
 
@@ -142,23 +147,40 @@ class SearcherPolicy:
         configure_cpu_compute(cfg.train.cpu_compute)
         configure_device(device)  # TF32 on a GPU
         precision = precision_for(device)
-        plain, tok = load_causal_lm(name or cfg.searcher.model, num_threads=cfg.searcher.num_threads,
+        name = name or cfg.searcher.model
+        prepare = enable_gradient_checkpointing if cfg.train.gradient_checkpointing else None
+        if cfg.train.parallel == "fsdp":
+            if cfg.searcher.num_threads:
+                torch.set_num_threads(cfg.searcher.num_threads)
+            policy = cls(cfg, None, None, None, world=world, rank=rank, precision=precision)
+            policy._load_sharded(name, device, prepare)
+            return policy
+        plain, tok = load_causal_lm(name, num_threads=cfg.searcher.num_threads,
                                     for_training=True, device=device, dtype=precision.master)
-        if cfg.train.gradient_checkpointing:
-            enable_gradient_checkpointing(plain)
+        if prepare is not None:
+            prepare(plain)
         policy = cls(cfg, None, None, tok, world=world, rank=rank, precision=precision)
         policy._build(plain)
         return policy
 
+    def _load_sharded(self, name: str, device: Any, prepare: Any) -> None:
+        """FSDP: the policy straight into shards, the KL reference from its shards, and a rollout
+        copy only for the transformers backend (`s3_ray.rl.model.sharded_load`). Collective."""
+        from s3_ray.rl.model.sharded_load import load_sharded, rollout_copy, sharded_copy
+
+        tc = self.cfg.train
+        if tc.lora_rank > 0:  # the config refuses it; a LoRA reference would be the adapter-off policy
+            raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0")
+        self.model, self.tokenizer = load_sharded(name, device, self.rank, self.precision.master, prepare)
+        if tc.kl_coef > 0:
+            self.ref = sharded_copy(self.model, self.precision.frozen, device)
+        if self.cfg.searcher.backend == "transformers":
+            self.rollout_copy = rollout_copy(self.model, self.precision.frozen, device)
+
     def _build(self, plain: Any) -> None:
-        """Wrap the plain HF model `plain`: LoRA, KL reference, DDP or FSDP, rollout copy."""
+        """Wrap the plain HF model `plain` (one process or DDP): LoRA, KL reference, DDP."""
         tc = self.cfg.train
         frozen = self.precision.frozen
-        if tc.parallel == "fsdp":
-            if self.rollout_copy is None and self.cfg.searcher.backend == "transformers":
-                self.rollout_copy = frozen_copy(plain, frozen)
-            self.model, self.ref = shard_for_training(*build_policy(plain, tc, frozen))
-            return
         policy, self.ref = build_policy(plain, tc, frozen)
         self.model = wrap_for_workers(policy, self.world)
 
@@ -204,25 +226,24 @@ class SearcherPolicy:
             self.tokenizer.save_pretrained(folder)
 
     def save(self, path: str | Path, updater: Any, step: int, extra: dict[str, Any]) -> Path | None:
-        """Write a checkpoint to `path` on rank 0 (returns it; None on other ranks).
+        """Write a checkpoint to `path`; returns it where this rank wrote part of it, else None.
 
-        A sharded policy's weights and optimiser state are gathered on every rank first
-        (collectives); rank 0 writes them in the same plain layout as an unsharded run.
+        Unsharded: rank 0 writes the plain layout (None on other ranks). Sharded (FSDP): every rank
+        writes its own shards of the weights and optimiser state into the same `path` (storage all
+        ranks reach), rank 0 adds the bf16 HF export; every rank gets `path` back. Collective then.
         """
         from s3_ray.rl.model.checkpoint import save_checkpoint
-        from s3_ray.rl.model.sharding import full_state_dict
+        from s3_ray.rl.model.sharded_checkpoint import save_sharded_checkpoint
 
-        weights, optimizer_state = None, updater
         if self.sharded:
-            keep = self.rank == 0  # every rank takes part in the gathers; only the writer keeps them
-            weights, optimizer_state = full_state_dict(self.bare, keep=keep), updater.state_dict(keep=keep)
+            return save_sharded_checkpoint(path, self.bare, updater, step, extra=extra, tokenizer=self.tokenizer)
         if self.rank != 0:
             return None
-        return save_checkpoint(path, self.bare, optimizer_state, step, extra=extra, tokenizer=self.tokenizer,
-                               weights=weights)
+        return save_checkpoint(path, self.bare, updater, step, extra=extra, tokenizer=self.tokenizer)
 
     def restore(self, path: str | Path, updater: Any) -> dict[str, Any]:
-        """Load a checkpoint's weights (or adapter) and the updater's state; returns the trainer state."""
+        """Load a checkpoint's weights (or adapter) and the updater's state; returns the trainer state.
+        A sharded checkpoint is read shard by shard (each rank only its own); collective then."""
         from s3_ray.rl.model.checkpoint import load_checkpoint
 
         return load_checkpoint(Path(path), self.bare, updater)

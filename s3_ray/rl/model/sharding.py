@@ -11,11 +11,11 @@ everything stays float32.
 What the rest of the package needs from a sharded model lives here, and every function that
 touches sharded tensors is a *collective*: all ranks must call it, in the same order.
 
-* `full_state_dict` gathers the plain (unsharded) weights, for checkpoints, the rollout copy and
-  a vLLM engine;
-* `load_full_state_dict` / `shard_optimizer_state` take plain tensors (a checkpoint) back into
-  the sharded model and optimiser, each rank keeping its own shard, so a checkpoint is the same
-  plain HF folder + optimiser state whatever the number of workers (resume with another count);
+* `full_state_dict` gathers the plain (unsharded) weights, one tensor at a time, for a
+  checkpoint's HF export, the rollout copy and a vLLM engine (FSDP checkpoints themselves are
+  written shard by shard: `s3_ray.rl.model.sharded_checkpoint`);
+* `load_full_state_dict` / `shard_optimizer_state` take plain tensors (a plain checkpoint) back
+  into the sharded model and optimiser, each rank keeping its own shard;
 * `full_optimizer_state` gathers the optimiser state into that plain, index-keyed form.
 
 Nothing here imports at package import time beyond torch. `gather`, `iter_full_state`,
@@ -64,13 +64,16 @@ def layer_classes(model: nn.Module) -> set[type]:
     return classes
 
 
-def shard_model(model: nn.Module, *, mixed_precision: bool | None = None, trainable: bool = True) -> nn.Module:
+def shard_model(model: nn.Module, *, mixed_precision: bool | None = None, trainable: bool = True,
+                device: Any = None) -> nn.Module:
     """Shard `model` in place over the default process group (one FSDP unit per decoder layer).
 
     `mixed_precision` (default: on CUDA) computes in bfloat16 over float32 master weights;
     the model must then hold float32 weights. `trainable=False` shards a frozen model (the KL
     reference): it is only ever run forward, so every unit, the root included, frees its gathered
-    weights right after its forward.
+    weights right after its forward. `device` (default: where the weights are) is where the shards
+    will live: a model built on the meta device is sharded first and only then given storage
+    (`s3_ray.rl.model.sharded_load`), so its device is named here.
     """
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -78,7 +81,7 @@ def shard_model(model: nn.Module, *, mixed_precision: bool | None = None, traina
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("train.parallel=fsdp needs an initialised process group (Ray Train's TorchTrainer "
                            "sets one up per worker)")
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     if mixed_precision is None:
         mixed_precision = device.type == "cuda"
     if mixed_precision and next(model.parameters()).dtype != torch.float32:
@@ -119,8 +122,9 @@ def gather(t: Tensor) -> Tensor:
     return t.full_tensor() if is_sharded_tensor(t) else t
 
 
-def iter_full_state(model: nn.Module, cpu: bool = True) -> Iterator[tuple[str, Tensor]]:
-    """(name, plain tensor) for every entry of `model.state_dict()`, one gather at a time.
+def iter_full_state(model: nn.Module, cpu: bool = True, dtype: Any = None) -> Iterator[tuple[str, Tensor]]:
+    """(name, plain tensor) for every entry of `model.state_dict()`, one gather at a time;
+    floating-point tensors cast to `dtype` when given (as each is gathered).
 
     Collective: every rank must drain the iterator. Only tied tensors are held beyond what the
     consumer keeps.
@@ -136,6 +140,8 @@ def iter_full_state(model: nn.Module, cpu: bool = True) -> Iterator[tuple[str, T
             yield name, kept[key]
             continue
         full = gather(t.detach())
+        if dtype is not None and full.is_floating_point():
+            full = full.to(dtype)
         full = full.cpu() if cpu else full
         if key in owners:
             kept[key] = full
@@ -158,19 +164,19 @@ def tied_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def full_state_dict(model: nn.Module, cpu: bool = True, keep: bool = True) -> dict[str, Tensor]:
+def full_state_dict(model: nn.Module, cpu: bool = True, keep: bool = True, dtype: Any = None) -> dict[str, Tensor]:
     """The plain state dict of a (possibly sharded) model; collective for a sharded one.
+    Floating-point tensors are cast to `dtype` when given, one at a time as they are gathered.
 
     `keep=False` takes part in the gathers but keeps nothing (returns {}): the ranks that do not
     write a checkpoint need not hold a whole copy of the model.
     """
-    if not is_sharded(model):
-        return {k: (v.detach().cpu() if cpu else v.detach()) for k, v in model.state_dict().items()} if keep else {}
     if not keep:
-        for _ in iter_full_state(model, cpu=False):
-            pass
+        if is_sharded(model):
+            for _ in iter_full_state(model, cpu=False):
+                pass
         return {}
-    return dict(iter_full_state(model, cpu=cpu))
+    return dict(iter_full_state(model, cpu=cpu, dtype=dtype))
 
 
 def _shard_like(full: Tensor, like: Tensor) -> Tensor:

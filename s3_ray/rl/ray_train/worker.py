@@ -2,12 +2,22 @@
 
 Each worker loads the searcher on its own device (`SearcherPolicy`), builds the step
 (`SearcherTrainer`) over its share of the questions, and runs the one training loop (`fit`)
-with Ray Train's reporting: metrics every step, a checkpoint every `checkpoint_every` steps
-(rank 0 writes it), the checkpoint Ray Train hands back after a failure to resume from.
+with Ray Train's reporting: metrics every step, a checkpoint every `checkpoint_every` steps,
+the checkpoint Ray Train hands back after a failure to resume from.
+
+Checkpoints are written straight into the run's storage folder when it is a file system the
+workers mount (a local disk, NFS) and reported as already in place; every rank of an FSDP run
+writes its own shards there (rank 0 of a DDP run the whole checkpoint). On object storage (S3,
+GCS) each rank writes its part to a local folder and Ray Train uploads it into the one checkpoint
+folder. On resume the folder is read in place (each FSDP rank reads its own shards), or
+downloaded first from object storage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +72,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logger = MetricsLogger(Path(cfg.run_dir) / "train" / "metrics.jsonl", cfg.wandb,
                                run_name=loop_config.get("run_name"), config=loop_config["cfg"])
 
-    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        metrics = {**metrics, CHECKPOINT_SCORE: checkpoint_score(metrics)}
-        if checkpoint is None:
-            ray.train.report(metrics)
-        else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
+    target = CheckpointTarget(rank)
 
-    hooks = FitHooks(report=report, log=logger.log if logger else None,
+    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        target.report({**metrics, CHECKPOINT_SCORE: checkpoint_score(metrics)}, checkpoint)
+
+    hooks = FitHooks(report=report, log=logger.log if logger else None, checkpoint_folder=target.folder,
                      after_step=lambda step: _maybe_inject_failure(loop_config.get("fail_at_step"), step,
                                                                    Path(cfg.run_dir)))
     try:
@@ -81,6 +89,47 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if logger:
             logger.close()
+
+
+class CheckpointTarget:
+    """Where this run's checkpoints are written, and how they are reported to Ray Train."""
+
+    def __init__(self, rank: int) -> None:
+        import pyarrow.fs
+        import ray.train
+
+        self.rank = rank
+        self.storage = ray.train.get_context().get_storage()
+        # a mounted file system (local disk, NFS): write in place; object storage: stage and upload
+        self.in_place = isinstance(self.storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+        self.name: str | None = None
+
+    @contextlib.contextmanager
+    def folder(self, step: int) -> Iterator[Path]:
+        """The folder of the checkpoint of `step`, the same name on every rank (rank 0's choice)."""
+        from s3_ray.rl.model import collectives
+
+        self.name = collectives.broadcast_object(
+            f"{self.storage.make_default_checkpoint_dir_name()}_step{step}" if self.rank == 0 else None)
+        if self.in_place:
+            yield Path(self.storage.build_checkpoint_path_from_name(self.name))
+            return
+        with tempfile.TemporaryDirectory(prefix="s3-ckpt-") as tmp:
+            yield Path(tmp) / self.name
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """`ray.train.report` on every rank; `checkpoint`: the folder this rank wrote to (or None)."""
+        import ray.train
+        from ray.train import CheckpointUploadMode
+
+        if checkpoint is None:
+            ray.train.report(metrics)
+        elif self.in_place:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(checkpoint), self.storage.storage_filesystem),
+                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_dir_name=self.name)
 
 
 def _maybe_inject_failure(fail_at_step: int | None, step: int, run_dir: Path) -> None:
