@@ -69,6 +69,10 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(0, ge=0, description="Supervised format warm-up steps before RL (0 = none).")
     warmup_batch: int = Field(4, ge=1, description="Questions per warm-up step over all workers.")
     warmup_lr: float = Field(5e-5, gt=0)
+    warmup_stop_fraction: float = Field(
+        0.25, ge=0, le=1, description="Share of warm-up demonstrations that stop at once (keep documents, complete). "
+                                      "Greedy decoding picks the likelier first move, so a share near the search "
+                                      "share leaves a warm-up that may stop without searching.")
     warmup_follow_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of warm-up search turns that query a name read in the initial "
                                      "documents (label-free second-hop demonstrations; 0 = query the question).")

@@ -209,6 +209,7 @@ class SearcherTrainer:
         for i in range(steps):
             items = stream.take(self.cfg.train.warmup_batch // self.world)
             loss = warmup_step(self.model, self.tokenizer, self.retriever, items, self.cfg.rollout, rng, optimizer,
+                               stop_fraction=self.cfg.train.warmup_stop_fraction,
                                follow_fraction=self.cfg.train.warmup_follow_fraction,
                                follow_docs=self.cfg.train.warmup_follow_docs,
                                logits_chunk=self.cfg.train.logits_chunk)

@@ -143,6 +143,7 @@ def format_demonstrations(
 
 def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAItem], budget: RolloutConfig,
                 rng: random.Random, optimizer: torch.optim.Optimizer, follow_fraction: float = 0.0,
+                stop_fraction: float = 0.25,
                 follow_docs: int | None = None, logits_chunk: int = DEFAULT_LOGITS_CHUNK) -> float:
     """One warm-up step on `items`: their initial documents (one retrieval call), one demonstration
     each after the real first searcher prompt, one `sft_step`. Returns the loss."""
@@ -150,7 +151,8 @@ def warmup_step(model: Any, tokenizer: Any, retriever: Any, items: Sequence[QAIt
 
     hits = retriever.search([q.search_text for q in items], budget.init_k)
     init = [[h.passage for h in row] for row in hits]
-    targets = format_demonstrations(items, init, budget, rng, follow_fraction=follow_fraction, follow_docs=follow_docs)
+    targets = format_demonstrations(items, init, budget, rng, stop_fraction=stop_fraction,
+                                    follow_fraction=follow_fraction, follow_docs=follow_docs)
     prompts = [encode_prompt(tokenizer, build_searcher_messages(q.search_text, docs, budget))
                for q, docs in zip(items, init)]
     return sft_step(model, tokenizer, prompts, targets, optimizer, logits_chunk=logits_chunk)
