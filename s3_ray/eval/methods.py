@@ -43,10 +43,13 @@ class NaiveRAG:
 class S3Searcher:
     """A (trained or untrained) searcher policy run through the s3 protocol. The searcher's prompt
     and its initial retrieval use the question to search for (`QAItem.search_text`, as
-    `run_rollout` always does); only the frozen generator reads the full question."""
+    `run_rollout` always does); only the frozen generator reads the full question.
+
+    `batch_size` None rolls out every batch the evaluation runner hands over (`generator.batch_size`
+    questions) as one batched rollout, so the evaluation has one batch size."""
 
     def __init__(self, model: str, retriever: Retriever, rollout: RolloutConfig, searcher: SearcherConfig,
-                 name: str = "s3", batch_size: int = 8) -> None:
+                 name: str = "s3", batch_size: int | None = None) -> None:
         from s3_ray.models import load_causal_lm
 
         self.name = name
@@ -61,8 +64,9 @@ class S3Searcher:
 
         policy = HFPolicy(self.model, self.tokenizer, self.searcher_cfg)
         out: list[MethodOutput] = []
-        for i in range(0, len(items), self.batch_size):
-            batch = items[i : i + self.batch_size]
+        step = self.batch_size or max(1, len(items))  # None: the caller's batch is one rollout
+        for i in range(0, len(items), step):
+            batch = items[i : i + step]
             trajs = run_rollout(batch, policy, self.tokenizer, self.retriever, self.rollout_cfg, self.searcher_cfg)
             out.extend(MethodOutput(passages=t.context, trace=t.turns, searches=t.num_searches, lm_calls=len(t.turns))
                        for t in trajs)
