@@ -59,6 +59,7 @@ from s3_ray.serving import (
     serve_deployment,
     split_merged,
 )
+from s3_ray.serving.threads import available_cores, replica_threads, set_replica_threads
 from s3_ray.types import SearchHit
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class RetrieverServer:
     def __init__(self, args: RetrieverAppArgs) -> None:
         self.args = args
         self.guard = Guard.from_config(args.serve)  # first: a missing token fails before the index loads
+        self.threads = set_serve_threads(args.serve)
         self.max_batch = args.retrieval.max_batch
         self.manifest = read_manifest(args.retrieval.index_dir)
         self.retriever: Any = self._open()
@@ -170,13 +172,14 @@ class RetrieverServer:
         m = self.manifest
         return {"status": "shutting down" if self._closing else "ok", "backend": m.backend,
                 "passages": len(self.retriever), "index_dir": self.args.retrieval.index_dir, "dim": m.dim,
-                "corpus_sha256": m.corpus_sha256}
+                "corpus_sha256": m.corpus_sha256, "threads": self.threads}
 
 
 class RetrieverShardServer:
     """One replica of one shard: loads only that shard and answers the front's fan-out calls."""
 
     def __init__(self, args: RetrieverAppArgs, shard: int) -> None:
+        self.threads = set_serve_threads(args.serve)
         self.searcher = ShardSearcher.open(args.retrieval, shard)
 
     async def search_parts(self, queries: list[str], vectors: Any, depth: int) -> ShardReply:
@@ -232,6 +235,12 @@ class ShardedRetrieverServer(RetrieverServer):
 
     def stats(self) -> dict[str, Any]:
         return {**self.batches.as_dict(), "failed_shard_calls": self.retriever.failed_calls}
+
+
+def set_serve_threads(s: ServeConfig) -> int:
+    """Set this replica's torch and faiss threads from `serve.retriever_threads` or the CPUs it
+    reserves (Ray leaves a fractional reservation OMP_NUM_THREADS=1); returns the count."""
+    return set_replica_threads(replica_threads(s.replica_cpus("retriever"), s.retriever_threads, available_cores()))
 
 
 def shard_transient_errors() -> tuple[type[BaseException], ...]:

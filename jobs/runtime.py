@@ -35,12 +35,14 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                              "(it always goes to <run_dir>/logs/); S3RAY_VERBOSE=1 does the same")
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Join RAY_ADDRESS (set by `ray job submit`) or start a local CPU cluster tuned for small boxes.
 
-    The local cluster runs the dashboard: Ray Train's placement-group cleaner asks the State API
-    (served by the dashboard) whether the Train controller still lives, and without it the
-    cleaner logs a failure every second and never cleans up.
+    The local cluster runs the dashboard unless `dashboard` is False: Ray Train's placement-group
+    cleaner asks the State API (served by the dashboard) whether the Train controller still lives,
+    and without it the cleaner logs a failure every second and never cleans up. `s3-ray serve`
+    runs no Train and starts its local cluster without it (the job API and `serve status` need a
+    cluster started with `ray start --head`, see docs/operations.md).
     """
     import ray
 
@@ -59,7 +61,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         env = job.worker_env if job else {}
         context = ray.init(log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
-        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=True,
+        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=dashboard,
                            object_store_memory=512 * 1024**2, log_to_driver=True)
     if job is not None:
         job.ray_started(context, local=not joining)

@@ -17,6 +17,7 @@ same declaratively.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ from jobs import runtime
 from s3_ray.config import load_job_config
 from s3_ray.console import JobConsole
 from s3_ray.console.errors import Terminated
-from s3_ray.plans.serve import serve_plan
+from s3_ray.plans.serve import serve_plan, whole_machine
 
 COPILOT_APP = "copilot"
 
@@ -49,12 +50,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(job: JobConsole, args: argparse.Namespace) -> int:
     cfg = load_job_config(args.config, args.overrides)
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:  # this job's Ray is this machine: an unset retriever_cpus takes the free cores
+        cfg = whole_machine(cfg, not args.no_generator, args.copilot)
     plan = serve_plan(cfg, not args.no_generator, args.copilot)
     if args.dry_run:
         return plan.emit()
     plan.require()  # the index and the models, before Ray starts
     with job.logging_to(cfg.run_dir) as console:
-        runtime.init_ray()
+        # no dashboard for a local serve: Serve does not need it (see docs/operations.md)
+        runtime.init_ray(dashboard=False)
         started = runtime.deploy_services(cfg, with_generator=not args.no_generator)
         if args.copilot is not None:
             from ray import serve

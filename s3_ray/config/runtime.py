@@ -9,6 +9,9 @@ from pydantic import Field
 
 from s3_ray.config.base import StrictModel
 
+DEFAULT_RETRIEVER_CPUS = 0.25
+"""A retriever replica's CPUs when `serve.retriever_cpus` is unset and no whole machine is its own."""
+
 
 class ServeConfig(StrictModel):
     host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 exposes the apps to the network.")
@@ -18,7 +21,13 @@ class ServeConfig(StrictModel):
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger HTTP bodies are refused with 413.")
     max_text_chars: int = Field(4096, ge=16, description="Longest query or question accepted over HTTP.")
     retriever_replicas: int = Field(1, ge=1)
-    retriever_cpus: float = Field(0.25, gt=0)
+    retriever_cpus: float | None = Field(
+        None, gt=0, description="CPUs reserved per retriever replica (and per shard replica). Unset (null): "
+        f"{DEFAULT_RETRIEVER_CPUS}, so the retriever fits beside training on 2 cores, except under `s3-ray serve` "
+        "starting its own Ray, which gives the retriever the cores the other apps it starts do not reserve.")
+    retriever_threads: int | None = Field(
+        None, ge=1, description="torch and faiss threads in one retriever replica; default: retriever_cpus rounded "
+        "up, at most the cores the replica may run on.")
     retriever_gpus: float = Field(0.0, ge=0, description="GPUs per retriever replica (dense encoder, faiss GPU).")
     retriever_resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources per retriever replica (and per shard replica), e.g. "
@@ -51,6 +60,16 @@ class ServeConfig(StrictModel):
     copilot_batch_wait_timeout_s: float = Field(
         0.05, ge=0, description="How long a copilot replica waits for more requests to join a rollout."
     )
+
+
+    def replica_cpus(self, app: str) -> float:
+        """CPUs one replica of `app` ("retriever", "generator", "copilot") reserves.
+
+        >>> ServeConfig().replica_cpus("retriever"), ServeConfig(retriever_cpus=2).replica_cpus("retriever")
+        (0.25, 2.0)
+        """
+        cpus = getattr(self, f"{app}_cpus")
+        return DEFAULT_RETRIEVER_CPUS if cpus is None else float(cpus)
 
 
 class WandbConfig(StrictModel):

@@ -106,9 +106,14 @@ def deployments(cfg: S3Config, generator: bool = True, copilot: str | None = Non
     Replicas reserve `serve.*_cpus` and `serve.*_gpus` (`ray_actor_options`); an openai-backend
     generator calls a server outside Ray.
     """
+    from s3_ray.serving.threads import replica_threads
+
     s = cfg.serve
+    cpus = s.replica_cpus("retriever")
     out = [{"app": "retriever", "route": "/retrieve", "replicas": s.retriever_replicas,
-            "cpus_per_replica": s.retriever_cpus, "gpus_per_replica": s.retriever_gpus,
+            "cpus_per_replica": cpus, "gpus_per_replica": s.retriever_gpus,
+            # what each replica sets torch and faiss to (capped there at the cores it may run on)
+            "threads_per_replica": replica_threads(cpus, s.retriever_threads),
             "max_ongoing_requests": s.max_ongoing_requests}]
     if generator:
         from s3_ray.serving.deployment import generator_replica_gpus

@@ -44,7 +44,7 @@ def replica_options(serve: ServeConfig, app: AppKind, name: str) -> dict[str, An
     >>> opts["ray_actor_options"], opts["num_replicas"], opts["max_ongoing_requests"]
     ({'num_cpus': 0.5, 'num_gpus': 1.0}, 1, 64)
     """
-    actor: dict[str, Any] = {"num_cpus": getattr(serve, f"{app}_cpus"), "num_gpus": getattr(serve, f"{app}_gpus")}
+    actor: dict[str, Any] = {"num_cpus": serve.replica_cpus(app), "num_gpus": getattr(serve, f"{app}_gpus")}
     if resources := getattr(serve, f"{app}_resources", None):
         actor["resources"] = dict(resources)
     return {

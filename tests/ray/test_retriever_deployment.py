@@ -38,8 +38,8 @@ def test_retriever_app_handle_and_http(serve_instance, tmp_path: Path) -> None:
     build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = RetrieverAppArgs(index_dir=index_dir, max_batch=4, retriever_cpus=0.25, max_batch_size=8,
-                            batch_wait_timeout_s=0.02)
+    args = RetrieverAppArgs(index_dir=index_dir, max_batch=4, retriever_cpus=0.25, retriever_threads=2,
+                            max_batch_size=8, batch_wait_timeout_s=0.02)
     handle = serve.run(build_app(args), name="retriever", route_prefix="/")
 
     # handle calls: typed results; concurrent calls with different k are batched and each gets its own k
@@ -54,6 +54,8 @@ def test_retriever_app_handle_and_http(serve_instance, tmp_path: Path) -> None:
     results = asyncio.run(many())
     assert [len(r[0]) for r in results[:4]] == [1, 2, 1, 1]
     assert results[0][0][0].passage.id == "c"
+    # those 16 concurrent callers shared retriever calls (serve.batch over the merged body)
+    assert handle.stats.remote().result(timeout_s=30)["max_requests_per_batch"] > 1
 
     # the client over the handle and by app name
     client = RetrieverClient.from_app("retriever", timeout_s=30)
@@ -63,7 +65,36 @@ def test_retriever_app_handle_and_http(serve_instance, tmp_path: Path) -> None:
     # HTTP: Search-R1 schema
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=30) as http:
-        assert http.get(f"{url}/health").json()["passages"] == 4
+        health = http.get(f"{url}/health").json()
+        assert health["passages"] == 4
+        assert health["threads"] == 2  # serve.retriever_threads, not the OMP_NUM_THREADS=1 Ray gives 0.25 CPU
+        # 1, 2 and 3 queries, with and without scores: one result list per query, same documents
+        queries = ["violin", "bread", "harbour storms"]
+        for n in (1, 2, 3):
+            scored = http.post(f"{url}/retrieve", json={"queries": queries[:n], "topk": 1, "return_scores": True})
+            bare = http.post(f"{url}/retrieve", json={"queries": queries[:n], "topk": 1, "return_scores": False})
+            assert scored.status_code == 200 and bare.status_code == 200, (n, scored.text, bare.text)
+            scored_docs = [[hit["document"] for hit in q] for q in scored.json()["result"]]
+            assert len(scored_docs) == n and all(len(q) == 1 for q in scored_docs)
+            assert all(isinstance(hit["score"], float) for q in scored.json()["result"] for hit in q)
+            assert bare.json()["result"] == scored_docs
+        # 8 concurrent one-query HTTP clients are encoded/searched together: fewer calls than requests
+        before = sum(handle.stats.remote().result(timeout_s=30)["requests_per_batch"].values())
+        barrier, answers = threading.Barrier(8), []
+
+        def one(q: str) -> None:
+            with httpx.Client(timeout=30) as c:
+                barrier.wait()
+                answers.append(c.post(f"{url}/retrieve", json={"queries": [q], "topk": 1}).json())
+
+        clients_ = [threading.Thread(target=one, args=(q,)) for q in ["violin", "bread"] * 4]
+        for t in clients_:
+            t.start()
+        for t in clients_:
+            t.join()
+        assert len(answers) == 8 and all(len(a["result"]) == 1 for a in answers)
+        after = sum(handle.stats.remote().result(timeout_s=30)["requests_per_batch"].values())
+        assert after - before < 8
         resp = http.post(f"{url}/retrieve", json={"queries": ["violin", "bread"], "topk": 2,
                                                   "return_scores": True})
         assert resp.status_code == 200, resp.text
