@@ -29,6 +29,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home()), **extra}
 
 
+@pytest.mark.slow  # three stages and two steps in a fresh interpreter
 def test_gpu_check_runs_on_cpu_without_ray_vllm_faiss_or_bm25s() -> None:
     code = f"CHECK = {str(CHECK)!r}\n" + RUN
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900,

@@ -33,7 +33,7 @@ def _spec(shape: dict, fake: bool, overrides: list[str]) -> dict:
 @pytest.mark.parametrize("shape, overrides", [
     (TINY_QWEN2, ["train.algorithm=ppo"]),
     (TINY_LLAMA, ["train.algorithm=grpo", "train.ppo_epochs=2"]),
-    ("smollm2-135m-instruct", ["train.algorithm=grpo"]),
+    pytest.param("smollm2-135m-instruct", ["train.algorithm=grpo"], marks=pytest.mark.slow),  # 30 layers: minutes
 ], ids=["tiny-qwen2-ppo", "tiny-llama-grpo", "smollm2-135m"])
 def test_fake_step_matches_the_real_step_on_cpu(shape: dict | str, overrides: list[str]) -> None:
     """The same update step, once with fake tensors and once for real on CPU: the tracker's peaks agree
