@@ -24,10 +24,11 @@ from s3_ray.config.base import ConfigError, FaissGpu, StrictModel
 from s3_ray.config.evaluation import EvalConfig, EvalDatasetConfig, SweepConfig
 from s3_ray.config.pipeline import (DataConfig, GeneratorConfig, RetrievalConfig, RewardConfig, RolloutConfig,
                                     SearcherConfig)
-from s3_ray.config.runtime import ServeConfig, WandbConfig
+from s3_ray.config.runtime import ResourcesConfig, ServeConfig, WandbConfig
 from s3_ray.config.train import TrainConfig
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "EvalDatasetConfig", "FaissGpu", "GeneratorConfig",
+           "ResourcesConfig",
            "RetrievalConfig", "RewardConfig", "RolloutConfig", "S3Config", "SearcherConfig", "ServeConfig",
            "SweepConfig", "TrainConfig", "WandbConfig", "load_config", "load_job_config"]
 
@@ -46,6 +47,7 @@ class S3Config(StrictModel):
     sweep: SweepConfig = SweepConfig()
     serve: ServeConfig = ServeConfig()
     wandb: WandbConfig = WandbConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _budgets_fit(self) -> "S3Config":

@@ -76,3 +76,22 @@ class WandbConfig(StrictModel):
     enabled: bool = True
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "s3-ray"
+
+
+class ResourcesConfig(StrictModel):
+    """What the memory plan checks against (`s3_ray.plans.memory`): the GPUs actors land on."""
+
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="Memory of every GPU, in GiB (2^30 bytes; an A100 40GB is 40). None: from the node "
+        "types of `cluster` (train_node / serve_node) by instance type.")
+    cluster: str | None = Field(
+        None, description="The Ray cluster launcher file whose node types give the GPUs; None: ./cluster.yaml, else "
+        "the project's cluster.yaml.")
+    corpus_passages: int | None = Field(
+        None, ge=1, description="Passages in the index, for the plan before the index exists (None: the index "
+        "manifest, a known corpus by file name, or the corpus file's lines).")
+    passage_tokens: int = Field(
+        160, ge=1, description="Searcher tokens one retrieved passage takes (wiki-18: 100 words plus title), for the "
+        "planned trajectory length.")
+    prompt_tokens: int = Field(400, ge=1, description="Tokens of the searcher's instructions and question, for the "
+                               "planned trajectory length.")

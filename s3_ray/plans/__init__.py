@@ -7,6 +7,8 @@ printed by `Plan.emit` as one JSON object:
 * `job`: the job's name;
 * `plan`: `config` (the resolved config) and the resolved pieces (deployments with replicas /
   CPUs / GPUs, train workers x resources, models, data files with existence checks, output folders);
+* `plan.memory` (train, serve, evaluate, demo): every GPU actor's peak memory by part beside the
+  GPU it lands on (`s3_ray.plans.memory`); an actor set that does not fit its GPU is a problem;
 * `missing`: inputs that are not there yet (an index, a baseline, a data file). They are reported,
   not fatal (exit status 0), because an earlier job (`build_index`, `precompute`) or another
   machine provides them;

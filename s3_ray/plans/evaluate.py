@@ -7,6 +7,7 @@ from typing import Any
 
 from s3_ray.config import S3Config
 from s3_ray.plans.entries import budgets, generator_entry, index_entry, questions_read
+from s3_ray.plans.memory import add_memory_plan
 from s3_ray.plans.plan import Plan
 
 
@@ -99,4 +100,5 @@ def evaluate_plan(cfg: S3Config, searchers: dict[str, str]) -> Plan:
     plan.add("judge", cfg.reward.use_judge)
     report = cfg.path("eval", "report") if cfg.eval.datasets else cfg.path("eval", cfg.eval.split)
     plan.add("report_dir", str(report))
+    add_memory_plan(plan, cfg)
     return plan

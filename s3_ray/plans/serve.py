@@ -6,6 +6,7 @@ import os
 
 from s3_ray.config import S3Config
 from s3_ray.plans.entries import index_entry, serve_entry
+from s3_ray.plans.memory import add_memory_plan
 from s3_ray.plans.plan import Plan
 
 
@@ -14,6 +15,7 @@ def serve_plan(cfg: S3Config, generator: bool, copilot: str | None) -> Plan:
     plan = Plan("serve", cfg)
     plan.add("serve", serve_entry(cfg, plan, generator=generator, copilot=copilot))
     plan.add("index", index_entry(cfg, plan))
+    add_memory_plan(plan, cfg, generator=generator)
     return plan
 
 

@@ -13,6 +13,7 @@ from s3_ray.plans.entries import (
     train_workers,
     training_entry,
 )
+from s3_ray.plans.memory import add_memory_plan
 from s3_ray.plans.plan import Plan
 
 
@@ -28,6 +29,7 @@ def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here
     plan.add("index", index_entry(cfg, plan, required=not made_here))
     plan.add("data", data_entry(cfg, plan, ["train"], corpus=made_here))
     plan.add("baseline", baseline_entry(cfg, plan, "train", required=not made_here))
+    add_memory_plan(plan, cfg, train=True)
     plan.add("outputs", {"ray_run": plan.output(cfg.path("ray", name)),
                          "checkpoints": f"{cfg.train.storage_path}/{name}" if cfg.train.storage_path
                          else str(cfg.path("ray", name)),

@@ -44,8 +44,10 @@ def _dry(job: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
 def test_dry_run_resolves_shipped_configs(job: str, config: str, capsys: pytest.CaptureFixture[str]) -> None:
     extra = PAPER_SWEEP if (job, config) == ("sweep", "s3_paper") else []
     rc, out = _dry(job, ["--config", str(CONFIGS / f"{config}.yaml"), *extra], capsys)
-    assert rc == 0, out["problems"]
-    assert out["job"] == job and out["problems"] == []
+    # whether the paper config fits its GPUs is tests/unit/test_memory_plan.py's question
+    problems = [p for p in out["problems"] if not p.startswith("memory:")]
+    assert rc == (2 if out["problems"] else 0), out["problems"]
+    assert out["job"] == job and problems == []
     assert out["plan"]["config"]["run_dir"] == str(Path.cwd() / f"runs/{config}")
     # nothing was written: not the run folder, not the index
     assert not (Path.cwd() / "runs").exists()
@@ -163,8 +165,14 @@ def test_trial_metrics_keep_finite_numbers() -> None:
     assert scalars({"reward": 0.5, "step": 2, "note": "x", "kl": float("nan"), "ok": True}) == {"reward": 0.5, "step": 2.0}
 
 
-def test_gpu_requests_come_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpu_requests_come_from_the_config(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU-only submitting process still plans GPU workers and GPU replicas when the config asks."""
+    import s3_ray.plans.memory
+
+    # GPU workers get a memory plan; its fake-tensor step is tests/unit/test_memory_plan.py's subject
+    step = {"peak": 0, "parts": dict.fromkeys(("weights", "gradients", "optimizer", "activations", "logits"), 2**30),
+            "reference": 0, "rollout_copy": 0, "world": 1}
+    monkeypatch.setattr(s3_ray.plans.memory, "measured_step", lambda spec: step)
     rc, out = _dry("train", ["train.num_workers=2", "train.gpus_per_worker=1", "serve.retriever_gpus=0.5",
                              "serve.generator_gpus=1"], capsys)
     plan = out["plan"]
