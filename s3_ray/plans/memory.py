@@ -150,7 +150,8 @@ def train_entries(cfg: S3Config, problems: list[str]) -> list[dict[str, Any]]:
         entries.append(vllm_entry("rollout engine", t.num_workers, where, cfg.searcher.model,
                                   cfg.searcher.gpu_memory_utilization, 1,
                                   cfg.searcher.max_prompt_tokens + cfg.searcher.max_new_tokens, problems,
-                                  shares_gpu_with="train worker"))
+                                  shares_gpu_with="train worker",
+                                  sleeps_during_update=cfg.searcher.vllm_sleep_level > 0))
     elif step["rollout_copy"]:
         entries.append(_entry("rollout engine", t.num_workers, where, {"weights": _gib(step["rollout_copy"])},
                               shares_gpu_with="train worker", note="transformers: an unsharded bf16 copy", **source))
@@ -230,9 +231,9 @@ def index_vectors(cfg: S3Config) -> tuple[int | None, int | None]:
 
 
 def faiss_gpu_float16(cfg: S3Config) -> bool:
-    """Whether a GPU clone of a flat index holds fp16 vectors. `s3_ray.retrieval.dense` clones with
-    faiss's defaults (`index_cpu_to_gpu` without `GpuClonerOptions`): fp32."""
-    return bool(getattr(cfg.retrieval, "faiss_fp16", False))
+    """Whether a GPU clone of a flat index holds fp16 vectors (`retrieval.faiss_gpu_fp16`, which
+    `s3_ray.retrieval.dense` hands to faiss's `GpuClonerOptions.useFloat16`)."""
+    return bool(cfg.retrieval.faiss_gpu_fp16)
 
 
 def retriever_entries(cfg: S3Config, problems: list[str]) -> list[dict[str, Any]]:
@@ -255,7 +256,8 @@ def retriever_entries(cfg: S3Config, problems: list[str]) -> list[dict[str, Any]
             problems.append("memory: retriever replica: cannot tell the index size before it is built; set "
                             "resources.corpus_passages")
         else:
-            rows = n / r.replica_shards
+            # a replica with several GPUs splits its shard over them (faiss `shard=True`), one part each
+            rows = n / r.replica_shards / max(1, int(s.retriever_gpus))
             if r.index_type == "flat":
                 index = rows * dim * (2 if faiss_gpu_float16(cfg) else 4)
             else:
@@ -278,17 +280,42 @@ def generator_entries(cfg: S3Config, problems: list[str]) -> list[dict[str, Any]
     if g.backend == "openai":
         return [{**_cpu_entry("generator replica", s.generator_replicas, f"an OpenAI-compatible server at "
                               f"{g.base_url}: outside this plan"), "gpu": "external"}]
-    if s.generator_gpus <= 0:
+    from s3_ray.serving.deployment import generator_replica_gpus
+
+    if generator_replica_gpus(g, s) <= 0:
         return [_cpu_entry("generator replica", s.generator_replicas, "serve.generator_gpus is 0: runs on CPU")]
     where = gpu_for(cfg, "serve", problems)
     if g.backend == "vllm":
-        tp = int(getattr(g, "tensor_parallel_size", 1) or 1)
+        tp = g.tensor_parallel_size
         return [vllm_entry("generator replica", s.generator_replicas, where, g.model, g.gpu_memory_utilization, tp,
                            g.max_context_tokens + g.max_new_tokens, problems, backend="vllm")]
     return [transformers_generator_entry(cfg, where, problems)]
 
 
 # ------------------------------------------------------------------ the plan
+TRANSIENT = ("activations", "logits")
+"""Parts an actor holds only while it computes (a train worker's update); the rest stay resident."""
+
+
+def group_need(group: list[dict[str, Any]]) -> float:
+    """GiB one GPU needs for the actors sharing it. A vLLM engine that sleeps during the update
+    (`searcher.vllm_sleep_level` 1 or 2: KV cache dropped, weights offloaded or dropped) is never
+    awake beside an update: the GPU needs the larger of rollout time (the engine's reservation
+    beside what the others keep resident) and update time (everyone else at their peak).
+
+    >>> train = {"peak_gib": 30.0, "parts": {"weights": 4.0, "optimizer_state": 8.0, "activations": 18.0}}
+    >>> engine = {"peak_gib": 20.0, "parts": {"weights": 15.0, "kv_cache": 5.0}, "sleeps_during_update": True}
+    >>> group_need([train, engine]), group_need([train, {**engine, "sleeps_during_update": False}])
+    (32.0, 50.0)
+    """
+    sleepers = [e for e in group if e.get("sleeps_during_update")]
+    if not sleepers:
+        return sum(e["peak_gib"] for e in group)
+    awake = [e for e in group if not e.get("sleeps_during_update")]
+    resident = sum(e["peak_gib"] - sum(e.get("parts", {}).get(k, 0.0) for k in TRANSIENT) for e in awake)
+    return max(resident + sum(e["peak_gib"] for e in sleepers), sum(e["peak_gib"] for e in awake))
+
+
 def check_fit(entries: list[dict[str, Any]], problems: list[str]) -> None:
     """A problem for every GPU whose actors (an actor plus those that share its GPU) need more than it has."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -296,7 +323,7 @@ def check_fit(entries: list[dict[str, Any]], problems: list[str]) -> None:
         if e.get("peak_gib") is not None and e.get("gpu_memory_gib") is not None:
             groups.setdefault(e.get("shares_gpu_with") or e["actor"], []).append(e)
     for owner, group in groups.items():
-        need = round(sum(e["peak_gib"] for e in group), 2)
+        need = round(group_need(group), 2)
         have = group[0]["gpu_memory_gib"]
         fits = need <= have
         for e in group:

@@ -137,7 +137,7 @@ def test_serve_plan_with_copilot_checkpoint(capsys: pytest.CaptureFixture[str]) 
 def test_demo_plan_lists_stages_and_trained_methods(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out = _dry("demo", [], capsys)
     names = [m["name"] for m in out["plan"]["evaluate"]["methods"]]
-    assert rc == 0 and names == ["naive_rag", "s3_untrained", "s3_warmup_only", "s3_trained"]
+    assert rc == 0 and names == ["naive_rag", "s3_warmup_only", "s3_trained"]  # no untrained row: see demo.yaml
     assert out["missing"] == []  # the demo builds its index and baselines itself
     assert len(out["plan"]["stages"]) == 5
 

@@ -192,9 +192,9 @@ def _gpu_semantics() -> Any:
 
     original = sharding.shard_model
 
-    def shard_model(model: Any, *, mixed_precision: bool | None = None, trainable: bool = True) -> Any:
+    def shard_model(model: Any, *, mixed_precision: bool | None = None, trainable: bool = True, **kw: Any) -> Any:
         return original(model, mixed_precision=True if mixed_precision is None else mixed_precision,
-                        trainable=trainable)
+                        trainable=trainable, **kw)
 
     previous = precision._cpu_compute
     precision.configure_cpu_compute("bf16")
@@ -231,6 +231,27 @@ def _storage_bytes(*modules: Any) -> int:
     return sum(seen.values())
 
 
+def _build_sharded(policy: Any, plain: Any) -> None:
+    """The FSDP policy from the (fake) model `plain` with what `SearcherPolicy._load_sharded` keeps
+    beside it: the KL reference sharded like the policy, and an unsharded rollout copy for the
+    transformers backend, both in the frozen dtype. (The copies are cast from `plain` before it is
+    sharded rather than materialised from the meta device, which fake tensors cannot swap into.)"""
+    import torch as _torch
+
+    from s3_ray.rl.model.policy import frozen_copy
+    from s3_ray.rl.model.sharding import shard_model
+
+    frozen = policy.precision.frozen
+    ref = frozen_copy(plain, frozen) if policy.cfg.train.kl_coef > 0 else None
+    if policy.cfg.searcher.backend == "transformers":
+        policy.rollout_copy = frozen_copy(plain, frozen)
+    shard_model(plain)
+    if ref is not None:
+        fp32 = next(ref.parameters()).dtype == _torch.float32
+        shard_model(ref, trainable=False, mixed_precision=None if fp32 else False)
+    policy.model, policy.ref = plain, ref
+
+
 def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one update step of one training worker (rank 0), in bytes by part.
 
@@ -262,14 +283,17 @@ def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
         if mode is not None:
             stack.enter_context(mode)
         plain = build_model(spec["shape"], fake=spec["fake"])
-        if mode is not None:
-            mode.host_real = True
         plain.train(True)
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(plain)
         policy = SearcherPolicy(cfg, None, None, None, world=world, rank=0,
                                 precision=precision_for("cuda" if spec["gpu"] else "cpu"))
-        policy._build(plain)
+        if mode is not None:
+            mode.host_real = True
+        if fsdp:  # as `SearcherPolicy._load_sharded` builds it
+            _build_sharded(policy, plain)
+        else:
+            policy._build(plain)
         updater = PolicyUpdater(policy.model, policy.ref, tc, pad_id=0, temperature=max(cfg.searcher.temperature, 1e-3))
         vocab = int(spec["shape"]["vocab_size"])
         trajectories = synthetic_trajectories(spec["rows"], tc.group_size, spec["prompt_tokens"],
