@@ -236,20 +236,13 @@ def _build_sharded(policy: Any, plain: Any) -> None:
     beside it: the KL reference sharded like the policy, and an unsharded rollout copy for the
     transformers backend, both in the frozen dtype. (The copies are cast from `plain` before it is
     sharded rather than materialised from the meta device, which fake tensors cannot swap into.)"""
-    import torch as _torch
-
-    from s3_ray.rl.model.policy import frozen_copy
-    from s3_ray.rl.model.sharding import shard_model
+    from s3_ray.rl.model.policy import frozen_copy, shard_for_training
 
     frozen = policy.precision.frozen
     ref = frozen_copy(plain, frozen) if policy.cfg.train.kl_coef > 0 else None
     if policy.cfg.searcher.backend == "transformers":
         policy.rollout_copy = frozen_copy(plain, frozen)
-    shard_model(plain)
-    if ref is not None:
-        fp32 = next(ref.parameters()).dtype == _torch.float32
-        shard_model(ref, trainable=False, mixed_precision=None if fp32 else False)
-    policy.model, policy.ref = plain, ref
+    policy.model, policy.ref = shard_for_training(plain, ref)
 
 
 def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
