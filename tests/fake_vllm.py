@@ -74,19 +74,67 @@ class FakeLLM:
         self.llm_engine = FakeEngineCore()
         self.lora_requests: list[Any] = []
         self.prefix_resets = 0
-        self.events: list[str] = []  # generate / rpc / sleep / wake calls, in order
+        self.events: list[str] = []  # generate / rpc / sleep / wake / weight-transfer calls, in order
         self.sleeping = False
+        self.weights_asleep = False  # slept and not yet woken with the "weights" tag
+        # vLLM's weight transfer (engine argument weight_transfer_config; tests/fake_vllm_native.py)
+        self.insecure_env = os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION")
+        wt = kwargs.get("weight_transfer_config")
+        if wt is not None:
+            from fake_vllm_native import FakeTransferWorker
+
+            self.transfer = FakeTransferWorker(wt.backend, self.insecure_env)
+        else:
+            self.transfer = None
         module.engines.append(self)
 
+    def _utility(self) -> None:
+        """A utility call's result comes back. An engine started with VLLM_ALLOW_INSECURE_SERIALIZATION=1
+        sends it with type information that vLLM's client reads only with the same setting (the
+        real call then never returns; here it fails)."""
+        if self.insecure_env == "1" and os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") != "1":
+            raise TypeError("VLLM_ALLOW_INSECURE_SERIALIZATION must be set to use custom utility result types")
+
     def sleep(self, level: int = 1) -> None:
+        self._utility()
         assert self.kwargs.get("enable_sleep_mode"), "vLLM refuses sleep() on an engine built without sleep mode"
         self.events.append(f"sleep:{level}")
         self.sleeping = True
+        self.weights_asleep = True
 
     def wake_up(self, tags: list[str] | None = None) -> None:
+        self._utility()
         self.events.append(f"wake:{','.join(tags) if tags else 'all'}")
+        if tags is None or "weights" in tags:
+            self.weights_asleep = False
         if tags is None or "kv_cache" in tags:
             self.sleeping = False
+
+    # vLLM 0.32's RL methods of `LLM` (RLOfflineMixin): each a collective_rpc with a request dict
+    def _transfer_call(self, event: str, request: Any = None) -> Any:
+        if self.transfer is None:
+            raise RuntimeError("Weight transfer not configured. Please set weight_transfer_config to enable "
+                               "weight transfer.")
+        assert not self.weights_asleep, f"{event} while the engine's weights are asleep (wake them first)"
+        self._utility()
+        self.events.append(event)
+        import msgpack
+
+        return msgpack.unpackb(msgpack.packb(request), raw=False) if request is not None else None
+
+    def init_weight_transfer_engine(self, request: dict) -> None:
+        self.transfer.init(self._transfer_call("init_transfer", request)["init_info"])
+
+    def start_weight_update(self) -> None:
+        self._transfer_call("start_update")
+        self.transfer.start()
+
+    def update_weights(self, request: dict) -> None:
+        self.transfer.update(self._transfer_call("update_weights", request)["update_info"])
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._transfer_call("finish_update")
+        self.transfer.finish()
 
     def _plan(self, prompt: list[int]) -> list[int]:
         for origin, plan in self.m.plans.items():
@@ -122,6 +170,7 @@ class FakeLLM:
         return outs
 
     def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
+        self._utility()
         self.rpc.append((method, timeout, len(args[0]) if args else 0))
         self.events.append(f"rpc:{method}")
         # The real client sends utility-call arguments to the engine process as untyped msgpack
@@ -133,6 +182,7 @@ class FakeLLM:
         return [getattr(self.worker, method)(*sent)]
 
     def reset_prefix_cache(self) -> bool:
+        self._utility()
         self.prefix_resets += 1
         return True
 
@@ -142,11 +192,13 @@ class FakeSamplingParams:
         self.kwargs = kwargs
 
 
-def install_fake_vllm(monkeypatch: Any, tokenizer: Any, dtype: Any = None) -> types.ModuleType:
+def install_fake_vllm(monkeypatch: Any, tokenizer: Any, dtype: Any = None, native: str | None = None) -> types.ModuleType:
     """Put the fake module in `sys.modules` (undone with `monkeypatch`); `dtype` is the engine's
     weights' dtype (`LLM.model_config.dtype`; None: not reported). Returns the module, whose
     `engines` lists every engine built, `plans` maps a prompt prefix to its token stream and
-    `default_plan` is used for any other prompt."""
+    `default_plan` is used for any other prompt. `native`: a platform name ("cuda", "cpu") on
+    which the module also has vLLM 0.32's weight-transfer API (`fake_vllm_native`); None: an older
+    vLLM without it."""
     m = types.ModuleType("vllm")
     m.engines, m.plans, m.default_plan, m.tokenizer, m.dtype = [], {}, [], tokenizer, dtype
     m.LLM = lambda **kw: FakeLLM(m, **kw)
@@ -162,4 +214,8 @@ def install_fake_vllm(monkeypatch: Any, tokenizer: Any, dtype: Any = None) -> ty
     monkeypatch.setitem(sys.modules, "vllm.platforms", m.platforms)
     monkeypatch.setitem(sys.modules, "vllm.lora", m.lora)
     monkeypatch.setitem(sys.modules, "vllm.lora.request", m.lora.request)
+    if native is not None:
+        from fake_vllm_native import add_native
+
+        add_native(m, monkeypatch, platform=native)
     return m

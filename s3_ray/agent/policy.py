@@ -251,7 +251,7 @@ def _is_fsdp(model: Any) -> bool:
 
 
 def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
-                weights: Any = None) -> Policy:
+                weights: Any = None, meta: Any = None) -> Policy:
     """The rollout policy `cfg.backend` names, sampling from `model`'s current weights.
 
     transformers: an `HFPolicy` over `model` itself (it always sees the latest weights). vllm: a
@@ -261,7 +261,8 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
     model has no plain state dict of its own: pass its merged / gathered weights
     (`s3_ray.rl.model.weight_sync.iter_policy_weights`), or with `cfg.lora_push: adapter` its base
     weights: the engine then serves LoRA and takes the adapter separately. The caller refreshes
-    the engine whenever `model` changes.
+    the engine whenever `model` changes. `meta`: (name, dtype, shape) of `weights` in order, which
+    vLLM's native weight transfer announces first (`VLLMPolicy.load_weights`).
     """
     if cfg.backend == "transformers":
         return HFPolicy(unwrap(model), tokenizer, cfg)
@@ -277,6 +278,6 @@ def make_policy(model: Any, tokenizer: Any, cfg: SearcherConfig, seed: int = 0,
             weights = bare.state_dict()
         rank = max(int(c.r) for c in bare.peft_config.values()) if lora and cfg.lora_push == "adapter" else 0
         policy = VLLMPolicy(cfg.model, tokenizer, cfg, seed=seed, colocate_with=bare, max_lora_rank=rank)
-        policy.load_weights(weights)
+        policy.load_weights(weights, meta=meta)
         return policy
     raise ValueError(f"searcher.backend must be 'transformers' or 'vllm', got {cfg.backend!r}")

@@ -26,10 +26,14 @@ extension of `s3_ray.agent.vllm_weights`, which loads them layer by layer throug
 reload; the prefix cache is then dropped (its KV came from old weights). With `max_lora_rank`
 the engine serves LoRA (`enable_lora`) and `load_adapter` swaps in a peft adapter folder as a new
 `LoRARequest` (a new adapter id per push, the previous one removed), which every later rollout
-uses: a LoRA run then sends its adapter (megabytes) instead of merged full weights. Copying
-through CPU suits a searcher of a few billion parameters; bigger policies spread over many GPUs
-would want vLLM's own weight transfer (vLLM 0.32's `WeightTransferConfig`: `ipc` for an engine
-on the trainer's GPU, `nccl` for one on other GPUs), which this module does not use yet.
+uses: a LoRA run then sends its adapter (megabytes) instead of merged full weights.
+
+That streamed push goes through host memory. Where vLLM's own weight transfer can work
+(`searcher.vllm_weight_transfer`: auto or native; `s3_ray.models.vllm_transfer` decides before
+the engine starts), the engine is built with vLLM 0.32's ``weight_transfer_config`` and
+`load_weights` sends full weights GPU to GPU instead (`s3_ray.agent.vllm_native`): ``ipc`` for an
+engine on the trainer's GPU (the colocated case), ``nccl`` for one on another GPU. The order
+around sleep is the same for both paths; adapters always go as folders.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from s3_ray.agent.policy_api import PolicyStats, check_seqs, stop_length, strip_trailing
+from s3_ray.agent.vllm_native import (
+    NativeSender,
+    WeightMeta,
+    allow_ipc_serialization,
+    native_engine_kwargs,
+    weight_meta,
+)
 from s3_ray.agent.vllm_weights import (
     COMMIT_METHOD,
     EXTENSION,
@@ -52,7 +63,8 @@ from s3_ray.agent.vllm_weights import (
 )
 from s3_ray.config import SearcherConfig
 from s3_ray.models.vllm_engine import import_vllm, sleep_mode_available, start_engine, stop_engine
-from s3_ray.models.vllm_placement import place_engine
+from s3_ray.models.vllm_placement import model_device, place_engine
+from s3_ray.models.vllm_transfer import resolve_transfer
 
 STOP_STRINGS = ("</query>", "</search_complete>")
 """Where vLLM pauses a row; `stop_length` then decides whether the turn really ended."""
@@ -72,6 +84,7 @@ class SyncStats:
     nbytes: int          # bytes sent (weights: in the engine's dtype; adapter: its safetensors file)
     seconds: float
     tensors: int = 0
+    path: str = "stream"  # how full weights travelled: "stream", or vLLM's "ipc" / "nccl"
 
 
 def lora_rank_for_vllm(rank: int) -> int:
@@ -130,13 +143,24 @@ class VLLMPolicy:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(place_engine(colocate_with, cfg.gpu_memory_utilization))
         kwargs.update(engine_kwargs)
+        # how full weights travel ("stream", "ipc", "nccl"); a `native` that cannot work stops here
+        self.weight_transfer = resolve_transfer(cfg.vllm_weight_transfer, colocate_with, kwargs)
+        if self.weight_transfer != "stream":
+            kwargs.update(native_engine_kwargs(self.weight_transfer))
+            allow_ipc_serialization(self.weight_transfer)
         self._vllm = vllm
         self.llm = start_engine(vllm, kwargs)
         # the dtype the engine holds its weights in (what `load_weights` casts to); None if unknown
         self.dtype = getattr(getattr(self.llm, "model_config", None), "dtype", None)
+        self._native: NativeSender | None = None
+        if self.weight_transfer != "stream":  # sent from the trainer's GPU (native needs the model there)
+            self._native = NativeSender(self.llm, self.weight_transfer, self.dtype, bucket_bytes,
+                                        model_device(colocate_with))
 
     def close(self) -> None:
         """Stop the engine's processes (frees their memory); the policy is unusable afterwards."""
+        if self._native is not None:
+            self._native.close()
         stop_engine(self.llm)
 
     def sleep(self) -> bool:
@@ -211,14 +235,29 @@ class VLLMPolicy:
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0)
         return results
 
-    def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> float:
+    def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                     meta: list[WeightMeta] | None = None) -> float:
         """Replace the engine's weights with `weights`: a state dict, or (name, tensor) pairs
         consumed one at a time (Hugging Face names, any device/dtype, each decoder layer's tensors
         together, as a state dict orders them). Each tensor is cast to the engine's dtype and
         sent in buckets; returns the seconds it took. The prefix cache is then dropped: its KV
-        came from old weights."""
+        came from old weights.
+
+        `meta`: (name, dtype, shape) of every tensor, in order (`vllm_native.weight_meta`), which
+        vLLM's native transfer announces before the data; read off a state dict when not given,
+        required with pairs on that path."""
         t0 = time.perf_counter()
         items = weights.items() if isinstance(weights, Mapping) else weights
+        if self._native is not None:
+            if meta is None:
+                if not isinstance(weights, Mapping):
+                    raise ValueError(f"load_weights: vLLM's {self.weight_transfer} weight transfer announces names, "
+                                     "dtypes and shapes before the data; pass them as meta= with (name, tensor) pairs")
+                meta = weight_meta(weights.items())
+            sent, nbytes = self._native.send(items, meta)
+            self.llm.reset_prefix_cache()
+            return self._synced(SyncStats("weights", nbytes, time.perf_counter() - t0, tensors=sent,
+                                          path=self.weight_transfer))
         packed = (pack_tensor(name, t, self.dtype) for name, t in in_layer_order(items))
         sent = nbytes = 0
         for bucket in weight_buckets(packed, self.bucket_bytes):

@@ -132,6 +132,18 @@ class SearcherConfig(StrictModel):
         1, description="vllm on GPU: the rollout engine sleeps through every policy update and gives its GPU memory "
         "back to the trainer (vLLM sleep mode). 1: weights kept in host memory, KV cache dropped; 2: both "
         "dropped (the next push sends full weights again); 0: the engine holds its share throughout.")
+    vllm_weight_transfer: Literal["auto", "native", "stream"] = Field(
+        "auto", description="vllm: how full weights reach the rollout engine. native: vLLM's own weight transfer, GPU to "
+        "GPU (ipc for the engine on the trainer's GPU, nccl for one on another GPU; needs CUDA); stream: the "
+        "project's bucketed push through host memory (any platform); auto: native where the installed vLLM has it "
+        "and the trainer's weights are on a CUDA GPU, else stream. LoRA adapters always go as files.")
+
+    @model_validator(mode="after")
+    def _native_transfer_needs_vllm(self) -> "SearcherConfig":
+        if self.vllm_weight_transfer == "native" and self.backend != "vllm":
+            raise ValueError("searcher.vllm_weight_transfer='native' is vLLM's weight transfer into the rollout engine: "
+                             f"it needs searcher.backend='vllm', backend is {self.backend!r}")
+        return self
 
 
 class RolloutConfig(StrictModel):

@@ -13,6 +13,7 @@ from s3_ray.plans.entries import (
     train_workers,
     training_entry,
 )
+from s3_ray.models.vllm_transfer import describe, plan_problem
 from s3_ray.plans.memory import add_memory_plan
 from s3_ray.plans.plan import Plan
 
@@ -24,7 +25,13 @@ def train_plan(cfg: S3Config, name: str = "train", job: str = "train", made_here
     plan.add("searcher", model_entry(cfg.searcher.model, "searcher.model", plan))
     plan.add("training", training_entry(cfg))
     plan.add("budgets", budgets(cfg))
-    plan.add("train_workers", train_workers(cfg))
+    workers = plan.add("train_workers", train_workers(cfg))
+    s = cfg.searcher
+    plan.add("weight_transfer", {"requested": s.vllm_weight_transfer,
+                                 "path": describe(s.vllm_weight_transfer, s.backend, workers["gpus_per_worker"])})
+    problem = plan_problem(s.vllm_weight_transfer, s.backend, workers["gpus_per_worker"])
+    if problem is not None:
+        plan.problems.append(problem)
     plan.add("serve", serve_entry(cfg, plan))
     plan.add("index", index_entry(cfg, plan, required=not made_here))
     plan.add("data", data_entry(cfg, plan, ["train"], corpus=made_here))

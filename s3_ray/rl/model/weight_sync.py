@@ -15,7 +15,9 @@ are stale and pushes them once.
   adapter after every step (`s3_ray.rl.model.lora.write_adapter`);
 * `refresh_copy` copies the policy into the rollout copy one gathered tensor at a time;
 * around an update a vLLM engine sleeps (`release`, `searcher.vllm_sleep_level`) and the next
-  `push` wakes it: weights first, loaded, then its KV cache.
+  `push` wakes it: weights first, loaded, then its KV cache. Full weights travel as the engine
+  chose (`searcher.vllm_weight_transfer`: vLLM's own ipc / nccl transfer, or the streamed push),
+  announced first by `policy_weight_meta`; the order around sleep is the same for both.
 
 Every function that touches a sharded model is a collective: all ranks call it, in the same order.
 """
@@ -43,6 +45,21 @@ def iter_policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
     if is_lora(model):
         return iter_merged_weights(model)
     return iter_full_state(unwrap(model), cpu=False)
+
+
+def policy_weight_meta(model: Any, base: bool = False) -> list[tuple[str, Any, tuple[int, ...]]]:
+    """(name, dtype, shape) of what `iter_policy_weights` (with `base`: `iter_base_weights`) yields
+    for `model`, in the same order, read without gathering or merging anything: the announcement
+    vLLM's native transfer sends before the data. Merging an adapter changes a weight's values,
+    not its name, dtype or shape; a shard reports its global shape."""
+    from s3_ray.agent.vllm_native import weight_meta
+    from s3_ray.rl.model.lora import is_lora, iter_base_weights
+
+    if is_lora(model):
+        return weight_meta(iter_base_weights(model))
+    if base:
+        raise ValueError(f"{type(unwrap(model)).__name__} carries no LoRA adapter: it has no base weights of their own")
+    return weight_meta(unwrap(model).state_dict().items())
 
 
 def refresh_copy(target_model: Any, model: Any) -> float:
@@ -118,7 +135,8 @@ class RolloutWeights:
 
         adapters = is_lora(model) and searcher.lora_push == "adapter"
         weights = iter_base_weights(model) if adapters else iter_policy_weights(model)
-        self.engine = make_policy(model, tokenizer, searcher, seed=seed, weights=weights)
+        self.engine = make_policy(model, tokenizer, searcher, seed=seed, weights=weights,
+                                  meta=policy_weight_meta(model, base=adapters))
         self._base = weakref.ref(unwrap(model)) if adapters else None
         self.stale = adapters  # merged: the engine holds the current weights; adapter: not sent yet
         return self.engine
@@ -136,7 +154,7 @@ class RolloutWeights:
         else:
             self._wake(["weights"])  # the weights' memory back first; the KV cache once they are loaded
             seconds = self._push_adapter(model) if self.serves_adapters else \
-                self.engine.load_weights(iter_policy_weights(model))
+                self.engine.load_weights(iter_policy_weights(model), meta=policy_weight_meta(model))
             self._wake(["kv_cache"])
         self.stale = False
         return seconds
@@ -153,7 +171,7 @@ class RolloutWeights:
         t0 = time.perf_counter()
         bare = unwrap(model)
         if self._base is None or self._base() is not bare:
-            self.engine.load_weights(iter_base_weights(model))
+            self.engine.load_weights(iter_base_weights(model), meta=policy_weight_meta(model, base=True))
             self._base = weakref.ref(bare)
         if self._adapters is None:
             self._adapters = tempfile.TemporaryDirectory(prefix="s3-adapter-")
