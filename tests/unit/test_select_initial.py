@@ -1,9 +1,12 @@
 """`rollout.select_initial`: the searcher selects among the initial documents too. Off (the default,
 s3 as shipped) the prompt and the generator's context are byte for byte what they were; on, only the
-initial documents the first turn keeps reach the generator, and the prompt says so."""
+initial documents the first turn keeps reach the generator, the prompt says so, and the RL proof's
+oracle keeps their evidence."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,39 @@ def test_rollout_context_off_is_every_initial_document_and_on_only_the_kept_ones
     bad = _rollout(tok, RolloutConfig(init_k=3, select_initial=True),
                    "<important_info>[4]</important_info><search_complete>True</search_complete>")
     assert bad.turns[0].malformed == "ids_out_of_range" and bad.context == []
+
+
+def _rl_proof():
+    path = REPO / "benchmarks" / "rl" / "rl_proof.py"
+    spec = importlib.util.spec_from_file_location("rl_proof_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_proof_oracle_keeps_the_evidence_of_the_initial_documents_only_when_selecting(tiny, select):
+    rl_proof = _rl_proof()
+    _, tok = tiny
+    bridge = QAItem("b", "Who is the mayor of the town where Cedar Works is headquartered?", ("Clara Holt",),
+                    {"type": "bridge", "support": ["p6", "p3"]})
+    single = QAItem("s", "Where does the river Wend flow?", ("Alder Town",), {"type": "single", "support": ["p1"]})
+    cfg = load_config(None, ["rollout.init_k=3", f"rollout.select_initial={str(select).lower()}"])
+    oracle = object.__new__(rl_proof.OracleSearcher)  # its __init__ reads the corpus and loads the model
+    oracle.cfg, oracle.tok = cfg.model_copy(update={"searcher": SEARCHER}), tok
+    oracle.retriever = FixedRetriever([P["p7"], P["p6"], P["p1"]], [P["p3"], P["p5"], P["p8"]])
+    oracle.initial = {} if select else None
+    titles = {p.id: p.title for p in FAKE_PASSAGES}
+    script = rl_proof.oracle_script({it.question: it for it in (bridge, single)}, titles, oracle.initial)
+    oracle.policy = ScriptedPolicy(tok, script)
+    out_bridge, out_single = oracle.contexts([bridge, single])
+    assert out_bridge.searches == 1 and out_bridge.trace[1].selected_ids == ["p3", "p5"]
+    if select:  # p6 is the bridge's supporting passage; p1 the single question's (and names its answer)
+        assert [p.id for p in out_bridge.passages] == ["p6", "p3", "p5"]
+        assert [p.id for p in out_single.passages] == ["p1"]
+        assert oracle.initial == {bridge.question: [2], single.question: [3]}
+    else:  # as before: every initial document, whatever the first turn names
+        assert [p.id for p in out_bridge.passages] == ["p7", "p6", "p1", "p3", "p5"]
+        assert [p.id for p in out_single.passages] == ["p7", "p6", "p1"]
+        assert out_bridge.trace[0].text.startswith("<important_info>[1, 2]</important_info>")
