@@ -48,6 +48,7 @@ from s3_ray.rl.algo.batch import (
     token_logprobs,
 )
 from s3_ray.rl.algo.kl_control import KLController
+from s3_ray.rl.algo.offpolicy import WeightStats, importance_weights
 from s3_ray.rl.model import collectives, sharding
 from s3_ray.rl.algo.losses import (
     clipped_policy_loss,
@@ -153,6 +154,8 @@ class PolicyUpdater:
         elif cfg.algorithm not in ("grpo", "rloo"):
             raise ValueError(f"train.algorithm must be 'grpo', 'rloo' or 'ppo', got {cfg.algorithm!r}")
         self.optimizer = torch.optim.AdamW(groups)
+        # asynchronous training: correct each token for the policy that sampled it (rl/algo/offpolicy.py)
+        self.correction = cfg.async_.correction if cfg.async_.enabled else None
 
     # ---------------------------------------------------------------- state
     def state_dict(self, keep: bool = True) -> dict[str, Any]:
@@ -269,6 +272,9 @@ class PolicyUpdater:
             ids = sorted({t.item.id for t in trajectories})
             raise ValueError(f"no searcher tokens (loss_mask all 0) in the batch of items {ids[:5]}")
         mask = batch.loss_mask.float()
+        if self.correction is not None and batch.behaviour_logp is None:
+            raise ValueError(f"train.async.correction={self.correction} needs the log-probs the rollout sampled with: "
+                             "some trajectories carry no behaviour_logprobs (the rollout engine did not report them)")
         # One on-policy epoch without a critic: the old policy *is* the current one, so the ratio's
         # denominator is the forward pass's own detached log-probs and a whole extra pass is saved.
         on_policy = self.ppo_epochs == 1 and self.value_head is None
@@ -340,6 +346,7 @@ class PolicyUpdater:
         if self.value_head is not None:
             sums.update({"value_loss": 0.0, "vf_clip_frac": 0.0})
         starts = list(range(0, len(batch), self.micro_batch))
+        weight_stats = WeightStats()
         for i, start in enumerate(starts):
             stop = min(start + self.micro_batch, len(batch))
             mb = batch.rows(start, stop)
@@ -350,7 +357,13 @@ class PolicyUpdater:
             with sharding.grad_sync(self.model, sync=i == len(starts) - 1):
                 logp, entropy, values = self._forward(mb, entropy_grad=cfg.entropy_coef > 0)
                 old = logp.detach() if old_logp is None else old_logp[start:stop, :width]
-                pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok)
+                weights = None
+                if self.correction is not None and mb.behaviour_logp is not None:
+                    weights, raw = importance_weights(self.correction, old, mb.behaviour_logp, mmask,
+                                                      cfg.async_.tis_cap)
+                    weight_stats.add(weights, raw, mmask, cfg.async_.tis_cap)
+                pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok,
+                                                   weights=weights)
                 ent = masked_sum_mean(entropy, mmask, n_tok)
                 loss = pg - cfg.entropy_coef * ent
                 if ref_logp is not None:
@@ -371,6 +384,7 @@ class PolicyUpdater:
             sums["entropy"] += ent.item()
             sums["clip_frac"] += pg_stats["clip_frac"] * share
             sums["approx_kl"] += pg_stats["approx_kl"] * share
+        sums.update(weight_stats.metrics())
         sums["grad_norm"] = sharding.total_norm(torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm))
         if self.value_head is not None:
             self._sync_value_head_grads()
