@@ -82,3 +82,44 @@ def test_checkpoint_state_resumes_the_buffer_and_the_question_cursor():
     other.steps_done = 2
     m = other.train_step()
     assert m["async/staleness_max"] <= 1
+
+
+def test_a_push_during_a_group_is_loaded_after_the_current_turn():
+    """Weights pushed while a group runs (here: from the retriever call between turn 1 and 2) are
+    loaded before turn 2, never inside a turn; the turns record their versions and the worker says so."""
+    logs: list[str] = []
+    cfg = load_config(None, ["searcher.model=tiny-random", "searcher.max_new_tokens=6", "searcher.temperature=1.0",
+                             "searcher.max_prompt_tokens=512", "rollout.max_turns=2", "train.group_size=2",
+                             "train.async.max_staleness=1"])
+    model, tok = load_causal_lm("tiny-random", num_threads=1, for_training=True)
+    newer = {k: v + 0.01 for k, v in model.state_dict().items()}
+
+    class PushingRetriever:
+        def __init__(self) -> None:
+            self.inner, self.calls = FakeRetriever(), 0
+
+        def search(self, queries, k):
+            self.calls += 1
+            if self.calls == 2:  # the first call is the initial documents, the second follows turn 1
+                runner.set_weights(1, 5, newer)
+            return self.inner.search(queries, k)
+
+    runner = GroupRunner(cfg, copy.deepcopy(model), tok, RetrieverClient.in_process(PushingRetriever()),
+                         LowTokenScorer(len(tok)), name="w0", log=logs.append)
+    script = '<query>{"query": "Holt"}</query>'
+
+    def first_turn_searches(seqs):  # turn 1 always searches, so the episode has a second turn
+        runner.policy.last_logprobs = [[-1.0] * len(tok.encode(script, add_special_tokens=False)) for _ in seqs]
+        return [list(tok.encode(script, add_special_tokens=False)) for _ in seqs]
+
+    real = runner.policy.generate
+    calls = []
+    runner.policy.generate = lambda seqs: (calls.append(runner.version), first_turn_searches(seqs) if len(calls) == 1
+                                           else real(seqs))[1]
+    runner.set_weights(0, 4, model.state_dict())
+    out = runner.run(ITEMS[0], generation=0, version=4, weights=lambda: model.state_dict())
+    assert calls[:2] == [4, 5]
+    assert all(t.turn_versions[:2] == [4, 5] for t in out["trajectories"])
+    assert out["info"]["mid_group_loads"] == 1.0
+    assert any("finished its in-flight turn on version 4, continues the group on version 5" in s for s in logs)
+    assert all(torch.equal(v, newer[k]) for k, v in runner.model.state_dict().items())
