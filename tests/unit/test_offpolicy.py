@@ -173,15 +173,17 @@ def test_collate_puts_behaviour_logprobs_on_the_token_grid():
 
 def test_rollout_records_the_logprobs_it_sampled_with_and_the_version_per_turn(tiny):
     """HFPolicy reports each sampled token's log-prob; on an untruncated context they equal the
-    trainer's log-probs of the same tokens under the same weights."""
+    trainer's log-probs of the same tokens under the same weights, also when the batch's first
+    turn is prefilled once per shared part (a common instruction prefix and duplicate rows)."""
     model, tok = tiny
     torch.manual_seed(0)
     cfg = load_config(None, ["searcher.model=tiny-random", "searcher.max_new_tokens=6", "searcher.temperature=0.8",
                              "searcher.max_prompt_tokens=4096", "rollout.max_turns=2"])
     policy = HFPolicy(model, tok, cfg.searcher)
     policy.version = 7
-    items = [QAItem("q1", "Who founded Holt Company?", ("x",))] * 3
+    items = [QAItem("q1", "Who founded Holt Company?", ("x",))] * 2 + [QAItem("q2", "Where is Lake Oru?", ("y",))] * 2
     trajs = run_rollout(items, policy, tok, RetrieverClient.in_process(FakeRetriever()), cfg.rollout, cfg.searcher)
+    assert policy.share_prefill
     lp = token_logprobs(model, collate(trajs, tok.pad_token_id), temperature=0.8)
     for i, t in enumerate(trajs):
         assert t.turn_versions == [7] * len(t.turns)
