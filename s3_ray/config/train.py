@@ -45,6 +45,10 @@ class TrainConfig(StrictModel):
     algorithm: Literal["grpo", "ppo", "rloo"] = Field(
         "grpo", description="grpo/rloo: group-relative, no critic; ppo: value head + GAE (the paper's setting).")
     steps: int = Field(6, ge=0)
+    max_wall_s: float | None = Field(
+        None, gt=0, description="Wall-time budget of the RL steps: training stops (with a checkpoint) after the first "
+                                "step that ends this many seconds after this process began its first RL step (a "
+                                "resumed run counts afresh). None: train.steps alone decides.")
     questions_per_step: int = Field(
         4, ge=1, description="Questions per RL step over all workers (the global batch; each worker takes its share).")
     group_size: int = Field(2, ge=1, description="Trajectories per question (GRPO groups).")

@@ -114,7 +114,9 @@ class TrainingView:
         self.rl_bar.set(step)
         if record.get("stop_reason"):
             self.console.info(f"the collapse guard stopped training after step {step}: {record['stop_reason']}")
-        if step >= self.steps or record.get("stop_reason"):
+        if record.get("wall_budget_reached"):
+            self.console.info(f"the wall-time budget (train.max_wall_s) ended training after step {step}")
+        if step >= self.steps or record.get("stop_reason") or record.get("wall_budget_reached"):
             self.rl_bar.close()  # the last step: what follows (checkpoint, shutdown) is not a step
 
     def _warmup(self, record: dict[str, Any]) -> None:

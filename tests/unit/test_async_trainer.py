@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import statistics
 
+import pytest
 import torch
 
 from fakes import FakeRetriever
@@ -60,6 +61,11 @@ def test_toy_reward_rises_under_staleness_two_with_every_group_within_two_versio
     assert sum(m["async/staleness_1"] + m["async/staleness_2"] for m in steps) > 0  # it did run ahead
     for m in steps:
         assert sum(m[f"async/staleness_{k}"] for k in range(3)) == 2
+        # every taken group has signal here (no dynamic sampling drops): the learned reward is the step's
+        if m["sample/signal_groups"] == 2:
+            assert m["reward_learned"] == pytest.approx(m["reward"])
+        elif m["sample/signal_groups"] == 0:
+            assert "reward_learned" not in m
     updated = [m for m in steps if not m["update_skipped"]]
     assert len(updated) >= 10
     for m in updated:

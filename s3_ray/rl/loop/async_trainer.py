@@ -26,7 +26,7 @@ from typing import Any
 
 from s3_ray.config import S3Config
 from s3_ray.rl.loop.group_buffer import GroupBuffer
-from s3_ray.rl.loop.trainer import SearcherTrainer, _mean_metrics
+from s3_ray.rl.loop.trainer import SearcherTrainer, _mean_metrics, learned_reward
 from s3_ray.types import QAItem, Trajectory
 
 
@@ -132,6 +132,8 @@ class AsyncSearcherTrainer(SearcherTrainer):
             "sample/signal_share": len(signal) / len(groups),
         })
         metrics["reward"] = sum(t.reward for t in trajs) / len(trajs)
+        if signal:
+            metrics["reward_learned"] = learned_reward([g.trajectories for g in signal])
         metrics["context_tokens_mean"] = self._context_tokens(trajs)
         metrics["time/rollout_s"] = wait_s  # what the trainer waited for rollouts and rewards
         metrics["time/reward_s"] = 0.0      # scored on the workers, inside the wait

@@ -50,7 +50,8 @@ class RolloutActor:
 
 
 class RayRolloutPool:
-    def __init__(self, cfg: S3Config, retriever: Any, scorer: Any, log: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: S3Config, retriever: Any, scorer: Any, log: Callable[[str], None] = print,
+                 ready_timeout: float = 600.0) -> None:
         import ray
 
         a = cfg.train.async_
@@ -62,6 +63,9 @@ class RayRolloutPool:
         self.spawned = 0
         for slot in range(a.rollout_workers):
             self._spawn(slot)
+        # every worker has loaded its engine before training starts: a worker that cannot start fails
+        # here, with its own error, and start-up is not counted in the first step's wait
+        ray.get([actor.stats.remote() for actor in self.actors.values()], timeout=ready_timeout)
         self.idle = list(range(a.rollout_workers))
         self.running: dict[Any, tuple[int, int]] = {}  # run() ref -> (ticket index, slot)
         self.generation, self.version = -1, 0
