@@ -99,6 +99,40 @@ def _first_token_timer(box: list[float]) -> Any:
     return _Timer()
 
 
+def _logprob_recorder(temperature: float) -> Any:
+    """A LogitsProcessor that records, per step, the log-prob of the token each row sampled at
+    `temperature` (before top-p: the distribution the trainer's log-probs are taken from).
+
+    transformers runs custom processors before its temperature and top-p warpers, so `scores` are
+    the raw logits. A step's token is only known at the next call (or after `generate`): the last
+    step's log-softmax is kept until then, never more than one (B, V) tensor."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Recorder(LogitsProcessor):
+        def __init__(self) -> None:
+            self.steps: list[torch.Tensor] = []  # (B,) per generated token
+            self._last: torch.Tensor | None = None
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if self._last is not None:
+                self.steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+            self._last = torch.log_softmax(scores.float() / temperature, dim=-1)
+            return scores
+
+        def finish(self, sequences: torch.Tensor, prompt_len: int) -> list[list[float]]:
+            """(B, new tokens) log-probs once `generate` returned `sequences`."""
+            if self._last is not None and sequences.shape[1] > prompt_len + len(self.steps):
+                self.steps.append(self._last.gather(-1, sequences[:, prompt_len + len(self.steps)].unsqueeze(-1))
+                                  .squeeze(-1))
+            self._last = None
+            if not self.steps:
+                return [[] for _ in range(sequences.shape[0])]
+            return torch.stack(self.steps, dim=1).cpu().tolist()
+
+    return _Recorder()
+
+
 class HFPolicy:
     """Batched sampling from a transformers causal LM with left padding and tag stops."""
 
@@ -125,6 +159,9 @@ class HFPolicy:
         self.prefill_tokens = 0  # rows x positions fed before decoding, padding included (what reuse saves)
         eos = tokenizer.eos_token_id
         self._drop = {tokenizer.pad_token_id} | ({eos} if eos is not None else set())
+        # per row of the last `generate`, the log-prob each returned token was sampled with
+        self.last_logprobs: list[list[float]] = []
+        self.version = 0  # the policy version of the weights (set by whoever pushes them)
 
     def _batch(self, seqs: list[list[int]]) -> tuple[Any, Any]:
         """Left-truncate to max_prompt_tokens, then left-pad into (B, T) ids and attention mask."""
@@ -224,7 +261,7 @@ class HFPolicy:
     def generate(self, seqs: list[list[int]]) -> list[list[int]]:
         """One turn for every sequence (token ids, without trailing pad / eos)."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from s3_ray.agent.turn_cache import after_generate
 
@@ -249,6 +286,8 @@ class HFPolicy:
         if self.stop_at_tags:
             criteria.append(_stopping_criteria(self.tokenizer, prompt_len, self._closing))
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        recorder = _logprob_recorder(max(self.cfg.temperature, 1e-3))  # the trainer's temperature floor
+        kwargs["logits_processor"] = LogitsProcessorList([recorder])
         if sample:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         else:
@@ -262,11 +301,14 @@ class HFPolicy:
         finally:
             self.model.train(was_training)
         generated = out.sequences[:, prompt_len:]
+        logprobs = recorder.finish(out.sequences, prompt_len)
         results: list[list[int]] = []
-        for row in generated.tolist():
+        self.last_logprobs = []
+        for row, row_lp in zip(generated.tolist(), logprobs):
             cut = stop_length(self.tokenizer, row)
             row = row[:cut] if cut is not None else row
             results.append(strip_trailing(row, self._drop))
+            self.last_logprobs.append(row_lp[: len(results[-1])])
         if cacheable:
             self._cache = after_generate(getattr(out, cache_field(), None), ids, mask, seqs, results, generated)
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0,
