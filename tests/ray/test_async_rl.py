@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fakes
-from fakes import FakeRetriever
+from fakes import FakeRetriever, LowTokenScorer
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
 from s3_ray.models import load_causal_lm
@@ -32,19 +32,6 @@ def _ship_test_modules_by_value():
     yield
     for mod in (sys.modules[__name__], fakes):
         ray.cloudpickle.unregister_pickle_by_value(mod)
-
-
-class LowTokenScorer:
-    def __init__(self, vocab: int) -> None:
-        self.half = vocab // 2
-
-    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
-        out = []
-        for t in trajs:
-            own = [tok for tok, m in zip(t.response_ids, t.loss_mask) if m]
-            reward = sum(tok < self.half for tok in own) / len(own) if own else 0.0
-            out.append(RewardResult(reward, {"genacc": reward}))
-        return out
 
 
 def _trainer(S: int, turns: int = 1, items=ITEMS, logs=None):

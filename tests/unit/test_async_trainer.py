@@ -9,33 +9,18 @@ import statistics
 import pytest
 import torch
 
-from fakes import FakeRetriever
+from fakes import FakeRetriever, LowTokenScorer
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.loop.async_rollout import GroupRunner, InProcessPool
 from s3_ray.rl.loop.async_trainer import AsyncSearcherTrainer
-from s3_ray.types import QAItem, RewardResult, Trajectory
+from s3_ray.types import QAItem
 
 torch.set_num_threads(1)
 ITEMS = [QAItem(f"q{i}", q, ("x",)) for i, q in enumerate(
     ["Who founded Holt Company?", "Where is Cedar Works?", "Which river flows through Alder Town?",
      "Who is the mayor of Birch Falls?"])]
-
-
-class LowTokenScorer:
-    """Share of the searcher's own tokens in the lower half of the vocabulary (as in test_trainer_learns)."""
-
-    def __init__(self, vocab: int) -> None:
-        self.half = vocab // 2
-
-    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
-        out = []
-        for t in trajs:
-            own = [tok for tok, m in zip(t.response_ids, t.loss_mask) if m]
-            reward = sum(tok < self.half for tok in own) / len(own) if own else 0.0
-            out.append(RewardResult(reward, {"genacc": reward}))
-        return out
 
 
 def _trainer(S: int, workers: int = 3, extra: tuple[str, ...] = (), logs: list[str] | None = None):
