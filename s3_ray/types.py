@@ -101,6 +101,10 @@ class Trajectory:
     context: list[Passage] = field(default_factory=list)    # D_s3: what the generator reads
     reward: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # (R,) the log-prob each response token was sampled with, at the sampling temperature (0.0 on
+    # environment tokens); None when the engine did not report them
+    behaviour_logprobs: list[float] | None = None
+    turn_versions: list[int] = field(default_factory=list)  # policy version that wrote each searcher turn
 
     @property
     def num_searches(self) -> int:

@@ -6,7 +6,7 @@ import re
 import socket
 from pathlib import Path
 
-from s3_ray.types import Passage, SearchHit
+from s3_ray.types import Passage, RewardResult, SearchHit, Trajectory
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -68,3 +68,21 @@ def bm25_index(tmp_path: Path, passages: tuple[Passage, ...] | list[Passage] = F
     index_dir = str(tmp_path / "index")
     build_index(corpus, RetrievalConfig(index_dir=index_dir), progress=False)
     return index_dir
+
+
+class LowTokenScorer:
+    """Reward = share of the searcher's generated tokens whose id lies in the lower half of the
+    vocabulary (the upper half with `low=False`): about 0.5 for a random model, 1.0 for one that
+    learned it; retrieved text is masked out, so only what the policy wrote counts."""
+
+    def __init__(self, vocab: int, low: bool = True) -> None:
+        self.half = vocab // 2
+        self.low = low
+
+    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
+        out = []
+        for t in trajs:
+            own = [tok for tok, m in zip(t.response_ids, t.loss_mask) if m]
+            reward = sum((tok < self.half) == self.low for tok in own) / len(own) if own else 0.0
+            out.append(RewardResult(reward, {"genacc": reward}))
+        return out

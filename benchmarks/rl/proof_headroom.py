@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     items = load_split(cfg.data, cfg.eval.split)
     report["headroom"] = analyse(Path(args.run_dir).resolve(), list(report["seeds"]), items, cfg.eval.split)
     out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text("# RL proof on the embedded default\n\n" + proof_report.render(report) + "\n")
+    out.with_suffix(".md").write_text(f"{proof_report.title(report)}\n\n" + proof_report.render(report) + "\n")
     print("\n".join(proof_report.render_headroom(report["headroom"])).strip())
     print(f"\nwritten to {out} and {out.with_suffix('.md')}")
     return 0

@@ -112,12 +112,14 @@ def render_headroom(headroom: dict[str, Any]) -> list[str]:
     lines = ["", "Where GenAcc is lost on the multi-hop (bridge) questions: context with all supporting passages, "
                  "GenAcc with and without them, and the GenAcc if every one had them (at the 'with' rate):", "",
              "| method | GenAcc | single | bridge | bridge with all support | GenAcc with / without | "
-             "all found -> GenAcc |", "|---|---|---|---|---|---|---|"]
+             "all found -> GenAcc | docs / q |", "|---|---|---|---|---|---|---|---|"]
     for name, b in headroom["methods"].items():
         mh, types = b["multi_hop"], b["by_type"]
+        docs = "-" if b.get("context_docs") is None else f"{b['context_docs']:.2f}"
         lines.append(f"| {name} | {pct(b['genacc'])} | {pct(types.get('single', {}).get('genacc'))} | "
                      f"{pct(types.get('bridge', {}).get('genacc'))} | {mh['all_found']} of {mh['n']} | "
-                     f"{pct(mh['genacc_found'])} / {pct(mh['genacc_missing'])} | {pct(b['ceiling_all_found'])} |")
+                     f"{pct(mh['genacc_found'])} / {pct(mh['genacc_missing'])} | {pct(b['ceiling_all_found'])} | "
+                     f"{docs} |")
     lines += ["", "| seed | test questions gained by RL | lost | same queries | same context | malformed episodes "
                   "before -> after |", "|---|---|---|---|---|---|"]
     for c in headroom["rl_changes"]:
@@ -137,6 +139,67 @@ def render_headroom(headroom: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['seed']} | {pct(r['warmup'])} | {pct(r['warmup_all_found'])} | {100 * room:+.1f} | "
                          f"{pct(r['trained'])} | {share} |")
     return lines
+
+
+def _mean_over_seeds(report: dict[str, Any], method: str, key: str) -> float | None:
+    """`key` of `method`'s headroom breakdown (its per-seed ones averaged), or None where absent."""
+    methods = (report.get("headroom") or {}).get("methods") or {}
+    vals = [b[key] for name, b in methods.items()
+            if (name == method or name.startswith(f"{method}_seed")) and b.get(key) is not None]
+    return round(statistics.mean(vals), 4) if vals else None
+
+
+def setting_versus(without: dict[str, Any], with_: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per method of `with_`: GenAcc (mean over seeds) and context documents per question in both
+    reports (the proof without and with a setting; a report that lacks a figure gives None).
+
+    >>> off = {"genacc": {"oracle": [0.6]}, "headroom": {"methods": {"oracle": {"context_docs": 5.0}}}}
+    >>> on = {"genacc": {"oracle": [0.7], "s3_trained": [0.5, 0.6]}, "headroom": {"methods": {
+    ...     "oracle": {"context_docs": 2.5}, "s3_trained_seed0": {"context_docs": 2.0},
+    ...     "s3_trained_seed1": {"context_docs": 3.0}}}}
+    >>> v = setting_versus(off, on)
+    >>> v["oracle"]
+    {'genacc_without': 0.6, 'genacc_with': 0.7, 'docs_without': 5.0, 'docs_with': 2.5}
+    >>> v["s3_trained"]
+    {'genacc_without': None, 'genacc_with': 0.55, 'docs_without': None, 'docs_with': 2.5}
+    """
+    def genacc(report: dict[str, Any], method: str) -> float | None:
+        vals = report.get("genacc", {}).get(method)
+        return round(statistics.mean(vals), 4) if vals else None
+
+    return {m: {"genacc_without": genacc(without, m), "genacc_with": genacc(with_, m),
+                "docs_without": _mean_over_seeds(without, m, "context_docs"),
+                "docs_with": _mean_over_seeds(with_, m, "context_docs")} for m in with_.get("genacc", {})}
+
+
+def render_versus(versus: dict[str, Any]) -> list[str]:
+    """The report's lines comparing the proof with `rollout.select_initial` to the one without."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = ["", f"With `rollout.select_initial` (this report) and without (`{versus['without']}`), GenAcc "
+                 "(mean over seeds) and context documents per question:", "",
+             "| method | GenAcc without | with | change | docs / q without | with |", "|---|---|---|---|---|---|"]
+    for name, v in versus["methods"].items():
+        a, b = v["genacc_without"], v["genacc_with"]
+        change = "-" if a is None or b is None else f"{100 * (b - a):+.1f}"
+        lines.append(f"| {name} | {pct(a)} | {pct(b)} | {change} | {num(v['docs_without'])} | {num(v['docs_with'])} |")
+    return lines
+
+
+def title(report: dict[str, Any]) -> str:
+    """The Markdown report's heading (naming the setting under test, if any).
+
+    >>> title({"config": {"rollout": {"select_initial": True}}})
+    '# RL proof on the embedded default with rollout.select_initial'
+    >>> title({})
+    '# RL proof on the embedded default'
+    """
+    selecting = ((report.get("config") or {}).get("rollout") or {}).get("select_initial")
+    return "# RL proof on the embedded default" + (" with rollout.select_initial" if selecting else "")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -166,4 +229,6 @@ def render(report: dict[str, Any]) -> str:
                  f"{report['total_s'] / 60:.1f} min")
     if report.get("headroom"):
         lines += render_headroom(report["headroom"])
+    if report.get("select_initial_versus"):
+        lines += render_versus(report["select_initial_versus"])
     return "\n".join(lines)

@@ -18,6 +18,14 @@ embedded test questions with the frozen generator:
    seed's episodes and seconds went, whether the goal is met, and where GenAcc is lost on the
    bridge questions (`proof_headroom.py`: evidence found or not, what RL changed).
 
+With `--select-initial` the same proof runs with `rollout.select_initial=true` (the initial
+documents reach the generator only if the searcher keeps them; the oracle keeps their evidence, the
+warm-up's demonstrations too) in its own run directory and report
+(`runs/rl_proof_select_initial`, `benchmarks/results/rl_proof_select_initial.{json,md}`), and the
+report sets each method's GenAcc and context documents per question beside those of the proof
+without it (`--compare-with`, by default `benchmarks/results/rl_proof.json`). `--dry-run` prints
+the resolved settings and paths and exits before anything starts.
+
 Rerunning it continues where it stopped: a seed's training resumes from its last checkpoint, each
 evaluation from its last answered question, and the report (`benchmarks/results/rl_proof.{json,md}`)
 is rewritten after every seed. Training seconds (`train_seconds`) are the wall time of the training
@@ -48,8 +56,12 @@ EVAL_BATCH = 32
 """Questions per evaluation batch: one batched rollout and one generator call each."""
 
 
-def oracle_script(items: dict[str, Any], titles: dict[str, str]) -> Any:
-    """A searcher turn as a function of the decoded episode so far (for `ScriptedPolicy`)."""
+def oracle_script(items: dict[str, Any], titles: dict[str, str], initial: dict[str, list[int]] | None = None) -> Any:
+    """A searcher turn as a function of the decoded episode so far (for `ScriptedPolicy`).
+
+    `initial` (question -> ids), given with `rollout.select_initial`: what the first turn keeps of
+    the initial documents (else `[1, 2]`, which then keeps nothing: they reach the generator anyway).
+    Later turns keep `[1, 2]` of the retrieved block either way."""
     first_blocks: dict[str, int] = {}
 
     def script(text: str) -> str:
@@ -59,17 +71,23 @@ def oracle_script(items: dict[str, Any], titles: dict[str, str]) -> Any:
         # the prompt's instructions and initial documents hold some <information> blocks already
         blocks = text.count("<information>")
         searched = blocks > first_blocks.setdefault(q[-1] if q else "", blocks)
+        keep = "[1, 2]"
+        if initial is not None and not searched:
+            keep = json.dumps(initial.get(q[-1].strip() if q else "", []))
         if item is None or item.meta.get("type") != "bridge" or len(support) < 2 or searched:
-            return "<important_info>[1, 2]</important_info>\n<search_complete>True</search_complete>"
+            return f"<important_info>{keep}</important_info>\n<search_complete>True</search_complete>"
         query = titles.get(support[1], "")
-        return (f"<important_info>[1, 2]</important_info>\n<search_complete>False</search_complete>\n"
+        return (f"<important_info>{keep}</important_info>\n<search_complete>False</search_complete>\n"
                 f'<query>{{"query": "{query}"}}</query>')
 
     return script
 
 
 class OracleSearcher:
-    """The scripted oracle as an evaluation method (same rollout, budgets and generator)."""
+    """The scripted oracle as an evaluation method (same rollout, budgets and generator). With
+    `rollout.select_initial` its first turn keeps the initial documents that are evidence (the
+    question's supporting passages, then passages naming a gold answer: `initial_evidence`, as the
+    warm-up's demonstrations do)."""
 
     name = "oracle"
 
@@ -81,14 +99,22 @@ class OracleSearcher:
 
         titles = {p.id: p.title for p in read_corpus(resolve_paths(cfg.data).corpus)}
         _, self.tok = load_causal_lm(cfg.searcher.model)
-        self.policy = ScriptedPolicy(self.tok, oracle_script({it.question: it for it in items}, titles))
+        self.initial: dict[str, list[int]] | None = {} if cfg.rollout.select_initial else None
+        self.policy = ScriptedPolicy(self.tok, oracle_script({it.question: it for it in items}, titles, self.initial))
         self.cfg, self.retriever = cfg, retriever
 
     def contexts(self, items: list[Any]) -> list[Any]:
-        from s3_ray.agent.rollout import run_rollout
+        from s3_ray.agent.rollout import initial_passages, run_rollout
         from s3_ray.eval.base import MethodOutput
+        from s3_ray.rl.loop.warmup import initial_evidence
 
-        trajs = run_rollout(items, self.policy, self.tok, self.retriever, self.cfg.rollout, self.cfg.searcher)
+        init = initial_passages(items, self.retriever, self.cfg.rollout.init_k)
+        if self.initial is not None:
+            keep = self.cfg.rollout.keep_per_turn
+            self.initial.update({it.question.strip(): initial_evidence(it, docs, keep)
+                                 for it, docs in zip(items, init)})
+        trajs = run_rollout(items, self.policy, self.tok, self.retriever, self.cfg.rollout, self.cfg.searcher,
+                            init_passages=init)
         return [MethodOutput(passages=t.context, trace=t.turns, searches=t.num_searches) for t in trajs]
 
 
@@ -191,16 +217,58 @@ def repo_relative(value: Any) -> Any:
     return value
 
 
+def proof_overrides(root: Path, setting: list[str], overrides: list[str]) -> list[str]:
+    """The proof's overrides of its config: data and recipe, its run directory (index and generator
+    cache under it), the setting under test, then the command line's.
+
+    >>> proof_overrides(Path("/r"), ["rollout.select_initial=true"], ["seed=3"])[-3:]
+    ['run_dir=/r', 'rollout.select_initial=true', 'seed=3']
+    """
+    shared_dirs = [f"retrieval.index_dir={root / 'index'}", f"generator.cache_path={root / 'cache' / 'generator.sqlite'}"]
+    return PROOF_DEFAULTS + shared_dirs + [f"run_dir={root}", *setting, *overrides]
+
+
+def dry_run(args: argparse.Namespace, setting: list[str]) -> int:
+    """Print what a run would use (config sections, paths) without starting anything."""
+    from s3_ray.config import load_job_config
+
+    root = Path(args.run_dir).resolve()
+    cfg = load_job_config(args.config, proof_overrides(root, setting, args.overrides))
+    if (cfg.data.train_limit or 10**9) > 200:
+        raise SystemExit("data.train_limit must be <= 200: the claim is about few training questions")
+    print(json.dumps({"config": args.config, "seeds": args.seeds, "run_dir": str(root), "out": args.out,
+                      "compare_with": args.compare_with if args.select_initial else None,
+                      "compare_with_exists": Path(args.compare_with).is_file() if args.select_initial else None,
+                      "rollout": cfg.rollout.model_dump(), "train": cfg.train.model_dump(),
+                      "reward": cfg.reward.model_dump(), "data": cfg.data.model_dump()}, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/rl/rl_proof.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "demo.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--run-dir", default="runs/rl_proof")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rl_proof.json"))
+    p.add_argument("--run-dir", default=None,
+                   help="default runs/rl_proof (runs/rl_proof_select_initial with --select-initial)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/rl_proof.json "
+                                               "(rl_proof_select_initial.json with --select-initial)")
+    p.add_argument("--select-initial", action="store_true",
+                   help="run with rollout.select_initial=true: the searcher selects among the initial documents "
+                        "too, and the report compares every method with the proof without it")
+    p.add_argument("--compare-with", default=str(REPO / "benchmarks" / "results" / "rl_proof.json"),
+                   help="with --select-initial: the report of the proof without it (default %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved rollout and training settings and the paths, then exit")
     load_guard.add_argument(p)
     p.add_argument("overrides", nargs="*", help=f"dotted config overrides (applied after {PROOF_DEFAULTS})")
     args = p.parse_args(argv)
+    variant = "rl_proof_select_initial" if args.select_initial else "rl_proof"
+    args.run_dir = args.run_dir or f"runs/{variant}"
+    args.out = args.out or str(REPO / "benchmarks" / "results" / f"{variant}.json")
+    setting = ["rollout.select_initial=true"] if args.select_initial else []
+    if args.dry_run:
+        return dry_run(args, setting)
 
     from jobs import runtime
     from s3_ray.config import load_job_config
@@ -214,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
 
     log = runtime.log
     machine = load_guard.start(args.allow_busy)
+    if args.select_initial and not Path(args.compare_with).is_file():
+        log(f"{args.compare_with}: no report of the proof without rollout.select_initial; this report will "
+            "not compare with it")
     root = Path(args.run_dir).resolve()
-    shared_dirs = [f"retrieval.index_dir={root / 'index'}", f"generator.cache_path={root / 'cache' / 'generator.sqlite'}"]
-    base = load_job_config(args.config, PROOF_DEFAULTS + shared_dirs + [f"run_dir={root}", *args.overrides])
+    base = load_job_config(args.config, proof_overrides(root, setting, args.overrides))
     if (base.data.train_limit or 10**9) > 200:
         raise SystemExit("data.train_limit must be <= 200: the claim is about few training questions")
     t_start = time.perf_counter()
@@ -263,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": train_seconds, "train_runs": runs, "eval_seconds": eval_seconds,
             "eval_questions_per_s": {k: round(len(test) / v, 3) for k, v in eval_seconds.items() if v > 1.0},
             "genacc": genacc, "comparisons": comp, "pooled": comp["pooled"], "goal": proof_report.goal(comp["pooled"]),
-            "where": where, "curve_png": "rl_proof_curve.png",
+            "where": where, "curve_png": f"{variant}_curve.png",
             "config": repo_relative(json.loads(json.dumps(
                 {k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout", "train")},
                 default=str).replace(str(root), "<run_dir>"))),
@@ -271,12 +341,17 @@ def main(argv: list[str] | None = None) -> int:
             "total_s": round(time.perf_counter() - t_start, 1),
             "headroom": proof_headroom.analyse(root, args.seeds[: len(per_seed)], test, base.eval.split),
         }
-        proof_report.plot_reward_curves(curves, out.with_name("rl_proof_curve.png"))
+        other = Path(args.compare_with)
+        if args.select_initial and other.is_file():
+            report["select_initial_versus"] = {
+                "without": repo_relative(str(other.resolve())),
+                "methods": proof_report.setting_versus(json.loads(other.read_text()), report)}
+        proof_report.plot_reward_curves(curves, out.with_name(f"{variant}_curve.png"))
         out.write_text(json.dumps(report, indent=2, default=str))
-        out.with_suffix(".md").write_text("# RL proof on the embedded default\n\n" + proof_report.render(report) + "\n")
+        out.with_suffix(".md").write_text(f"{proof_report.title(report)}\n\n" + proof_report.render(report) + "\n")
         log(f"seed {seed}: " + json.dumps({k: round(100 * v[-1], 1) for k, v in genacc.items()}))
     print(proof_report.render(report))
-    print(f"\nwritten to {out}, {out.with_suffix('.md')} and {out.with_name('rl_proof_curve.png')}")
+    print(f"\nwritten to {out}, {out.with_suffix('.md')} and {out.with_name(f'{variant}_curve.png')}")
     return 0
 
 

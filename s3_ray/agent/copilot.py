@@ -51,9 +51,15 @@ class Budget:
         Traceback (most recent call last):
         ...
         s3_ray.agent.copilot.CopilotRequestError: top_k: must be between 1 and 5, got 9
+        >>> Budget(keep_per_turn=0).resolve(RolloutConfig(select_initial=True))
+        Traceback (most recent call last):
+        ...
+        s3_ray.agent.copilot.CopilotRequestError: keep_per_turn: must be between 1 and 2, got 0
         """
         values: dict[str, int] = {}
-        for name, low in (("top_k", 1), ("keep_per_turn", 0), ("max_turns", 0)):
+        # with select_initial a request that keeps nothing would get no documents at all
+        least_kept = 1 if ceiling.select_initial else 0
+        for name, low in (("top_k", 1), ("keep_per_turn", least_kept), ("max_turns", 0)):
             value = getattr(self, name)
             high = getattr(ceiling, name)
             if value is None:

@@ -11,7 +11,8 @@ Exact semantics, with budget = `RolloutConfig`:
 
 * **Blocks.** The *init block* (naive top-`init_k` documents in the prompt) is always fully in the
   context and is never subject to selection; ids in a turn that refers to it are only validated.
-  Every search produces a *retrieved block* numbered 1..n.
+  With `select_initial` it is selected like a retrieved block instead (see Selection), except that
+  an init block without a tag keeps nothing. Every search produces a *retrieved block* numbered 1..n.
 * **Dedup.** `observe` drops hits whose passage id was already shown in this episode (init block
   included) or repeats within the hits, and keeps the first `top_k` new ones. To get `top_k` new
   documents, ask the retriever for `retrieval_k` = top_k + number already shown.
@@ -20,7 +21,9 @@ Exact semantics, with budget = `RolloutConfig`:
   out of range selects nothing. A block that never got a tag keeps its first `keep_per_turn`
   documents if `keep_unselected`, else none. The selection is applied when the block is *closed*:
   by the next search, by completion or by the end of the episode; that turn's `TurnRecord`
-  carries the kept ids in `selected_ids`.
+  carries the kept ids in `selected_ids`. With `select_initial` the same holds for the init block:
+  the first tag written before the first search (on any turn, valid or not) selects from it (ids
+  1..len(init block), cut to `keep_per_turn`); none written keeps none of it.
 * **Turns.** A turn with search_complete=True ends the episode. A turn with a query runs it
   (`step` returns it). A turn with neither is invalid: `step` returns None and the caller appends
   `nudge()`. After `max_turns` searches the last block is shown and the next turn is final: the
@@ -29,7 +32,8 @@ Exact semantics, with budget = `RolloutConfig`:
   max_turns + 1 generations plus a final one); the turn that reaches the cap is final in the
   same way, so invalid turns cannot loop forever.
 * **Context.** `context()` = init documents + kept documents, de-duplicated by id, in order of
-  appearance. This is what the generator reads.
+  appearance (with `select_initial`: the kept documents only, kept initial ones first). This is
+  what the generator reads.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ class Episode:
         record = TurnRecord(text=turn_text, complete=parsed.complete, malformed=parsed.malformed)
         self.turns.append(record)
         self._needs_nudge = False
-        if parsed.selected is not None and not self._block_is_init and self._selection is None:
+        selectable = self.budget.select_initial or not self._block_is_init
+        if parsed.selected is not None and selectable and self._selection is None:
             self._selection = parsed.selected
 
         if parsed.complete or final:
@@ -166,21 +171,25 @@ class Episode:
         return NUDGE
 
     def context(self) -> list[Passage]:
-        """Init documents then kept documents, de-duplicated by id, in order of appearance."""
+        """Init documents (all, or with `select_initial` the kept ones) then kept documents,
+        de-duplicated by id, in order of appearance."""
         seen: set[str] = set()
         out: list[Passage] = []
-        for p in [*self.init_passages, *self._kept]:
+        head = [] if self.budget.select_initial else self.init_passages
+        for p in [*head, *self._kept]:
             if p.id not in seen:
                 seen.add(p.id)
                 out.append(p)
         return out
 
     def _close_block(self, record: TurnRecord) -> None:
-        """Apply the selection (or the default) to the current retrieved block."""
-        if self._block_is_init:
-            kept: list[Passage] = []
+        """Apply the selection (or the default) to the current block."""
+        if self._block_is_init and not self.budget.select_initial:
+            kept: list[Passage] = []  # in the context already, whatever the searcher said
         elif self._selection is not None:
             kept = [self._block[i - 1] for i in self._selection][: self.budget.keep_per_turn]
+        elif self._block_is_init:
+            kept = []  # select_initial: an initial document reaches the generator only if kept
         elif self.budget.keep_unselected:
             kept = self._block[: self.budget.keep_per_turn]
         else:

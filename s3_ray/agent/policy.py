@@ -27,6 +27,25 @@ from s3_ray.models.autocast import inference_autocast
 from s3_ray.models.kv import cache_field
 
 
+MIN_SHARED_PREFIX = 16
+"""Fewest common leading tokens that `HFPolicy` reads once for a whole batch (below that, one
+decoder call more costs about what it saves)."""
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest token prefix all rows share.
+
+    >>> _common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]), _common_prefix([[1], [2]])
+    (2, 0)
+    """
+    shortest = min(len(r) for r in rows)
+    for i in range(shortest):
+        token = rows[0][i]
+        if any(r[i] != token for r in rows):
+            return i
+    return shortest
+
+
 def closing_ids(tokenizer: Any) -> Any:
     """Token ids whose text holds ">" (a LongTensor; one pass over the vocabulary, ~30 ms for 49k).
 
@@ -80,6 +99,40 @@ def _first_token_timer(box: list[float]) -> Any:
     return _Timer()
 
 
+def _logprob_recorder(temperature: float) -> Any:
+    """A LogitsProcessor that records, per step, the log-prob of the token each row sampled at
+    `temperature` (before top-p: the distribution the trainer's log-probs are taken from).
+
+    transformers runs custom processors before its temperature and top-p warpers, so `scores` are
+    the raw logits. A step's token is only known at the next call (or after `generate`): the last
+    step's log-softmax is kept until then, never more than one (B, V) tensor."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Recorder(LogitsProcessor):
+        def __init__(self) -> None:
+            self.steps: list[torch.Tensor] = []  # (B,) per generated token
+            self._last: torch.Tensor | None = None
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if self._last is not None:
+                self.steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+            self._last = torch.log_softmax(scores.float() / temperature, dim=-1)
+            return scores
+
+        def finish(self, sequences: torch.Tensor, prompt_len: int) -> list[list[float]]:
+            """(B, new tokens) log-probs once `generate` returned `sequences`."""
+            if self._last is not None and sequences.shape[1] > prompt_len + len(self.steps):
+                self.steps.append(self._last.gather(-1, sequences[:, prompt_len + len(self.steps)].unsqueeze(-1))
+                                  .squeeze(-1))
+            self._last = None
+            if not self.steps:
+                return [[] for _ in range(sequences.shape[0])]
+            return torch.stack(self.steps, dim=1).cpu().tolist()
+
+    return _Recorder()
+
+
 class HFPolicy:
     """Batched sampling from a transformers causal LM with left padding and tag stops."""
 
@@ -89,8 +142,9 @@ class HFPolicy:
         turn afterwards: same turns, more decoding; kept to measure what early stopping saves.
         `reuse_cache` keeps the batch's KV cache from one turn to the next (`turn_cache`), so a
         turn feeds only the tokens added since; call `reset_cache()` after changing the weights.
-        `share_prefill` reads a prompt that several rows share once (a GRPO group's rows start
-        from the same prompt) and copies its KV cache to every row that has it."""
+        `share_prefill` reads once what several rows share (the instruction every prompt opens
+        with; a GRPO group's rows start from the same prompt) and copies its KV cache to every row
+        that has it."""
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before building HFPolicy")
         self.model = model
@@ -105,6 +159,9 @@ class HFPolicy:
         self.prefill_tokens = 0  # rows x positions fed before decoding, padding included (what reuse saves)
         eos = tokenizer.eos_token_id
         self._drop = {tokenizer.pad_token_id} | ({eos} if eos is not None else set())
+        # per row of the last `generate`, the log-prob each returned token was sampled with
+        self.last_logprobs: list[list[float]] = []
+        self.version = 0  # the policy version of the weights (set by whoever pushes them)
 
     def _batch(self, seqs: list[list[int]]) -> tuple[Any, Any]:
         """Left-truncate to max_prompt_tokens, then left-pad into (B, T) ids and attention mask."""
@@ -128,7 +185,8 @@ class HFPolicy:
 
     def _inputs(self, seqs: list[list[int]]) -> tuple[Any, Any, Any, bool]:
         """(ids, mask, past, cacheable): a continuation of the kept cache when every sequence
-        extends one of its rows, else a fresh left-padded batch."""
+        extends one of its rows, else a fresh batch (prefilled once per shared part, see
+        `_shared_prefill`, or left-padded)."""
         limit = self.cfg.max_prompt_tokens
         cacheable = self.reuse_cache and all(len(s) <= limit for s in seqs)
         cache, self._cache = self._cache, None  # consumed either way
@@ -138,40 +196,72 @@ class HFPolicy:
                 ids, mask, past = cont
                 self.prefill_tokens += int(ids.shape[0]) * (int(ids.shape[1]) - cache.width)
                 return ids, mask, past, True
+        if self.share_prefill:
+            shared = self._shared_prefill([list(s[-limit:]) for s in seqs])
+            if shared is not None:
+                return (*shared, cacheable)
         ids, mask = self._batch(seqs)
-        past = self._shared_prefix(ids, mask, seqs) if self.share_prefill else None
-        if past is None:
-            self.prefill_tokens += int(ids.numel())
-        return ids, mask, past, cacheable
+        self.prefill_tokens += int(ids.numel())
+        return ids, mask, None, cacheable
 
-    def _shared_prefix(self, ids: Any, mask: Any, seqs: list[list[int]]) -> Any:
-        """A KV cache of every row's first T-1 positions, computed once per distinct sequence and
-        copied to its duplicates; None when all rows differ. `generate` then reads only the last
-        column of each row before decoding, and every row sees exactly what a full prefill gives."""
+    def _shared_prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any] | None:
+        """(ids, mask, past) with the KV cache of every row's first T-1 positions, where what rows
+        share is read once: the longest token prefix common to all rows (the instruction every
+        episode's prompt opens with) and whole duplicate rows (a GRPO group's). None when rows
+        share neither. `generate` then reads only the last column of each row.
+
+        Layout: ``[common prefix][pad][rest of the row]``; the pads are masked holes, as in
+        `turn_cache`, and positions come from the attention mask, so every row sees exactly what a
+        full prefill of it gives."""
         import torch
 
         first: dict[tuple[int, ...], int] = {}
-        owner = [first.setdefault(tuple(s), i) for i, s in enumerate(seqs)]
+        owner = [first.setdefault(tuple(r), i) for i, r in enumerate(rows)]
         unique = sorted(set(owner))
-        if len(unique) == len(seqs) or ids.shape[1] < 2:
+        common = _common_prefix([rows[u] for u in unique]) if len(unique) > 1 else 0
+        common = min(common, min(len(r) for r in rows) - 1)  # each row keeps a last token to feed
+        if common < MIN_SHARED_PREFIX:
+            common = 0
+        if common == 0 and len(unique) == len(rows):
             return None
+        width = max(len(r) for r in rows) - common  # the rest, left-padded
+        if common + width < 2:
+            return None
+        device = getattr(self.model, "device", torch.device("cpu"))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), common + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, :common] = torch.tensor(row[:common], dtype=torch.long)
+            mask[i, :common] = 1
+            ids[i, ids.shape[1] - (len(row) - common):] = torch.tensor(row[common:], dtype=torch.long)
+            mask[i, ids.shape[1] - (len(row) - common):] = 1
+        ids, mask = ids.to(device), mask.to(device)
         slot = {row: j for j, row in enumerate(unique)}
-        u_ids, u_mask = ids[unique, :-1], mask[unique, :-1]
-        positions = (u_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() derives them for left padding
         # the decoder alone: the prefix needs its KV cache, not logits (the vocabulary projection
         # over every prompt position would cost more than the layers of a small model)
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
+        past = None
         with torch.inference_mode(), inference_autocast(ids.device):
-            out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=positions, use_cache=True)
-        past = getattr(out, cache_field())
-        past.batch_select_indices(torch.tensor([slot[o] for o in owner], dtype=torch.long, device=ids.device))
-        self.prefill_tokens += int(u_ids.numel()) + int(ids.shape[0])
-        return past
+            if common:
+                out = decoder(input_ids=ids[:1, :common], attention_mask=mask[:1, :common],
+                              position_ids=torch.arange(common, device=device)[None], use_cache=True)
+                past = getattr(out, cache_field())
+                past.batch_repeat_interleave(len(unique))
+            if ids.shape[1] - 1 > common:
+                u_mask = mask[unique, :-1]
+                positions = (u_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() derives them for left padding
+                out = decoder(input_ids=ids[unique, common:-1], attention_mask=u_mask,
+                              position_ids=positions[:, common:], use_cache=True, **{cache_field(): past})
+                past = getattr(out, cache_field())
+        past.batch_select_indices(torch.tensor([slot[o] for o in owner], dtype=torch.long, device=device))
+        self.prefill_tokens += common + len(unique) * (ids.shape[1] - 1 - common) + len(rows)
+        return ids, mask, past
 
     def generate(self, seqs: list[list[int]]) -> list[list[int]]:
         """One turn for every sequence (token ids, without trailing pad / eos)."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from s3_ray.agent.turn_cache import after_generate
 
@@ -196,6 +286,8 @@ class HFPolicy:
         if self.stop_at_tags:
             criteria.append(_stopping_criteria(self.tokenizer, prompt_len, self._closing))
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        recorder = _logprob_recorder(max(self.cfg.temperature, 1e-3))  # the trainer's temperature floor
+        kwargs["logits_processor"] = LogitsProcessorList([recorder])
         if sample:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         else:
@@ -209,11 +301,14 @@ class HFPolicy:
         finally:
             self.model.train(was_training)
         generated = out.sequences[:, prompt_len:]
+        logprobs = recorder.finish(out.sequences, prompt_len)
         results: list[list[int]] = []
-        for row in generated.tolist():
+        self.last_logprobs = []
+        for row, row_lp in zip(generated.tolist(), logprobs):
             cut = stop_length(self.tokenizer, row)
             row = row[:cut] if cut is not None else row
             results.append(strip_trailing(row, self._drop))
+            self.last_logprobs.append(row_lp[: len(results[-1])])
         if cacheable:
             self._cache = after_generate(getattr(out, cache_field(), None), ids, mask, seqs, results, generated)
         self.stats.add(len(seqs), sum(len(r) for r in results), time.perf_counter() - t0,

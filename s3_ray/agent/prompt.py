@@ -2,7 +2,9 @@
 
 The prompt is one user message: the instruction (with this run's budgets written in), the marker
 line, the question and the initial naive-RAG documents. The marker line is kept verbatim so that a
-trajectory can always be split into "prompt" and "searcher's work" by text alone.
+trajectory can always be split into "prompt" and "searcher's work" by text alone. The instruction
+is `INSTRUCTION`, or `INSTRUCTION_SELECT_INITIAL` when `rollout.select_initial` makes the initial
+documents selectable (only the documents the searcher keeps then reach the answer model).
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ numbered from Doc 1. Next turn, keep the useful ones of that block (at most {kee
 <search_complete>True</search_complete>. Only kept documents reach the answer model. At most \
 {max_turns} searches of {top_k} new documents each."""
 
+INSTRUCTION_SELECT_INITIAL = """You collect documents for a separate answer model; do not answer the \
+question yourself. Only kept documents reach the answer model, the documents below included. First \
+keep the useful ones of the documents below (at most {keep_per_turn}), e.g. \
+<important_info>[1, 2]</important_info>; if they are enough, write \
+<search_complete>True</search_complete>. Otherwise search: <query>{{"query": "your query"}}</query>. \
+Results arrive in <information>, numbered from Doc 1. Next turn, keep the useful ones of that block \
+(at most {keep_per_turn}), then either search again or write <search_complete>True</search_complete>. \
+At most {max_turns} searches of {top_k} new documents each."""
+"""The instruction with `rollout.select_initial`: the initial documents are selected like any block."""
+
 
 def build_searcher_messages(
     question: str, init_passages: Sequence[Passage], budget: RolloutConfig
@@ -38,7 +50,8 @@ def build_searcher_messages(
     """
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question must be a non-empty string, got {question!r}")
-    instruction = INSTRUCTION.format(
+    template = INSTRUCTION_SELECT_INITIAL if budget.select_initial else INSTRUCTION
+    instruction = template.format(
         keep_per_turn=budget.keep_per_turn, max_turns=budget.max_turns, top_k=budget.top_k
     )
     docs = format_docs(init_passages) if init_passages else "No initial documents.\n"

@@ -66,9 +66,19 @@ def run_rollout(
         for item, docs in zip(items, init_passages)
     ]
 
-    def append(i: int, ids: list[int], mask: int) -> None:
+    behaviour: list[list[float] | None] = [[] for _ in items]  # None once a turn came without log-probs
+
+    def append(i: int, ids: list[int], mask: int, logprobs: list[float] | None = None) -> None:
         trajs[i].response_ids.extend(ids)
         trajs[i].loss_mask.extend([mask] * len(ids))
+        row = behaviour[i]
+        if row is not None:
+            if mask == 0:
+                row.extend([0.0] * len(ids))
+            elif logprobs is not None and len(logprobs) == len(ids):
+                row.extend(logprobs)
+            else:
+                behaviour[i] = None
 
     def env_ids(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
@@ -83,9 +93,14 @@ def run_rollout(
             outputs = policy.generate([(trajs[i].prompt_ids + trajs[i].response_ids)[-limit:] for i in active])
             if len(outputs) != len(active):
                 raise ValueError(f"policy returned {len(outputs)} turns for {len(active)} sequences")
+            # the log-probs the engine sampled with and the version of its weights, when it reports them
+            sampled = getattr(policy, "last_logprobs", None)
+            sampled = sampled if isinstance(sampled, list) and len(sampled) == len(active) else [None] * len(active)
+            version = int(getattr(policy, "version", 0))
             searching: list[tuple[int, str]] = []
-            for i, ids in zip(active, outputs):
-                append(i, list(ids), 1)
+            for i, ids, lps in zip(active, outputs, sampled):
+                append(i, list(ids), 1, lps)
+                trajs[i].turn_versions.append(version)
                 query = episodes[i].step(tokenizer.decode(list(ids), skip_special_tokens=True))
                 if query is not None:
                     searching.append((i, query))
@@ -101,7 +116,8 @@ def run_rollout(
         if callable(release):
             release()
 
-    for ep, traj in zip(episodes, trajs):
+    for ep, traj, row in zip(episodes, trajs, behaviour):
+        traj.behaviour_logprobs = row
         if not ep.done:
             raise RuntimeError(f"episode {ep.item.id!r} still live after {max_generations} generations")
         traj.turns = ep.turns

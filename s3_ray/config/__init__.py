@@ -56,6 +56,14 @@ class S3Config(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _async_engine(self) -> "S3Config":
+        if self.train.async_.enabled and self.searcher.backend != "transformers":
+            raise ValueError(f"train.async.max_staleness={self.train.async_.max_staleness} runs rollout workers with a "
+                             f"transformers engine (HFPolicy); searcher.backend={self.searcher.backend!r} is not "
+                             "supported there yet")
+        return self
+
+    @model_validator(mode="after")
     def _gpus_fit(self) -> "S3Config":
         s, r, g = self.serve, self.retrieval, self.generator
         if r.backend != "bm25" and r.faiss_gpu is True and 0 < s.retriever_gpus < 1:

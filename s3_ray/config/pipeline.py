@@ -156,6 +156,18 @@ class RolloutConfig(StrictModel):
     keep_unselected: bool = Field(
         True, description="A block the searcher did not annotate keeps its top keep_per_turn documents."
     )
+    select_initial: bool = Field(
+        False, description="The init_k initial documents reach the generator only if the searcher keeps them: the "
+        "first <important_info> written before the first search selects from them (ids 1..init_k, at most "
+        "keep_per_turn; none written: none kept, whatever keep_unselected), and the prompt says so. False (s3 "
+        "as shipped): they always reach the generator and ids that refer to them are only validated.")
+
+    @model_validator(mode="after")
+    def _selection_can_keep(self) -> "RolloutConfig":
+        if self.select_initial and self.keep_per_turn < 1:
+            raise ValueError("rollout.select_initial needs rollout.keep_per_turn >= 1: with 0 no document could "
+                             "ever reach the generator")
+        return self
 
 
 class RewardConfig(StrictModel):

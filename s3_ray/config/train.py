@@ -5,15 +5,50 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from s3_ray.config.base import StrictModel
 
 
+class AsyncConfig(StrictModel):
+    """`train.async`: rollout workers that keep generating while the trainer updates
+    (s3_ray/rl/loop/group_buffer.py, s3_ray/rl/loop/async_trainer.py). `max_staleness: 0` (the
+    default) is the synchronous trainer, unchanged."""
+
+    max_staleness: int = Field(
+        0, ge=0, description="S: no group trains more than S policy versions after the one that began it. Rollout "
+                             "workers may run ahead of the trainer by S steps (generated + in-flight groups <= "
+                             "(S + step) x questions_per_step); 0 = the synchronous trainer.")
+    rollout_workers: int = Field(2, ge=1, description="Rollout worker actors, each with its own rollout engine.")
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs per rollout worker actor.")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker actor.")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per rollout worker (e.g. {rollout_node: 0.01}).")
+    correction: Literal["tis", "decoupled"] = Field(
+        "tis", description="Off-policy correction of tokens sampled by an older policy. tis: truncated importance "
+                           "sampling, each token's policy-gradient term times min(pi_old / pi_behaviour, tis_cap); "
+                           "decoupled: decoupled PPO (AReaL), the clip taken around the proximal policy (the policy "
+                           "before this update) and pi_proximal / pi_behaviour weighting each token, tokens whose "
+                           "weight exceeds tis_cap masked out.")
+    tis_cap: float = Field(2.0, ge=1.0, description="C: the cap of the per-token importance weight.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_staleness > 0
+
+
 class TrainConfig(StrictModel):
+    # `async` is a Python keyword: the field is `async_`, read and written as "async"
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
     algorithm: Literal["grpo", "ppo", "rloo"] = Field(
         "grpo", description="grpo/rloo: group-relative, no critic; ppo: value head + GAE (the paper's setting).")
     steps: int = Field(6, ge=0)
+    max_wall_s: float | None = Field(
+        None, gt=0, description="Wall-time budget of the RL steps: training stops (with a checkpoint) after the first "
+                                "step that ends this many seconds after this process began its first RL step (a "
+                                "resumed run counts afresh). None: train.steps alone decides.")
     questions_per_step: int = Field(
         4, ge=1, description="Questions per RL step over all workers (the global batch; each worker takes its share).")
     group_size: int = Field(2, ge=1, description="Trajectories per question (GRPO groups).")
@@ -108,6 +143,9 @@ class TrainConfig(StrictModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] | None = Field(
         None, description="Module names LoRA wraps; None: every linear layer but the output head.")
+    async_: AsyncConfig = Field(
+        default_factory=AsyncConfig, alias="async",
+        description="Asynchronous RL: rollout workers, bounded staleness, off-policy correction.")
     # collapse guard
     guard_malformed_rate: float | None = Field(
         0.6, gt=0, le=1, description="Stop when this share of searcher turns is malformed (None: off).")
@@ -127,4 +165,8 @@ class TrainConfig(StrictModel):
             raise ValueError("train.parallel=fsdp does not combine with train.lora_rank > 0: a LoRA run trains a few "
                              "MB of adapter over frozen base weights, which DDP replicates cheaply; use "
                              "train.parallel=ddp with LoRA, or train.lora_rank=0 with FSDP")
+        if self.async_.enabled and (self.num_workers != 1 or self.algorithm == "ppo"):
+            raise ValueError(f"train.async.max_staleness={self.async_.max_staleness} trains in one process without a "
+                             f"critic: it needs train.num_workers=1 (got {self.num_workers}) and train.algorithm grpo "
+                             f"or rloo (got {self.algorithm}); the rollout workers are train.async.rollout_workers")
         return self

@@ -55,6 +55,10 @@ def step_line(record: dict[str, Any], steps: int, groups: int) -> str:
     >>> step_line({"step": 2, "reward": -0.125, "adv_std": 0.0, "kl": 0.00123, "malformed_rate": 0.25,
     ...            "time/step_s": 41.3, "update_skipped": 1.0}, steps=4, groups=8)
     'step 2/4  reward -0.125  signal none  KL 0.0012  malformed 25%  41 s  (update skipped: flat loss)'
+    >>> step_line({"step": 3, "reward": 0.5, "kl": 0.0, "malformed_rate": 0.0, "time/step_s": 9.0,
+    ...            "async/staleness_mean": 0.5, "async/staleness_max": 1, "is/weight_mean": 0.98,
+    ...            "is/weight_max": 2.4, "is/truncated_share": 0.01}, steps=4, groups=2).split("  ")[-2:]
+    ['stale 0.5 (max 1)', 'IS 0.98 (max 2.40, cut 1%)']
     """
     reward, kl = _number(record, "reward"), _number(record, "kl")
     malformed, seconds = _number(record, "malformed_rate"), _number(record, "time/step_s")
@@ -64,6 +68,13 @@ def step_line(record: dict[str, Any], steps: int, groups: int) -> str:
              f"KL {kl:.4f}" if kl is not None else "KL -",
              f"malformed {100 * malformed:.0f}%" if malformed is not None else "malformed -",
              format_seconds(seconds) if seconds is not None else "- s"]
+    stale = _number(record, "async/staleness_mean")
+    if stale is not None:  # asynchronous training: the age of the step's groups and the importance weights
+        parts.append(f"stale {stale:.1f} (max {int(_number(record, 'async/staleness_max') or 0)})")
+        weight, top = _number(record, "is/weight_mean"), _number(record, "is/weight_max")
+        if weight is not None and top is not None:
+            cut = _number(record, "is/truncated_share") or 0.0
+            parts.append(f"IS {weight:.2f} (max {top:.2f}, cut {100 * cut:.0f}%)")
     line = "  ".join(parts)
     if _number(record, "update_skipped"):
         line += "  (update skipped: flat loss)"
@@ -103,7 +114,9 @@ class TrainingView:
         self.rl_bar.set(step)
         if record.get("stop_reason"):
             self.console.info(f"the collapse guard stopped training after step {step}: {record['stop_reason']}")
-        if step >= self.steps or record.get("stop_reason"):
+        if record.get("wall_budget_reached"):
+            self.console.info(f"the wall-time budget (train.max_wall_s) ended training after step {step}")
+        if step >= self.steps or record.get("stop_reason") or record.get("wall_budget_reached"):
             self.rl_bar.close()  # the last step: what follows (checkpoint, shutdown) is not a step
 
     def _warmup(self, record: dict[str, Any]) -> None:

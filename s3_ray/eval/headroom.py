@@ -8,6 +8,8 @@ embedded world and HotpotQA-style sets do), one method's evaluation records (`co
 * multi-hop questions (two or more supporting passages) whose context holds all of them, and
   GenAcc there: how well the generator answers once the evidence is found;
 * those whose context misses one, and GenAcc there;
+* `context_docs`: documents per question in the method's contexts (a shorter context has fewer
+  distractors);
 * `ceiling_all_found`: the method's GenAcc if every multi-hop question had all its evidence and
   was answered at the "found" rate (the method's own, or `found_rate`: e.g. one pooled over
   several evaluations, when a method found too few to have a rate of its own).
@@ -43,6 +45,8 @@ def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAIt
     >>> r = support_breakdown(recs, items)
     >>> r["genacc"], r["multi_hop"]["all_found"], r["multi_hop"]["genacc_found"], r["ceiling_all_found"]
     (0.6667, 1, 1.0, 1.0)
+    >>> r["context_docs"]
+    1.6667
     >>> r["by_type"]["bridge"]
     {'n': 2, 'genacc': 0.5}
     >>> support_breakdown(recs, items, found_rate=0.5)["ceiling_all_found"]
@@ -53,12 +57,14 @@ def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAIt
     found: list[float] = []
     missing: list[float] = []
     single: list[float] = []
+    docs: list[float] = []
     for rec in records:
         qid = str(rec["id"])
         if qid not in by_id:
             raise ValueError(f"evaluation record {qid!r} is not one of the given questions")
         meta = by_id[qid].meta
         acc = float(rec["genacc"])
+        docs.append(float(len(rec.get("context_ids") or [])))
         by_type[str(meta.get("type", "unknown"))].append(acc)
         support = [str(s) for s in meta.get("support") or []]
         if len(support) < 2:
@@ -82,4 +88,5 @@ def support_breakdown(records: Iterable[Mapping[str, Any]], items: Iterable[QAIt
         "multi_hop": {"n": len(found) + len(missing), "all_found": len(found), "genacc_found": rate_found,
                       "genacc_missing": _rate(missing)},
         "ceiling_all_found": ceiling,
+        "context_docs": _rate(docs),
     }

@@ -48,8 +48,8 @@ def run_demo(cfg: S3Config, start_services: Callable[[S3Config], tuple[Any, Any]
     with st.stage("2/5 start Ray and the retriever + generator Serve apps"):
         retriever, generator = start_services(cfg)
     with st.stage("3/5 precompute naive-RAG baselines (train + test)"):
-        for split in ("train", cfg.eval.split):
-            precompute_split(cfg, split, retriever, generator, log=log)
+        for split in ("train", cfg.eval.split):  # as wide as the generator batches
+            precompute_split(cfg, split, retriever, generator, batch_size=cfg.generator.batch_size, log=log)
     with st.stage("4/5 train the searcher (Ray Train, GRPO)"):
         baseline = open_baseline(cfg, "train")
         items, dropped = training_items(cfg, baseline)  # stage 3 logged what the filter keeps

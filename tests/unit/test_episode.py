@@ -164,3 +164,62 @@ def test_context_dedups_by_id():
     dup = Passage("p1", "same id, other text")
     ep = Episode(ITEM, [P["p1"], dup], budget())
     assert [p.contents for p in ep.context()] == [P["p1"].contents]
+
+
+# ---------------------------------------------------------------- rollout.select_initial
+
+def test_select_initial_keeps_only_the_initial_documents_the_first_turn_names():
+    ep = Episode(ITEM, [P["p1"], P["p2"], P["p3"]], budget(init_k=3, select_initial=True))
+    assert ep.step(q("mayor", "[3, 1, 2]")) == "mayor"  # keep_per_turn=2: the first two named
+    assert ep.turns[0].selected_ids == ["p3", "p1"]
+    ep.observe(hits("p4", "p5", "p6"))
+    assert ep.step(done("[2]")) is None
+    assert ep.turns[1].selected_ids == ["p5"]
+    # p2 was shown, never kept: it does not reach the generator; kept initial documents come first
+    assert [p.id for p in ep.context()] == ["p3", "p1", "p5"]
+
+
+def test_select_initial_stopping_at_once_keeps_what_it_names_and_no_tag_keeps_nothing():
+    ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=True))
+    ep.step(done("[2]"))
+    assert [p.id for p in ep.context()] == ["p2"] and ep.turns[0].selected_ids == ["p2"]
+    # no tag before the first search: none of the initial documents is kept, whatever keep_unselected
+    ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=True, keep_unselected=True))
+    ep.step(q("mayor"))
+    assert ep.turns[0].selected_ids == []
+    ep.observe(hits("p3", "p4"))
+    ep.step(q("born"))  # the retrieved block keeps its default as before
+    assert ep.turns[1].selected_ids == ["p3", "p4"]
+    ep.observe(hits("p5"))
+    ep.step(done("[]"))
+    assert [p.id for p in ep.context()] == ["p3", "p4"]
+
+
+def test_select_initial_out_of_range_ids_are_malformed_as_before_and_the_rest_kept():
+    ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=True))
+    ep.step(done("[2, 5]"))
+    assert ep.turns[0].malformed == "ids_out_of_range"
+    assert [p.id for p in ep.context()] == ["p2"]
+    ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=True))
+    ep.step(done("[7]"))
+    assert ep.turns[0].malformed == "ids_out_of_range" and ep.context() == []
+
+
+def test_select_initial_first_tag_before_the_first_search_wins_across_a_nudge():
+    ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=True))
+    assert ep.step("<important_info>[2]</important_info>I am not sure.") is None and ep.needs_nudge
+    assert ep.step(q("mayor", "[1]")) == "mayor"
+    assert ep.turns[-1].selected_ids == ["p2"]
+    ep.observe(hits("p3"))
+    ep.step(done("[1]"))
+    assert [p.id for p in ep.context()] == ["p2", "p3"]
+
+
+def test_select_initial_off_keeps_every_initial_document_whatever_the_tags_say():
+    for first in (q("mayor", "[2]"), q("mayor"), q("mayor", "[9]")):
+        ep = Episode(ITEM, [P["p1"], P["p2"]], budget(select_initial=False))
+        ep.step(first)
+        assert ep.turns[0].selected_ids == []
+        ep.observe(hits("p3", "p4"))
+        ep.step(done("[2]"))
+        assert [p.id for p in ep.context()] == ["p1", "p2", "p4"]

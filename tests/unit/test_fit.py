@@ -105,3 +105,27 @@ def test_fit_stops_on_the_guard_with_a_last_checkpoint(tmp_path) -> None:
     reason = fit(policy, trainer, FitHooks(report=rec.report), log=lambda msg: None)
     assert reason is not None and "non-finite loss" in reason
     assert rec.reports == [(1, True)]
+
+
+def test_fit_ends_after_the_first_step_past_its_wall_time_budget_with_a_checkpoint(tmp_path) -> None:
+    """train.max_wall_s: the step that crosses the budget is the last, checkpointed, and its metrics
+    say so; every step carries the seconds since the RL loop began. Without a budget all steps run."""
+    import time
+
+    _, policy, trainer = _setup(ParityScorer(), **{"train.steps": 5, "train.warmup_steps": 0,
+                                                   "train.checkpoint_every": 10, "train.max_wall_s": 0.5})
+
+    def slow_step():  # a step of 0.3 s (the loop is under test, not the update): the second ends past 0.5 s
+        time.sleep(0.3)
+        trainer.steps_done += 1
+        return {"loss": 0.0, "reward": 0.5, "kl": 0.0}
+
+    trainer.train_step = slow_step
+    rec = Recorder(tmp_path)
+    said: list[str] = []
+    assert fit(policy, trainer, FitHooks(report=rec.report, log=rec.log), log=said.append) is None
+    assert rec.reports == [(1, False), (2, True)]
+    assert [m.get("wall_budget_reached") for m in rec.logged] == [None, 1.0]
+    elapsed = [m["time/elapsed_s"] for m in rec.logged]
+    assert 0.3 <= elapsed[0] < 0.5 <= elapsed[1]
+    assert any("max_wall_s" in line for line in said)

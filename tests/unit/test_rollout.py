@@ -302,6 +302,40 @@ def test_a_group_shares_its_prompt_prefill_and_decodes_the_same(tiny):
     assert p1.stats.as_dict()["decode_seconds"] > 0
 
 
+def test_distinct_prompts_share_their_common_instruction_prefill(tiny):
+    """Different questions open with the same instruction: a batch reads it once, and greedy turns
+    equal a full left-padded prefill of every row over a whole multi-turn rollout."""
+    from s3_ray.agent.policy import MIN_SHARED_PREFIX, _common_prefix
+
+    model, tok = tiny
+    cfg = SEARCHER.model_copy(update={"max_new_tokens": 12, "temperature": 0.0})
+    runs = {}
+    for share in (False, True):
+        policy = HFPolicy(model, tok, cfg, share_prefill=share)
+        first_call: list[int] = []
+        policy.generate = _recording(policy.generate, first_call, policy)
+        runs[share] = (run_rollout(ITEMS, policy, tok, FakeRetriever(), BUDGET, cfg), policy, first_call)
+    (plain, p0, fed0), (shared, p1, fed1) = runs[False], runs[True]
+    prompts = [t.prompt_ids for t in plain]
+    common = _common_prefix(prompts)
+    assert common >= MIN_SHARED_PREFIX and len({tuple(p) for p in prompts}) == len(ITEMS)
+    for a, b in zip(plain, shared):
+        assert a.response_ids == b.response_ids and a.loss_mask == b.loss_mask
+    # the first call read the common prefix once instead of once per row
+    assert fed0[0] - fed1[0] == (len(ITEMS) - 1) * common
+    assert p1.prefill_tokens < p0.prefill_tokens
+
+
+def _recording(generate, fed: list[int], policy):
+    """Wrap `policy.generate` to note the positions each call reads."""
+    def wrapped(seqs):
+        before = policy.prefill_tokens
+        out = generate(seqs)
+        fed.append(policy.prefill_tokens - before)
+        return out
+    return wrapped
+
+
 def test_turn_cache_falls_back_to_a_full_prefill(tiny):
     """Sequences that extend no cached row (a new batch) or a layout grown too wide start over."""
     model, tok = tiny

@@ -108,18 +108,21 @@ def test_the_update_sees_only_the_kept_groups(tok) -> None:
 
     model, tk = load_causal_lm("tiny-random", for_training=True)
     trainer = _trainer((copy.deepcopy(model), tk), SIGNAL, **{"train.min_signal_groups": 1})
-    seen = []
+    seen, rewards = [], []
     real = trainer.updater.step
-    trainer.updater.step = lambda trajs, filler=None: (seen.append([t.item.id for t in trajs]), real(trajs, filler))[1]
+    trainer.updater.step = lambda trajs, filler=None: (seen.append([t.item.id for t in trajs]),
+                                                       rewards.append([t.reward for t in trajs]), real(trajs, filler))[2]
     metrics = trainer.train_step()
     assert seen and set(seen[0]) <= SIGNAL and len(seen[0]) % 2 == 0
     assert metrics["sample/signal_groups"] >= 1 and metrics["update_skipped"] == 0.0
     assert metrics["time/per_signal_group_s"] > 0
+    # the reward of what was learned: the groups the update saw (equal sizes: their trajectories' mean)
+    assert metrics["reward_learned"] == pytest.approx(sum(rewards[0]) / len(rewards[0]))
 
     flat = _trainer((copy.deepcopy(model), tk), set(), **{"train.min_signal_groups": 1, "train.max_sample_rounds": 2})
     flat.updater.step = lambda *a, **k: pytest.fail("a step with no signal must not run the update")
     metrics = flat.train_step()
-    assert metrics["update_skipped"] == 1.0 and metrics["sample/rounds"] == 2.0
+    assert metrics["update_skipped"] == 1.0 and metrics["sample/rounds"] == 2.0 and "reward_learned" not in metrics
 
 
 def test_curriculum_state_survives_checkpoint_and_resume(tok) -> None:

@@ -8,30 +8,12 @@ import statistics
 
 import torch
 
-from fakes import FakeRetriever
+from fakes import FakeRetriever, LowTokenScorer
 from s3_ray.clients import RetrieverClient
 from s3_ray.config import load_config
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.loop.trainer import SearcherTrainer
-from s3_ray.types import QAItem, RewardResult, Trajectory
-
-
-class LowTokenScorer:
-    """Reward = share of the searcher's generated tokens whose id lies in the lower half of the
-    vocabulary: about 0.5 for a random model, 1.0 for one that learned it; retrieved text is
-    masked out, so only what the policy wrote counts."""
-
-    def __init__(self, vocab: int, low: bool = True) -> None:
-        self.half = vocab // 2
-        self.low = low
-
-    def score(self, trajs: list[Trajectory]) -> list[RewardResult]:
-        out = []
-        for t in trajs:
-            own = [tok for tok, m in zip(t.response_ids, t.loss_mask) if m]
-            reward = sum((tok < self.half) == self.low for tok in own) / len(own) if own else 0.0
-            out.append(RewardResult(reward, {"genacc": reward}))
-        return out
+from s3_ray.types import QAItem
 
 
 def _run(steps: int, lr: float, low: bool = True) -> list[float]:

@@ -13,7 +13,8 @@ from s3_ray.config import RolloutConfig, TrainConfig
 from s3_ray.models import load_causal_lm
 from s3_ray.rl.algo.batch import collate, token_logprobs
 from s3_ray.rl.algo.update import PolicyUpdater
-from s3_ray.rl.loop.warmup import document_names, first_clause, follow_turn, format_demonstrations, sft_step
+from s3_ray.rl.loop.warmup import (document_names, first_clause, follow_turn, format_demonstrations, initial_evidence,
+                                   sft_step)
 from s3_ray.types import Passage, QAItem, Trajectory
 
 torch.set_num_threads(1)
@@ -256,6 +257,33 @@ def test_follow_turn_parses_as_a_search_that_keeps_documents():
 
     turn = parse_turn(follow_turn([2, 1], 'Anselm "Dreil"'), block_size=3)
     assert turn.query == 'Anselm "Dreil"' and list(turn.selected) == [2, 1] and not turn.complete and turn.malformed is None
+
+
+def test_select_initial_demonstrations_keep_the_initial_evidence_in_every_first_turn():
+    from s3_ray.agent.protocol import parse_turn
+
+    docs = [Passage("w7", '"Other"\nNothing here.'), Passage("w1", '"Mabun Mills"\nIts headquarters are in Bimham.'),
+            Passage("w9", '"Letters"\nSent to Hugo Bumtel in 1870.')]
+    items = [QAItem(f"q{i}", f"Who is the mayor of the town where Mabun Mills {i} is headquartered?",
+                    ("Hugo Bumtel", "Bumtel"), {"type": "bridge", "support": ["w1", "w2"]}) for i in range(40)]
+    assert initial_evidence(items[0], docs, 2) == [2, 3]  # the supporting passage, then the one naming the answer
+    budget = RolloutConfig(keep_per_turn=1, select_initial=True)
+    targets = format_demonstrations(items, [docs] * 40, budget, random.Random(0), follow_fraction=0.5)
+    turns = [parse_turn(t, len(docs)) for t in targets]
+    # every kind of first turn, search turns included, keeps the evidence (at most keep_per_turn of it)
+    assert all(t.startswith("<important_info>[2]</important_info>\n") for t in targets)
+    assert all(turn.selected == (2,) and turn.malformed is None for turn in turns)
+    assert any(turn.complete for turn in turns) and any(turn.query for turn in turns)
+    # no evidence among the initial documents: keep none of them, and search rather than stop with nothing
+    bare = [Passage("x1", '"Other"\nNothing here.'), Passage("x2", '"Elsewhere"\nStill nothing.')]
+    targets = format_demonstrations(items, [bare] * 40, budget, random.Random(0), stop_fraction=1.0)
+    assert all(t.startswith("<important_info>[]</important_info>\n<query>") for t in targets)
+    # off: the demonstrations are those of before (search turns carry no tag; random keeps)
+    off = format_demonstrations(items, [docs] * 40, RolloutConfig(keep_per_turn=1, select_initial=False),
+                                random.Random(0), follow_fraction=0.5)
+    assert off == format_demonstrations(items, [docs] * 40, RolloutConfig(keep_per_turn=1), random.Random(0),
+                                        follow_fraction=0.5)
+    assert any(t.startswith("<query>") for t in off)
 
 
 def test_sft_step_lowers_target_loss_and_ignores_prompt(model_tok):

@@ -32,6 +32,9 @@ class TrainBatch:
     loss_mask: Tensor        # (B, T-1) 1 where the predicted token (t + 1) is a searcher token
     rewards: Tensor          # (B,) float32 trajectory rewards
     group_ids: list[str]     # (B,) question id of each row: the GRPO group
+    # (B, T-1) the log-prob each trained token was sampled with (the rollout's behaviour policy),
+    # on the token grid; None unless every trajectory recorded them
+    behaviour_logp: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -51,6 +54,7 @@ class TrainBatch:
             loss_mask=self.loss_mask[start:stop, : length - 1],
             rewards=self.rewards[start:stop],
             group_ids=self.group_ids[start:stop],
+            behaviour_logp=None if self.behaviour_logp is None else self.behaviour_logp[start:stop, : length - 1],
         )
 
 
@@ -92,6 +96,7 @@ def collate(trajectories: list[Trajectory], pad_id: int, max_len: int | None = N
     if max_len is not None and max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     rows: list[tuple[list[int], list[int]]] = []
+    behaviour: list[list[float]] | None = [] if all(t.behaviour_logprobs is not None for t in trajectories) else None
     for i, traj in enumerate(trajectories):
         _check(traj, i)
         prompt = list(traj.prompt_ids)
@@ -107,6 +112,12 @@ def collate(trajectories: list[Trajectory], pad_id: int, max_len: int | None = N
         # token grid entry t scores token t + 1: prompt tokens after the first are never trained
         grid = [0] * (len(prompt) - 1) + [int(m) for m in traj.loss_mask]
         rows.append((ids, grid))
+        if behaviour is not None:
+            sampled = list(traj.behaviour_logprobs or [])
+            if len(sampled) != len(traj.response_ids):
+                raise ValueError(f"trajectory {i} (item {traj.item.id!r}): {len(sampled)} behaviour log-probs for "
+                                 f"{len(traj.response_ids)} response tokens")
+            behaviour.append([0.0] * (len(prompt) - 1) + [float(x) for x in sampled])
     width = max(len(ids) for ids, _ in rows)
     b = len(rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -117,12 +128,19 @@ def collate(trajectories: list[Trajectory], pad_id: int, max_len: int | None = N
         attention[i, : len(ids)] = 1
         if grid:
             loss_mask[i, : len(grid)] = torch.tensor(grid, dtype=torch.long)
+    behaviour_logp = None
+    if behaviour is not None:
+        behaviour_logp = torch.zeros((b, width - 1), dtype=torch.float32)
+        for i, row in enumerate(behaviour):
+            if row:
+                behaviour_logp[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention,
         loss_mask=loss_mask,
         rewards=torch.tensor([float(t.reward) for t in trajectories], dtype=torch.float32),
         group_ids=[t.item.id for t in trajectories],
+        behaviour_logp=behaviour_logp,
     )
 
 

@@ -47,8 +47,12 @@ def clipped_policy_loss(
     mask: Tensor,
     clip_ratio: float,
     normalizer: float | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A), as a token-level mean.
+
+    `weights` (B, T), without gradient, multiply each token's term: the off-policy correction of
+    tokens sampled by an older policy (`s3_ray.rl.algo.offpolicy`); None leaves the loss as it is.
 
     `advantages` is (B, T) or (B,) (one value per sequence, broadcast over its tokens).
     Stats: clip_frac (share of tokens where the clipped branch was chosen), approx_kl
@@ -67,6 +71,8 @@ def clipped_policy_loss(
     pg_unclipped = -advantages * ratio
     pg_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
     per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach()
     loss = masked_sum_mean(per_token, mask, normalizer)
     with torch.no_grad():
         stats = {

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from s3_ray.config import TrainConfig
-from s3_ray.models import unwrap
 from s3_ray.rl.algo.advantages import (
     gae,
     group_relative_advantages,
@@ -47,7 +46,9 @@ from s3_ray.rl.algo.batch import (
     grid_logprobs,
     token_logprobs,
 )
+from s3_ray.rl.algo.critic import ValueHead, last_token_rewards
 from s3_ray.rl.algo.kl_control import KLController
+from s3_ray.rl.algo.offpolicy import WeightStats, importance_weights
 from s3_ray.rl.model import collectives, sharding
 from s3_ray.rl.algo.losses import (
     clipped_policy_loss,
@@ -64,33 +65,6 @@ def _is_distributed(model: Any) -> bool:
     return wrapped and collectives.active()
 
 
-def _hidden_size(model: Any) -> int:
-    config = unwrap(model).config
-    size = getattr(config, "hidden_size", None)
-    if size is None and hasattr(config, "get_text_config"):
-        size = getattr(config.get_text_config(), "hidden_size", None)
-    if size is None:
-        raise ValueError(f"cannot find hidden_size in the config of {type(unwrap(model)).__name__}")
-    return int(size)
-
-
-class ValueHead(nn.Module):
-    """A linear critic on the policy's last hidden state: (B, T, H) -> (B, T).
-
-    It reads *detached* hidden states, so the value loss trains only this head and never moves
-    the policy (the paper uses a separate critic model; sharing a trunk would couple the two).
-    """
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return self.proj(hidden.detach().float()).squeeze(-1)
-
-
 def blank_row(t: Trajectory) -> Trajectory:
     """A copy of `t` that trains nothing (loss mask cleared, reward 0, a group of its own)."""
     from dataclasses import replace
@@ -99,22 +73,6 @@ def blank_row(t: Trajectory) -> Trajectory:
 
     return replace(t, item=QAItem("__padding__", t.item.question, t.item.golden_answers), reward=0.0,
                    loss_mask=[0] * len(t.loss_mask), metrics={})
-
-
-def last_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
-    """(B, T) zeros with each row's reward on its last masked-in token (rows without one get none).
-
-    >>> last_token_rewards(torch.tensor([2.0, 5.0]), torch.tensor([[1, 1, 0], [0, 0, 0]]))
-    tensor([[0., 2., 0.],
-            [0., 0., 0.]])
-    """
-    b, t_len = mask.shape
-    out = torch.zeros((b, t_len), dtype=rewards.dtype)
-    positions = torch.arange(t_len).expand(b, t_len)
-    last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
-    rows = torch.nonzero(last >= 0).squeeze(-1)
-    out[rows, last[rows]] = rewards[rows]
-    return out
 
 
 class PolicyUpdater:
@@ -143,16 +101,13 @@ class PolicyUpdater:
         groups: list[dict[str, Any]] = [{"params": self.policy_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
         self.value_head: ValueHead | None = None
         if cfg.algorithm == "ppo":
-            device = next(model.parameters()).device
-            self.value_head = ValueHead(_hidden_size(model)).to(device)
-            groups.append({
-                "params": list(self.value_head.parameters()),
-                "lr": cfg.value_lr if cfg.value_lr is not None else 10 * cfg.lr,
-                "weight_decay": 0.0,
-            })
+            self.value_head = ValueHead.for_policy(model)
+            groups.append(self.value_head.param_group(cfg))
         elif cfg.algorithm not in ("grpo", "rloo"):
             raise ValueError(f"train.algorithm must be 'grpo', 'rloo' or 'ppo', got {cfg.algorithm!r}")
         self.optimizer = torch.optim.AdamW(groups)
+        # asynchronous training: correct each token for the policy that sampled it (rl/algo/offpolicy.py)
+        self.correction = cfg.async_.correction if cfg.async_.enabled else None
 
     # ---------------------------------------------------------------- state
     def state_dict(self, keep: bool = True) -> dict[str, Any]:
@@ -269,6 +224,9 @@ class PolicyUpdater:
             ids = sorted({t.item.id for t in trajectories})
             raise ValueError(f"no searcher tokens (loss_mask all 0) in the batch of items {ids[:5]}")
         mask = batch.loss_mask.float()
+        if self.correction is not None and batch.behaviour_logp is None:
+            raise ValueError(f"train.async.correction={self.correction} needs the log-probs the rollout sampled with: "
+                             "some trajectories carry no behaviour_logprobs (the rollout engine did not report them)")
         # One on-policy epoch without a critic: the old policy *is* the current one, so the ratio's
         # denominator is the forward pass's own detached log-probs and a whole extra pass is saved.
         on_policy = self.ppo_epochs == 1 and self.value_head is None
@@ -340,6 +298,7 @@ class PolicyUpdater:
         if self.value_head is not None:
             sums.update({"value_loss": 0.0, "vf_clip_frac": 0.0})
         starts = list(range(0, len(batch), self.micro_batch))
+        weight_stats = WeightStats()
         for i, start in enumerate(starts):
             stop = min(start + self.micro_batch, len(batch))
             mb = batch.rows(start, stop)
@@ -350,7 +309,13 @@ class PolicyUpdater:
             with sharding.grad_sync(self.model, sync=i == len(starts) - 1):
                 logp, entropy, values = self._forward(mb, entropy_grad=cfg.entropy_coef > 0)
                 old = logp.detach() if old_logp is None else old_logp[start:stop, :width]
-                pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok)
+                weights = None
+                if self.correction is not None and mb.behaviour_logp is not None:
+                    weights, raw = importance_weights(self.correction, old, mb.behaviour_logp, mmask,
+                                                      cfg.async_.tis_cap)
+                    weight_stats.add(weights, raw, mmask, cfg.async_.tis_cap)
+                pg, pg_stats = clipped_policy_loss(logp, old, adv[start:stop, :width], mmask, cfg.clip_ratio, n_tok,
+                                                   weights=weights)
                 ent = masked_sum_mean(entropy, mmask, n_tok)
                 loss = pg - cfg.entropy_coef * ent
                 if ref_logp is not None:
@@ -371,9 +336,11 @@ class PolicyUpdater:
             sums["entropy"] += ent.item()
             sums["clip_frac"] += pg_stats["clip_frac"] * share
             sums["approx_kl"] += pg_stats["approx_kl"] * share
+        sums.update(weight_stats.metrics())
         sums["grad_norm"] = sharding.total_norm(torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm))
         if self.value_head is not None:
-            self._sync_value_head_grads()
+            if _is_distributed(self.model):
+                self.value_head.average_grads()
             torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), cfg.max_grad_norm)
         sums["nonfinite_grad"] = 0.0 if torch.isfinite(torch.tensor(sums["grad_norm"])) else 1.0
         if not sums["nonfinite_grad"]:
@@ -410,13 +377,3 @@ class PolicyUpdater:
             return value
         (total,) = collectives.reduce_floats([value])
         return total / collectives.world_size()
-
-    def _sync_value_head_grads(self) -> None:
-        """Average the value head's gradients across workers (it lives outside the DDP wrapper)."""
-        if self.value_head is None or not _is_distributed(self.model):
-            return
-        world = collectives.world_size()
-        for p in self.value_head.parameters():
-            if p.grad is not None:
-                collectives.all_reduce_(p.grad)
-                p.grad /= world

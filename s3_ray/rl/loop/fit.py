@@ -8,7 +8,8 @@ differs between them is in `FitHooks`; the loop itself reads top to bottom:
    stream, guard streaks), or run the format warm-up, make it the KL reference and report it as
    "step 0" (the warmed-up policy, before any RL);
 2. for every remaining step: `trainer.train_step()` (rollout -> reward -> update), the collapse
-   guard (all ranks agree on a stop), the metrics log, a report with a checkpoint when one is due.
+   guard (all ranks agree on a stop), the metrics log, a report with a checkpoint when one is due;
+   with `train.max_wall_s` the loop also ends (with a checkpoint) after the first step past it.
 """
 
 from __future__ import annotations
@@ -83,24 +84,41 @@ def fit(policy: SearcherPolicy, trainer: SearcherTrainer, hooks: FitHooks, resum
             _report(hooks, policy, trainer, guard, {"step": 0, "warmup/loss": losses[-1], "reward": float("nan")},
                     step=0, due=True)
 
+    t_rl = time.perf_counter()
     for step in range(start, tc.steps):
         t0 = time.perf_counter()
         metrics = trainer.train_step()
         metrics["time/step_s"] = time.perf_counter() - t0
+        metrics["time/elapsed_s"] = time.perf_counter() - t_rl
         metrics["step"] = step + 1
         reason = agree_on_stop(guard.update(metrics))
         if reason is not None:
             metrics["stop_reason"] = reason
+        out_of_time = step + 1 < tc.steps and _past_budget(metrics["time/elapsed_s"], tc.max_wall_s)
+        if out_of_time:
+            metrics["wall_budget_reached"] = 1.0
         if hooks.log:
             hooks.log(metrics, step + 1)
-        due = (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps or reason is not None
+        due = (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps or reason is not None or out_of_time
         _report(hooks, policy, trainer, guard, metrics, step=step + 1, due=due)
         if reason is not None:
             log(f"[s3-ray] rank {policy.rank}: collapse guard stopped training after step {step + 1}: {reason}")
             return reason
         if hooks.after_step:
             hooks.after_step(step + 1)
+        if out_of_time:
+            log(f"[s3-ray] rank {policy.rank}: train.max_wall_s={tc.max_wall_s:g} reached after step {step + 1}")
+            return None
     return None
+
+
+def _past_budget(elapsed: float, budget: float | None) -> bool:
+    """Whether the wall-time budget is spent, agreed over all ranks (any rank's clock past it stops all:
+    they must leave the loop at the same step). No collective without a budget."""
+    if budget is None:
+        return False
+    (flag,) = collectives.reduce_floats([1.0 if elapsed >= budget else 0.0], op="max")
+    return flag > 0
 
 
 def _report(hooks: FitHooks, policy: SearcherPolicy, trainer: SearcherTrainer, guard: CollapseGuard,

@@ -15,7 +15,7 @@ from s3_ray.config import S3Config
 from s3_ray.models import unwrap
 from s3_ray.rl.model import collectives
 from s3_ray.rl.loop.curriculum import Curriculum
-from s3_ray.rl.loop.sampling import GroupSampler
+from s3_ray.rl.loop.sampling import GroupSampler, has_signal
 from s3_ray.rl.model.weight_sync import RolloutWeights
 from s3_ray.types import QAItem, RewardResult, Trajectory
 
@@ -184,6 +184,9 @@ class SearcherTrainer:
             metrics.update(self.curriculum.stats())
         metrics["context_tokens_mean"] = self._context_tokens(trajs)
         metrics["reward"] = sum(t.reward for t in trajs) / len(trajs)
+        learned = [g for g in sample.kept if has_signal(g)]
+        if learned:
+            metrics["reward_learned"] = learned_reward(learned)
         metrics["time/rollout_s"] = sample.rollout_s
         metrics["time/reward_s"] = sample.reward_s
         metrics["time/update_s"] = t_update
@@ -243,6 +246,17 @@ class SearcherTrainer:
         self.stream.load_state(state["stream"])
         if self.curriculum is not None and "curriculum" in state:
             self.curriculum.load_state(state["curriculum"])
+
+
+def learned_reward(groups: list[list[Trajectory]]) -> float:
+    """Mean over the groups that carry a gradient (rewards differ) of their mean reward.
+
+    >>> q = QAItem("q", "?", ("a",))
+    >>> learned_reward([[Trajectory(q, [1], reward=0.0), Trajectory(q, [1], reward=1.0)],
+    ...                 [Trajectory(q, [1], reward=1.0), Trajectory(q, [1], reward=1.0), Trajectory(q, [1], reward=0.0)]])
+    0.5833333333333333
+    """
+    return sum(sum(t.reward for t in g) / len(g) for g in groups) / len(groups)
 
 
 def attach_rewards(trajs: list[Trajectory], results: list[RewardResult]) -> list[float]:

@@ -9,6 +9,14 @@ With `follow_fraction` > 0 some search turns instead query a *name read in the i
 is used: the demonstration shows the move a multi-hop question needs (search the entity a passage
 points to), not which entity is right, so a small searcher samples second-hop queries often enough
 for Gain Beyond RAG to tell good ones from bad ones.
+
+With `rollout.select_initial` the initial documents reach the generator only if the first turn
+keeps them, so every demonstration then says which it keeps: the initial documents that are evidence
+(`initial_evidence`: the question's supporting passages where the data names them, then passages
+that name a gold answer), as the proof's oracle does. This is the one place a label enters the
+warm-up, and only when the setting is on; a random keep would teach the searcher to hand the
+generator noise. A question with no evidence among its initial documents keeps none of them (and
+searches rather than stopping with an empty context).
 """
 
 from __future__ import annotations
@@ -97,6 +105,27 @@ def follow_turn(ids: Sequence[int], query: str) -> str:
     return f"<important_info>[{', '.join(str(i) for i in ids)}]</important_info>\n{search_turn(query)}"
 
 
+def initial_evidence(item: QAItem, passages: Sequence[Passage], keep: int) -> list[int]:
+    """1-based ids of the passages that are evidence for `item`, at most `keep`: its supporting
+    passages (`meta["support"]`, passage ids) first, then passages whose title or text names a gold
+    answer (`span_match`), each group in block order.
+
+    >>> item = QAItem("q", "Who is the mayor of the town where Mabun Mills is headquartered?",
+    ...               ("Hugo Bumtel", "Bumtel"), {"support": ["w1", "w2"]})
+    >>> docs = [Passage("w7", '"Other"\\nNothing.'), Passage("w9", '"Letters"\\nSent to Hugo Bumtel.'),
+    ...         Passage("w1", '"Mabun Mills"\\nIts headquarters are in Bimham.')]
+    >>> initial_evidence(item, docs, 2), initial_evidence(item, docs, 1), initial_evidence(item, docs[:1], 2)
+    ([3, 2], [3], [])
+    """
+    from s3_ray.reward.metrics import span_match
+
+    support = {str(s) for s in item.meta.get("support") or []}
+    gold = [i for i, p in enumerate(passages, start=1) if p.id in support]
+    named = [i for i, p in enumerate(passages, start=1)
+             if i not in gold and span_match(p.contents, item.golden_answers)]
+    return (gold + named)[: max(0, keep)]
+
+
 def format_demonstrations(
     items: Sequence[QAItem],
     init_passages: Sequence[Sequence[Passage]],
@@ -115,6 +144,10 @@ def format_demonstrations(
     `document_names` of the first `follow_docs` initial documents (None: all of them) instead
     (when they hold one). The top-ranked documents are the ones about the question's own entity,
     so their names are the candidates a second hop starts from; which one is right is left to RL.
+
+    With `budget.select_initial` every turn keeps `initial_evidence` instead of random documents
+    (a search turn too, so it reads `<important_info>[...]</important_info>` then the query), and
+    a question with no evidence in its initial documents searches instead of stopping.
     """
     if follow_docs is not None and follow_docs < 1:
         raise ValueError(f"follow_docs must be >= 1 (or None for all), got {follow_docs}")
@@ -131,13 +164,16 @@ def format_demonstrations(
         k = min(budget.keep_per_turn, len(docs))
         kept = sorted(rng.sample(range(1, len(docs) + 1), rng.randint(1, k) if k > 0 else 0))
         names = document_names(list(docs)[:follow_docs], item.question) if follow_fraction > 0 else []
-        if rng.random() < stop_fraction:
+        select = budget.select_initial
+        if select:
+            kept = initial_evidence(item, docs, budget.keep_per_turn)
+        if rng.random() < stop_fraction and (kept or not select):
             targets.append(final_turn(kept))
         elif names and rng.random() < follow_fraction:
             targets.append(follow_turn(kept, rng.choice(names)))
         else:
             query = item.question.strip() if rng.random() < 0.5 else first_clause(item.question)
-            targets.append(search_turn(query))
+            targets.append(follow_turn(kept, query) if select else search_turn(query))
     return targets
 
 

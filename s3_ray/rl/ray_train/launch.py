@@ -127,7 +127,9 @@ def summarize(cfg: S3Config, result: Any) -> dict[str, Any]:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "best_checkpoint": best_path,
         "best_reward": best_reward,
-        "stop_reason": metrics.get("stop_reason") or ("error" if result.error else "completed all steps"),
+        "stop_reason": metrics.get("stop_reason") or ("error" if result.error else
+                                                      "wall-time budget reached (train.max_wall_s)"
+                                                      if metrics.get("wall_budget_reached") else "completed all steps"),
         "metrics": metrics,
     }
     metrics_path = Path(cfg.run_dir) / "train" / "metrics.jsonl"

@@ -1,5 +1,8 @@
 """The Ray Train per-worker loop (`TorchTrainer(train_loop_per_worker, ...)`): wiring only.
 
+With `train.async.max_staleness` > 0 the one worker trains asynchronously: it starts the rollout
+worker actors (`rollout_pool`) and drives them with `AsyncSearcherTrainer`.
+
 Each worker loads the searcher on its own device (`SearcherPolicy`), builds the step
 (`SearcherTrainer`) over its share of the questions, and runs the one training loop (`fit`)
 with Ray Train's reporting: metrics every step, a checkpoint every `checkpoint_every` steps,
@@ -64,9 +67,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     policy = SearcherPolicy.load(cfg, base_name, device=_device(), world=world, rank=rank)
     items = [QAItem(id=d["id"], question=d["question"], golden_answers=tuple(d["golden_answers"]),
                     meta=d.get("meta", {})) for d in loop_config["items"]]
-    trainer = SearcherTrainer(cfg, policy.model, policy.ref, policy.tokenizer, loop_config["retriever"],
-                              loop_config["scorer"], items[rank::world], rank=rank, world=world,
-                              rollout_model=policy.rollout_copy)
+    pool = None
+    if cfg.train.async_.enabled:  # rollout worker actors owned by this worker (they go when it goes)
+        from s3_ray.rl.loop.async_trainer import AsyncSearcherTrainer
+        from s3_ray.rl.ray_train.rollout_pool import RayRolloutPool
+
+        pool = RayRolloutPool(cfg, loop_config["retriever"], loop_config["scorer"])
+        trainer: SearcherTrainer = AsyncSearcherTrainer(cfg, policy.model, policy.ref, policy.tokenizer, pool, items,
+                                                        retriever=loop_config["retriever"])
+    else:
+        trainer = SearcherTrainer(cfg, policy.model, policy.ref, policy.tokenizer, loop_config["retriever"],
+                                  loop_config["scorer"], items[rank::world], rank=rank, world=world,
+                                  rollout_model=policy.rollout_copy)
     logger = None
     if rank == 0:
         logger = MetricsLogger(Path(cfg.run_dir) / "train" / "metrics.jsonl", cfg.wandb,
@@ -87,6 +99,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             with ckpt.as_directory() as d:
                 fit(policy, trainer, hooks, resume=d, reference_dir=ref_dir)
     finally:
+        if pool is not None:
+            pool.close()
         if logger:
             logger.close()
 
