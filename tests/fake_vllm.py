@@ -219,3 +219,12 @@ def install_fake_vllm(monkeypatch: Any, tokenizer: Any, dtype: Any = None, nativ
 
         add_native(m, monkeypatch, platform=native)
     return m
+
+
+def phases(events: list[str]) -> list[str]:
+    """A fake engine's calls with runs of the same call folded into one."""
+    out: list[str] = []
+    for e in events:
+        if not out or out[-1] != e:
+            out.append(e)
+    return out

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from fake_vllm import install_fake_vllm
+from fake_vllm import install_fake_vllm, phases
 from fakes import FakeRetriever
 from s3_ray.config import ConfigError, S3Config, SearcherConfig, TrainConfig, load_config
 from s3_ray.models import load_causal_lm, vllm_transfer
@@ -225,14 +225,6 @@ def _trainer(monkeypatch, tiny, lora_rank: int, sleep_level: int = 1):
     return vllm, trainer, model
 
 
-def _phases(events: list[str]) -> list[str]:
-    out: list[str] = []
-    for e in events:
-        if not out or out[-1] != e:
-            out.append(e)
-    return out
-
-
 @pytest.mark.parametrize("sleep_level", [1, 2])
 def test_weights_are_woken_before_the_native_push_writes_them(monkeypatch, tiny, on_gpu0, sleep_level) -> None:
     vllm, trainer, model = _trainer(monkeypatch, tiny, lora_rank=0, sleep_level=sleep_level)
@@ -241,7 +233,7 @@ def test_weights_are_woken_before_the_native_push_writes_them(monkeypatch, tiny,
     (engine,) = vllm.engines
     push = ["start_update", "update_weights", "finish_update"]
     step = ["generate", f"sleep:{sleep_level}", "wake:weights", *push, "wake:kv_cache"]
-    assert _phases(engine.events) == ["init_transfer", *push, *step, *step]
+    assert phases(engine.events) == ["init_transfer", *push, *step, *step]
     assert not any(e.startswith("rpc:") for e in engine.events)  # nothing went the streamed way
     assert all(torch.equal(engine.transfer.loaded[-1][k], v) for k, v in model.state_dict().items())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_vllm import install_fake_vllm
+from fake_vllm import install_fake_vllm, phases
 from fakes import FakeRetriever
 from s3_ray.config import S3Config, SearcherConfig, TrainConfig
 from s3_ray.models import load_causal_lm
@@ -202,15 +202,6 @@ def test_worker_keeps_only_the_open_layer_between_buckets() -> None:
     assert WeightLoader.s3_commit_weights(worker) == 6 and loads[-1] == ["norm.weight"]
 
 
-def _phases(events: list[str]) -> list[str]:
-    """The engine's calls with runs of the same call folded into one."""
-    out: list[str] = []
-    for e in events:
-        if not out or out[-1] != e:
-            out.append(e)
-    return out
-
-
 def test_engine_sleeps_through_every_update_and_wakes_before_the_next_rollout(fake_vllm, tiny) -> None:
     trainer, _, _ = _trainer(fake_vllm, tiny, lora_rank=0, lora_push="merged")
     trainer.train_step()
@@ -220,7 +211,7 @@ def test_engine_sleeps_through_every_update_and_wakes_before_the_next_rollout(fa
     stage, commit = "rpc:s3_stage_weights", "rpc:s3_commit_weights"
     start = [stage, commit]  # the weights the engine starts with
     step = ["generate", "sleep:1", "wake:weights", stage, commit, "wake:kv_cache"]
-    assert _phases(engine.events) == start + step + step
+    assert phases(engine.events) == start + step + step
     assert not engine.sleeping
 
 
