@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -85,6 +86,21 @@ def pss_mib(pid: int) -> float | None:
     return None
 
 
+def short_command(argv: list[str]) -> str:
+    """A process's command line without this machine's paths: the interpreter by its name, the
+    project and installed packages by relative paths, other absolute paths by their file name, so
+    the JSON says what ran, not where.
+
+    >>> short_command(["/x/.venv/bin/python", "-m", "jobs.serve", "/x/.venv/lib/python3.11/site-packages/ray/a.py"])
+    'python -m jobs.serve ray/a.py'
+    """
+    out = []
+    for i, arg in enumerate(argv):
+        arg = re.sub(r"\S*/site-packages/", "", arg).replace(str(ROOT) + "/", "")
+        out.append(arg.rsplit("/", 1)[-1] if i == 0 or arg.startswith("/") else arg)
+    return " ".join(out)
+
+
 def tree_memory(root: int) -> dict[str, Any]:
     """PSS of `root` and every descendant, per process, largest first."""
     try:
@@ -97,7 +113,7 @@ def tree_memory(root: int) -> dict[str, Any]:
         if mem is None:
             continue
         try:
-            name = " ".join(p.cmdline())[:90] or p.name()
+            name = short_command(p.cmdline())[:90] or p.name()
         except psutil.Error:
             name = "?"
         rows.append({"pid": p.pid, "name": name, "pss_mib": round(mem, 1)})
