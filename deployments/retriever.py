@@ -94,6 +94,7 @@ class RetrieverServer:
         self.guard = Guard.from_config(args.serve)  # first: a missing token fails before the index loads
         self.threads = set_serve_threads(args.serve)
         self.max_batch = args.retrieval.max_batch
+        self.merge_below = args.serve.retriever_merge_below
         self.manifest = read_manifest(args.retrieval.index_dir)
         self.retriever: Any = self._open()
         self.batches = BatchStats()
@@ -107,7 +108,8 @@ class RetrieverServer:
 
     # handle API ---------------------------------------------------------------------------
     async def search(self, queries: list[str], k: int) -> list[list[SearchHit]]:
-        """Top-k hits per query; merged with concurrent calls into one retriever call."""
+        """Top-k hits per query; merged with concurrent calls into one retriever call, unless the
+        request alone holds `serve.retriever_merge_below` queries or more."""
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise TypeError("queries must be a list of strings")
         if not 1 <= int(k) <= 100:
@@ -116,6 +118,9 @@ class RetrieverServer:
             raise ValueError(f"batch of {len(queries)} queries exceeds max_batch={self.max_batch}")
         if self._closing:
             raise RuntimeError("retriever replica is shutting down")
+        if len(queries) >= self.merge_below:  # a batch on its own: waiting for others only adds latency
+            self.batches.record(1)
+            return await self._search(list(queries), int(k))
         return await self._search_merged(list(queries), int(k))
 
     @merged
@@ -172,7 +177,8 @@ class RetrieverServer:
         m = self.manifest
         return {"status": "shutting down" if self._closing else "ok", "backend": m.backend,
                 "passages": len(self.retriever), "index_dir": self.args.retrieval.index_dir, "dim": m.dim,
-                "corpus_sha256": m.corpus_sha256, "threads": self.threads}
+                "corpus_sha256": m.corpus_sha256, "threads": self.threads,
+                "encoder_runtime": encoder_runtime(self.retriever)}
 
 
 class RetrieverShardServer:
@@ -211,7 +217,7 @@ class ShardedRetrieverServer(RetrieverServer):
                                 f"{cfg.replica_shards}")
         encoder = None
         if cfg.backend in ("dense", "hybrid"):
-            encoder = load_encoder(encoder_spec(cfg), cfg.encode_batch_size)
+            encoder = load_encoder(encoder_spec(cfg), cfg.encode_batch_size, cfg.encoder_runtime)
         return ShardFanout(cfg, top, self._call_shard, encoder, transient=shard_transient_errors(),
                            timeout_s=s.shard_timeout_s, retry=Retry(s.shard_retries, 0.1, 2.0))
 
@@ -235,6 +241,16 @@ class ShardedRetrieverServer(RetrieverServer):
 
     def stats(self) -> dict[str, Any]:
         return {**self.batches.as_dict(), "failed_shard_calls": self.retriever.failed_calls}
+
+
+def encoder_runtime(retriever: Any) -> Optional[str]:
+    """`torch` or `onnx` for a dense or hybrid retriever (with the reason when auto chose torch);
+    None for BM25."""
+    for part in [retriever, *getattr(retriever, "retrievers", [])]:
+        enc = getattr(part, "encoder", None)
+        if enc is not None:
+            return getattr(enc, "runtime_note", None) or getattr(enc, "runtime", "torch")
+    return None
 
 
 def set_serve_threads(s: ServeConfig) -> int:

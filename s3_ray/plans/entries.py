@@ -115,6 +115,10 @@ def deployments(cfg: S3Config, generator: bool = True, copilot: str | None = Non
             # what each replica sets torch and faiss to (capped there at the cores it may run on)
             "threads_per_replica": replica_threads(cpus, s.retriever_threads),
             "max_ongoing_requests": s.max_ongoing_requests}]
+    if cfg.retrieval.backend in ("dense", "hybrid"):
+        from s3_ray.retrieval.onnx_encoder import planned_runtime
+
+        out[0]["encoder_runtime"] = planned_runtime(cfg.retrieval.encoder_runtime, s.retriever_gpus)
     if generator:
         from s3_ray.serving.deployment import generator_replica_gpus
 

@@ -9,6 +9,10 @@ Two families, picked by name:
   + CLS). Explicit config values override the family defaults.
 
 Vectors are unit length, so inner product == cosine and every faiss index uses METRIC_INNER_PRODUCT.
+
+`retrieval.encoder_runtime` runs either family's transformer on ONNX Runtime instead of torch
+(`onnx_encoder.py`); the vectors are the same to float rounding, so the runtime is not part of
+the spec and an index built with one serves with the other.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from s3_ray.config import RetrievalConfig
+from s3_ray.retrieval.onnx_encoder import RUNTIMES, OnnxEncoder, OnnxUnavailable
 
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 
@@ -129,6 +134,8 @@ def _device() -> str:
 class SentenceTransformerEncoder:
     """A sentence-transformers model (its own pooling/normalisation modules), prefixes added here."""
 
+    runtime = "torch"
+
     def __init__(self, path: str, spec: EncoderSpec, batch_size: int = 64) -> None:
         try:
             from sentence_transformers import SentenceTransformer
@@ -153,9 +160,23 @@ class SentenceTransformerEncoder:
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self.spec.passage_prefix)
 
+    def parts(self) -> tuple[Any, Any, str, int]:
+        """(transformer, tokenizer, pooling, max length) for an ONNX export: only the plain
+        Transformer -> Pooling(mean|cls) [-> Normalize] pipeline has one."""
+        modules = [type(m).__name__ for m in self.model]
+        if modules not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            raise OnnxUnavailable(f"sentence-transformers modules {modules} are not exported")
+        conf = self.model[1].get_config_dict()
+        mode = conf.get("pooling_mode") or ("mean" if conf.get("pooling_mode_mean_tokens")
+                                            else "cls" if conf.get("pooling_mode_cls_token") else "other")
+        first = self.model[0]
+        return first.auto_model, first.tokenizer, str(mode), int(self.model.max_seq_length)
+
 
 class HFEncoder:
     """A transformers encoder with explicit pooling (mean over the attention mask, or CLS) + L2 norm."""
+
+    runtime = "torch"
 
     def __init__(self, name_or_path: str, spec: EncoderSpec, batch_size: int = 64) -> None:
         import torch
@@ -194,9 +215,11 @@ class HFEncoder:
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self.spec.passage_prefix)
 
+    def parts(self) -> tuple[Any, Any, str, int]:
+        return self.model, self.tokenizer, self.spec.pooling, self.spec.max_length
 
-def load_encoder(spec: EncoderSpec, batch_size: int = 64) -> Encoder:
-    """Load the model a spec names (on the first GPU when torch sees one)."""
+
+def _load_torch(spec: EncoderSpec, batch_size: int) -> SentenceTransformerEncoder | HFEncoder:
     if spec.family == "sentence-transformers":
         path = ENCODERS[spec.name].path() if spec.name in ENCODERS else spec.name
         return SentenceTransformerEncoder(path, spec, batch_size=batch_size)
@@ -205,18 +228,46 @@ def load_encoder(spec: EncoderSpec, batch_size: int = 64) -> Encoder:
     raise EncoderError(f"unknown encoder family {spec.family!r}")
 
 
+def _to_onnx(enc: SentenceTransformerEncoder | HFEncoder, spec: EncoderSpec, batch_size: int) -> OnnxEncoder:
+    model, tokenizer, pooling, max_length = enc.parts()
+    return OnnxEncoder(model, tokenizer, pooling, max_length, (spec.query_prefix, spec.passage_prefix),
+                       batch_size=batch_size, reference=enc.encode_queries)
+
+
+def load_encoder(spec: EncoderSpec, batch_size: int = 64, runtime: str = "torch") -> Encoder:
+    """Load the model a spec names: torch on the first GPU when torch sees one; on a CPU, ONNX
+    Runtime when `runtime` is `onnx`, or `auto` and this encoder exports (else torch, and the
+    encoder's `runtime` and `runtime_note` say why)."""
+    if runtime not in RUNTIMES:
+        raise EncoderError(f"retrieval.encoder_runtime must be one of {RUNTIMES}, got {runtime!r}")
+    on_gpu = runtime != "torch" and _device() != "cpu"
+    if on_gpu and runtime == "onnx":
+        raise EncoderError("retrieval.encoder_runtime=onnx runs on a CPU; this replica sees a GPU (use auto or torch)")
+    enc = _load_torch(spec, batch_size)
+    if runtime == "torch" or on_gpu:
+        return enc
+    try:
+        return _to_onnx(enc, spec, batch_size)
+    except OnnxUnavailable as err:
+        if runtime == "onnx":
+            raise EncoderError(f"retrieval.encoder_runtime=onnx: {err}") from err
+        enc.runtime_note = f"torch: {err}"  # type: ignore[union-attr]
+        return enc
+
+
 EncoderFactory = Callable[[], Encoder]
 
 
 def encoder_factory(cfg: RetrievalConfig) -> EncoderFactory:
     """A picklable zero-argument loader, for building the same encoder in another process."""
-    return _Factory(encoder_spec(cfg), cfg.encode_batch_size)
+    return _Factory(encoder_spec(cfg), cfg.encode_batch_size, cfg.encoder_runtime)
 
 
 @dataclass(frozen=True)
 class _Factory:
     spec: EncoderSpec
     batch_size: int
+    runtime: str = "torch"
 
     def __call__(self) -> Encoder:
-        return load_encoder(self.spec, self.batch_size)
+        return load_encoder(self.spec, self.batch_size, self.runtime)

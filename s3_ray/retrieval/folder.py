@@ -127,7 +127,7 @@ def build_dense(passages: list[Passage], cfg: RetrievalConfig, directory: Path, 
         if encoder is None:
             from s3_ray.retrieval.encoders import load_encoder
 
-            encoder = load_encoder(encoder_spec(cfg), cfg.encode_batch_size)
+            encoder = load_encoder(encoder_spec(cfg), cfg.encode_batch_size, cfg.encoder_runtime)
         emb = _encode_in_process(encoder, texts, cfg.encode_batch_size, progress)
     emb = _check_embeddings(emb, len(passages))
     shards, offsets = build_shards(emb, faiss_params(cfg))
@@ -155,7 +155,8 @@ def load_parts(cfg: RetrievalConfig, root: Path, manifest: Manifest, encoder: En
         from s3_ray.retrieval.dense import DenseRetriever
         from s3_ray.retrieval.encoders import load_encoder
 
-        enc = encoder if encoder is not None else load_encoder(encoder_spec(cfg), cfg.encode_batch_size)
+        enc = encoder if encoder is not None else \
+            load_encoder(encoder_spec(cfg), cfg.encode_batch_size, cfg.encoder_runtime)
         if manifest.dim is not None and enc.dim != manifest.dim:
             raise IndexMismatchError(f"{root}: built with {manifest.dim}-dim embeddings, the encoder "
                                      f"gives {enc.dim}")

@@ -200,7 +200,7 @@ def load_sharded_retriever(cfg: RetrievalConfig, top: Manifest, encoder: Any = N
     if enc is None and cfg.backend in ("dense", "hybrid"):
         from s3_ray.retrieval.encoders import encoder_spec, load_encoder
 
-        enc = load_encoder(encoder_spec(cfg), cfg.encode_batch_size)
+        enc = load_encoder(encoder_spec(cfg), cfg.encode_batch_size, cfg.encoder_runtime)
     if enc is not None and top.dim is not None and enc.dim != top.dim:
         raise ShardSetError(f"{cfg.index_dir}: built with {top.dim}-dim embeddings, the encoder gives {enc.dim}")
     shards = [ShardSearcher.open(cfg, i) for i in range(cfg.replica_shards)]

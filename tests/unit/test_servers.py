@@ -41,6 +41,27 @@ def test_retriever_server_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert server.stats() == {"requests_per_batch": {1: 2}, "max_requests_per_batch": 1}
 
 
+def test_large_retriever_requests_skip_the_merge(tmp_path: Path) -> None:
+    """A request with `serve.retriever_merge_below` queries or more runs at once; smaller ones go
+    through the merged body (the one Serve's batching waits on)."""
+    from deployments.retriever import RetrieverAppArgs, RetrieverServer
+
+    server = RetrieverServer(RetrieverAppArgs(index_dir=bm25_index(tmp_path), retriever_merge_below=2))
+    merged_calls = []
+    body = server._search_merged
+
+    async def spy(queries: list[str], k: int) -> list:
+        merged_calls.append(len(queries))
+        return await body(queries, k)
+
+    server._search_merged = spy  # type: ignore[method-assign]
+    big = asyncio.run(server.search(["mayor of Birch Falls", "Dune Port harbour", "x"], 1))
+    assert [h[0].passage.id for h in big[:2]] == ["p3", "p7"] and merged_calls == []
+    small = asyncio.run(server.search(["Dune Port harbour"], 1))
+    assert small[0][0].passage.id == "p7" and merged_calls == [1]
+    assert server.stats()["requests_per_batch"] == {1: 2}
+
+
 def test_retriever_builder_resolves_a_relative_index_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deployments.retriever import RetrieverAppArgs, build_app
 
