@@ -89,10 +89,15 @@ def short_command(argv: list[str]) -> str:
 
     >>> short_command(["/x/.venv/bin/python", "-m", "jobs.serve", "/x/.venv/lib/python3.11/site-packages/ray/a.py"])
     'python -m jobs.serve ray/a.py'
+    >>> short_command(["python", "retrieval.index_dir=/somewhere/index_dense", "--log_dir=/tmp/ray/logs"])
+    'python retrieval.index_dir=index_dense --log_dir=logs'
     """
     out = []
     for i, arg in enumerate(argv):
         arg = re.sub(r"\S*/site-packages/", "", arg).replace(str(ROOT) + "/", "")
+        key, eq, value = arg.partition("=")
+        if eq and value.startswith("/"):  # key=/an/absolute/path
+            arg = f"{key}={value.rstrip('/').rsplit('/', 1)[-1]}"
         out.append(arg.rsplit("/", 1)[-1] if i == 0 or arg.startswith("/") else arg)
     return " ".join(out)
 
