@@ -3,7 +3,8 @@
 
 `RetrieverServer` holds the logic and runs without Serve (tests build it directly);
 `build_app(args)` makes it a deployment. Concurrent calls are merged by `serve.batch` into one
-retriever call (one bm25s call, or one encoder batch + one faiss search). `GET /openapi.json` and
+retriever call (one bm25s call, or one encoder batch + one faiss search); a request that carries
+`serve.retriever_merge_below` queries or more runs at once instead of waiting for others. `GET /openapi.json` and
 `/docs` describe the API. Run with
 `serve run deployments.retriever:build_app index_dir=runs/index backend=bm25`, or from
 `deployments/serve_config.yaml` (see docs/retrieval.md).
