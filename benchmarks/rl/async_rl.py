@@ -2,7 +2,8 @@
 of each group learned, and test GenAcc after training.
 
     python benchmarks/rl/async_rl.py [--minutes 20] [--latency 1.0] [--generators remote in_cluster]
-                                     [--settings sync s1 s2] [--run-dir runs/async_rl] [key=value ...]
+                                     [--settings sync s1 s2] [--run-dir runs/async_rl]
+                                     [--async-overrides key=value ...] [key=value ...]
 
 On the embedded default (`jobs/configs/demo.yaml` with the RL proof's recipe, `proof_recipe.py`),
 per generator and per setting (`sync`: train.async.max_staleness 0; `s1`, `s2`: 1 and 2, with
@@ -266,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=1.0, help="seconds per request of the remote generator")
     p.add_argument("--generators", nargs="+", choices=GENERATORS, default=list(GENERATORS))
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--async-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides for the asynchronous settings only (s1, s2), e.g. a thread layout in which the "
+                        "trainer and the rollout workers do not oversubscribe the cores: searcher.num_threads=1 "
+                        "train.async.rollout_workers=1")
     p.add_argument("--run-dir", default="runs/async_rl")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "async.json"))
     load_guard.add_argument(p)
@@ -315,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = gcfg.with_overrides({"run_dir": str(root / gen / name), "searcher.model": warm,
                                            "train.warmup_steps": 0,
                                            "train.async.max_staleness": SETTINGS[name]})
+                if SETTINGS[name] > 0 and args.async_overrides:
+                    cfg = cfg.with_overrides(list(args.async_overrides))
                 log(f"{gen} / {name}: training for {args.minutes:g} min (max_staleness {SETTINGS[name]})")
                 runs.setdefault(gen, {})[name] = run_setting(cfg, retriever, generator, gcfg, log)
                 report = {
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": runs, "speedup": speedups(runs), "minutes": args.minutes,
                     "remote_latency_s": args.latency, "machine": load_guard.finish(machine),
                     "config": comparison_config(base), "overrides": args.overrides,
+                    "async_overrides": args.async_overrides,
                 }
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(report, indent=2, default=str))
