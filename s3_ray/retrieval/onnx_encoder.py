@@ -2,9 +2,10 @@
 
 Dense retrieval is bound by the encoder, and on a CPU torch spends much of a short query batch
 outside the matrix multiplies (all-MiniLM-L6-v2, 64 questions of 9-17 tokens, 2 cores: about
-200 ms in torch eager, about 145 ms in ONNX Runtime on two threads, each encoding half). `retrieval.encoder_runtime` picks it:
-`auto` uses ONNX Runtime on a CPU when `onnxruntime` and `onnx` are installed (the `dense` extra
-installs them) and the encoder is one this module can export; `torch` never; `onnx` insists.
+200 ms in torch eager, about 145 ms in ONNX Runtime on two threads, each encoding half).
+`retrieval.encoder_runtime` picks it: `auto` uses ONNX Runtime on a CPU when `onnxruntime` and
+`onnx` are installed (the `dense` extra installs them) and the encoder is one this module can
+export; `torch` never; `onnx` insists.
 
 The transformer is exported with torch's own exporter (`torch.onnx.export`, batch and sequence
 axes dynamic) into a cache folder keyed by the weights' hash and the torch and onnxruntime
@@ -21,8 +22,8 @@ import importlib.util
 import os
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,13 @@ def planned_runtime(runtime: str, gpus: float) -> str:
     'torch'
     >>> planned_runtime("torch", 0.0)
     'torch'
+    >>> planned_runtime("onnx", 1.0)
+    'onnx: refused, the replica has a GPU'
     """
-    if runtime == "torch" or gpus > 0:
+    if runtime == "torch":
         return "torch"
+    if gpus > 0:
+        return "torch" if runtime == "auto" else "onnx: refused, the replica has a GPU"
     if runtime == "onnx":
         return "onnx"
     return "onnx" if onnx_installed() else "torch (onnxruntime is not installed)"
