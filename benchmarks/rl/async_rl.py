@@ -7,7 +7,8 @@ of each group learned, and test GenAcc after training.
 
 On the embedded default (`jobs/configs/demo.yaml` with the RL proof's recipe, `proof_recipe.py`),
 per generator and per setting (`sync`: train.async.max_staleness 0; `s1`, `s2`: 1 and 2, with
-`train.async.rollout_workers` Ray actors):
+`train.async.rollout_workers` Ray actors and truncated importance sampling; `s1_decoupled`, asked
+for by name: S = 1 with decoupled PPO instead):
 
 * generators: `remote`, the `openai` backend against a local OpenAI-compatible server answering
   with the same model after `--latency` seconds per request (`local_openai_server.py`; a hosted or
@@ -48,8 +49,26 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # load_guard, shar
 import load_guard  # noqa: E402  (sibling module)
 from proof_recipe import PROOF_DEFAULTS  # noqa: E402  (sibling module)
 
-SETTINGS = {"sync": 0, "s1": 1, "s2": 2}
-"""Setting name -> train.async.max_staleness."""
+SETTINGS = {"sync": 0, "s1": 1, "s2": 2, "s1_decoupled": 1}
+"""Setting name -> train.async.max_staleness. The plain settings correct with `tis` (the default);
+`s1_decoupled` is S = 1 with decoupled PPO (`train.async.correction=decoupled`), the comparison of
+the two corrections. Run by default: sync, s1, s2."""
+
+DEFAULT_SETTINGS = ["sync", "s1", "s2"]
+
+
+def setting_overrides(name: str) -> dict[str, object]:
+    """The config keys a setting sets.
+
+    >>> setting_overrides("sync")
+    {'train.async.max_staleness': 0}
+    >>> setting_overrides("s1_decoupled")
+    {'train.async.max_staleness': 1, 'train.async.correction': 'decoupled'}
+    """
+    out: dict[str, object] = {"train.async.max_staleness": SETTINGS[name]}
+    if name.endswith("_decoupled"):
+        out["train.async.correction"] = "decoupled"
+    return out
 
 GENERATORS = ("remote", "in_cluster")
 
@@ -228,7 +247,7 @@ def run_setting(cfg: Any, retriever: Any, generator: Any, base: Any, log: Any) -
 
 
 def render(report: dict[str, Any]) -> str:
-    head = (f"{'generator':<11} {'setting':<8} {'groups/h':>9} {'x sync':>7} {'reward/group [95% CI]':>28} "
+    head = (f"{'generator':<11} {'setting':<12} {'groups/h':>9} {'x sync':>7} {'reward/group [95% CI]':>28} "
             f"{'test GenAcc':>11} {'wall s':>8} {'load':>5}")
     lines = [head, "-" * len(head)]
     for gen, runs in report["runs"].items():
@@ -237,7 +256,7 @@ def render(report: dict[str, Any]) -> str:
             ci = rpg["ci95"] or [float("nan")] * 2
             mean = float("nan") if rpg["mean"] is None else rpg["mean"]
             speed = report["speedup"].get(gen, {}).get(name)
-            lines.append(f"{gen:<11} {name:<8} {r['groups_per_hour'] or 0.0:>9.1f} "
+            lines.append(f"{gen:<11} {name:<12} {r['groups_per_hour'] or 0.0:>9.1f} "
                          f"{(f'{speed:.2f}' if speed else '-'):>7} "
                          f"{mean:>+9.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] {100 * r['test_genacc']:>11.1f} "
                          f"{r['wall_s']:>8.0f} {r['load_avg_1m_start']:>5.2f}")
@@ -266,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=20.0, help="RL wall time of every setting (train.max_wall_s)")
     p.add_argument("--latency", type=float, default=1.0, help="seconds per request of the remote generator")
     p.add_argument("--generators", nargs="+", choices=GENERATORS, default=list(GENERATORS))
-    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=DEFAULT_SETTINGS,
+                   help="sync, s1 and s2 by default; s1_decoupled compares decoupled PPO with tis at S = 1")
     p.add_argument("--async-overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for the asynchronous settings only (s1, s2), e.g. a thread layout in which the "
+                   help="overrides for the asynchronous settings only (all but sync), e.g. a thread layout in which the "
                         "trainer and the rollout workers do not oversubscribe the cores: searcher.num_threads=1 "
                         "train.async.rollout_workers=1")
     p.add_argument("--run-dir", default="runs/async_rl")
@@ -318,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = warm or warm_up(gcfg, retriever, generator, root, log)
             for name in todo:
                 cfg = gcfg.with_overrides({"run_dir": str(root / gen / name), "searcher.model": warm,
-                                           "train.warmup_steps": 0,
-                                           "train.async.max_staleness": SETTINGS[name]})
+                                           "train.warmup_steps": 0, **setting_overrides(name)})
                 if SETTINGS[name] > 0 and args.async_overrides:
                     cfg = cfg.with_overrides(list(args.async_overrides))
                 log(f"{gen} / {name}: training for {args.minutes:g} min (max_staleness {SETTINGS[name]})")
