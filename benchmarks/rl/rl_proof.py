@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": train_seconds, "train_runs": runs, "eval_seconds": eval_seconds,
             "eval_questions_per_s": {k: round(len(test) / v, 3) for k, v in eval_seconds.items() if v > 1.0},
             "genacc": genacc, "comparisons": comp, "pooled": comp["pooled"], "goal": proof_report.goal(comp["pooled"]),
-            "where": where, "curve_png": f"{variant}_curve.png",
+            "where": where, "curve_png": f"{out.stem}_curve.png",
             "config": repo_relative(json.loads(json.dumps(
-                {k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout", "train")},
+                {k: base.model_dump()[k] for k in ("data", "searcher", "generator", "rollout", "train", "reward")},
                 default=str).replace(str(root), "<run_dir>"))),
             "machine": load_guard.finish(machine), "recipe": PROOF_RECIPE, "overrides": args.overrides,
             "total_s": round(time.perf_counter() - t_start, 1),
@@ -346,12 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             report["select_initial_versus"] = {
                 "without": repo_relative(str(other.resolve())),
                 "methods": proof_report.setting_versus(json.loads(other.read_text()), report)}
-        proof_report.plot_reward_curves(curves, out.with_name(f"{variant}_curve.png"))
+        proof_report.plot_reward_curves(curves, out.with_name(f"{out.stem}_curve.png"))
         out.write_text(json.dumps(report, indent=2, default=str))
         out.with_suffix(".md").write_text(f"{proof_report.title(report)}\n\n" + proof_report.render(report) + "\n")
         log(f"seed {seed}: " + json.dumps({k: round(100 * v[-1], 1) for k, v in genacc.items()}))
     print(proof_report.render(report))
-    print(f"\nwritten to {out}, {out.with_suffix('.md')} and {out.with_name(f'{variant}_curve.png')}")
+    print(f"\nwritten to {out}, {out.with_suffix('.md')} and {out.with_name(f'{out.stem}_curve.png')}")
     return 0
 
 
